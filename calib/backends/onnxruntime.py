@@ -1,0 +1,151 @@
+"""ONNX Runtime (CPU) backend: FP32 references, statistics capture, INT8 Q/DQ runs."""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import BackendError, CustomOpError, InputMismatchError, ModelLoadError
+from ..model import Model, TensorInfo, load_model
+from .base import Engine, EngineInfo
+
+
+def default_threads() -> int:
+    """Threads for ONNX Runtime's intra-op pool: all cores, or $CALIB_THREADS."""
+    env = os.environ.get("CALIB_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, os.cpu_count() or 1)
+
+
+def session_options(threads: int | None = None, optimize: str = "all"):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or default_threads()
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    level = {
+        "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimize]
+    so.graph_optimization_level = level
+    return so
+
+
+def _with_outputs(model: Model, names: Sequence[str]) -> bytes:
+    """Serialized copy of *model* whose graph outputs also include *names*."""
+    import onnx
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    existing = {o.name for o in proto.graph.output}
+    for n in names:
+        if n not in existing:
+            proto.graph.output.append(onnx.ValueInfoProto(name=n))
+            existing.add(n)
+    return proto.SerializeToString()
+
+
+class OrtEngine(Engine):
+    """Run an ONNX model with ONNX Runtime on the CPU.
+
+    ``capture`` names intermediate tensors to return alongside the outputs (for
+    statistics and per-layer comparison). Only the current batch of them is ever held.
+    """
+
+    def __init__(self, model: "Model | str | os.PathLike", *, name: str | None = None,
+                 threads: int | None = None, capture: Sequence[str] = (), optimize: str | None = None,
+                 precision: str | None = None):
+        import onnxruntime as ort
+
+        self.model = load_model(model)
+        self.capture = [c for c in capture]
+        if self.capture:
+            unknown = sorted(set(self.capture) - set(self.model.activation_tensors())
+                             - {t.name for t in self.model.inputs})
+            if unknown:
+                raise BackendError(f"cannot capture unknown tensors: {', '.join(unknown[:5])}")
+            data = _with_outputs(self.model, self.capture)
+        else:
+            data = self.model.serialize()
+        # With captured tensors, extended fusions could remove them; keep basic optimisation.
+        opt = optimize or ("basic" if self.capture else "all")
+        try:
+            self.session = ort.InferenceSession(data, sess_options=session_options(threads, opt),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "not a registered function/op" in msg or "No opset import for domain" in msg \
+                    or "Could not find an implementation" in msg:
+                raise CustomOpError(f"{self.model.name}: needs an operator ONNX Runtime does not implement: {msg}") from None
+            raise ModelLoadError(f"{self.model.name}: ONNX Runtime cannot load the model: {msg}") from None
+        self._inputs = self.model.inputs
+        self._outputs = [o.name for o in self.session.get_outputs()]
+        self.info = EngineInfo(name=name or self.model.name, backend="onnxruntime",
+                               precision=precision or ("int8" if self.model.is_quantized else
+                                                       "fp16" if self.model.is_fp16 else "fp32"))
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return self._inputs
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._outputs
+
+    def _check_feed(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {}
+        for t in self._inputs:
+            if t.name not in feed:
+                raise InputMismatchError(f"batch lacks model input '{t.name}' (has: {', '.join(feed)})")
+            a = np.asarray(feed[t.name])
+            if a.ndim != t.rank:
+                raise InputMismatchError(
+                    f"input '{t.name}': data shape {tuple(a.shape)} has rank {a.ndim}, model expects {t.shape}")
+            for i, (have, want) in enumerate(zip(a.shape, t.shape)):
+                if isinstance(want, int) and i > 0 and have != want:
+                    raise InputMismatchError(
+                        f"input '{t.name}': data shape {tuple(a.shape)} does not fit model shape {t.shape}")
+            if a.dtype != t.dtype:
+                if a.dtype.kind == "f" and np.dtype(t.dtype).kind == "f":
+                    a = a.astype(t.dtype)
+                else:
+                    raise InputMismatchError(
+                        f"input '{t.name}': data dtype {a.dtype} does not match model dtype {np.dtype(t.dtype).name}")
+            out[t.name] = a
+        return out
+
+    def _batch_step(self, feed: dict[str, np.ndarray]) -> int | None:
+        fixed = [t.fixed_batch for t in self._inputs if t.fixed_batch is not None]
+        return min(fixed) if fixed else None
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = self._check_feed(feed)
+        step = self._batch_step(feed)
+        n = next(iter(feed.values())).shape[0] if feed else 0
+        if step is None or n == step:
+            return self._run_once(feed)
+        if n % step:
+            raise InputMismatchError(f"batch of {n} cannot be split into the model's fixed batch of {step}")
+        parts = [self._run_once({k: v[i:i + step] for k, v in feed.items()}) for i in range(0, n, step)]
+        return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+
+    def _run_once(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            res = self.session.run(None, feed)
+        except Exception as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BackendError(f"{self.model.name}: ONNX Runtime failed: {msg}") from None
+        return dict(zip(self._outputs, res))
+
+
+def run_model(model, feeds: Iterable[Mapping[str, np.ndarray]], **kw) -> Iterator[dict[str, np.ndarray]]:
+    """Convenience: build an :class:`OrtEngine` and run every feed."""
+    eng = OrtEngine(model, **kw)
+    for f in feeds:
+        yield eng.run(f)

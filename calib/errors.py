@@ -1,0 +1,101 @@
+"""Exception classes.
+
+Every error a user can cause derives from :class:`CalibError`. The CLI prints
+``error: <message>`` on one line and exits with :attr:`CalibError.exit_code`;
+the Python API raises the specific subclass so callers can catch what they expect.
+Messages are one line, name the offending thing (path, tensor, sample) and say
+what would fix it where that is known.
+"""
+from __future__ import annotations
+
+
+class CalibError(Exception):
+    """Base class of every error caused by input, configuration or environment."""
+
+    exit_code = 2
+
+
+# --- data -------------------------------------------------------------------
+class DataError(CalibError):
+    """The data given to a reader cannot be used."""
+
+
+class DataNotFoundError(DataError):
+    """A data path does not exist."""
+
+
+class EmptyDatasetError(DataError):
+    """A data source holds no usable samples."""
+
+
+class CorruptSampleError(DataError):
+    """A sample (image, array) cannot be decoded; raised in strict mode."""
+
+
+class InputMismatchError(DataError):
+    """A sample's shape or dtype cannot fit the model input."""
+
+
+class NonFiniteInputError(DataError):
+    """A sample contains NaN or Inf."""
+
+
+class MissingDatasetKeyError(DataError):
+    """An HDF5 / NPZ file lacks the named dataset or array."""
+
+
+class LabelError(DataError):
+    """Labels or the class list cannot be read or do not match the data."""
+
+
+class PreprocessError(CalibError):
+    """A preprocessing specification is invalid."""
+
+
+# --- models -----------------------------------------------------------------
+class ModelError(CalibError):
+    """The model cannot be used."""
+
+
+class ModelLoadError(ModelError):
+    """The model file is missing, truncated or not ONNX."""
+
+
+class CustomOpError(ModelError):
+    """The model needs an operator no available runtime implements."""
+
+
+class AlreadyQuantizedError(ModelError):
+    """The model already contains quantization and must not be quantized again."""
+
+
+# --- artifacts --------------------------------------------------------------
+class OutputExistsError(CalibError):
+    """An output file exists and overwriting was not asked for (use --force)."""
+
+
+class CacheError(CalibError):
+    """A calibration cache cannot be parsed or written."""
+
+
+class CacheMismatchError(CacheError):
+    """A calibration cache was made for another model or tensor set."""
+
+
+class PlanError(CalibError):
+    """A precision plan is invalid."""
+
+
+# --- backends ---------------------------------------------------------------
+class BackendError(CalibError):
+    """A backend failed to run a model."""
+
+
+class TensorRTUnavailableError(BackendError):
+    """TensorRT (or a CUDA GPU / cuda-python) is needed but not available."""
+
+    exit_code = 3
+
+
+class EngineMismatchError(BackendError):
+    """A serialized engine was built by another TensorRT version or for another GPU."""
