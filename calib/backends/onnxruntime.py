@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -9,6 +10,14 @@ import numpy as np
 from ..errors import BackendError, CustomOpError, InputMismatchError, ModelLoadError
 from ..model import Model, TensorInfo, load_model
 from .base import Engine, EngineInfo
+
+
+def ort_message(exc: BaseException) -> str:
+    """First line of an ONNX Runtime exception without its status prefix and C++ source location."""
+    msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    msg = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", msg)
+    msg = re.sub(r"^/\S+:\d+ [^)]*\)\s*", "", msg)  # "/onnxruntime_src/...cc:256 fn(args) "
+    return msg.strip() or type(exc).__name__
 
 
 def default_threads() -> int:
@@ -79,10 +88,13 @@ class OrtEngine(Engine):
             self.session = ort.InferenceSession(data, sess_options=session_options(threads, opt),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if "not a registered function/op" in msg or "No opset import for domain" in msg \
-                    or "Could not find an implementation" in msg:
-                raise CustomOpError(f"{self.model.name}: needs an operator ONNX Runtime does not implement: {msg}") from None
+            msg = ort_message(exc)
+            if any(k in msg for k in ("not a registered function/op", "No opset import for domain",
+                                      "Could not find an implementation", "No Op registered")):
+                ops = sorted({f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in self.model.nodes
+                              if n.domain not in ("", "ai.onnx", "com.microsoft")})
+                hint = f" (custom ops: {', '.join(ops)})" if ops else ""
+                raise CustomOpError(f"{self.model.name}: needs an operator ONNX Runtime does not implement{hint}: {msg}") from None
             raise ModelLoadError(f"{self.model.name}: ONNX Runtime cannot load the model: {msg}") from None
         self._inputs = self.model.inputs
         self._outputs = [o.name for o in self.session.get_outputs()]
@@ -139,7 +151,7 @@ class OrtEngine(Engine):
         try:
             res = self.session.run(None, feed)
         except Exception as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = ort_message(exc)
             raise BackendError(f"{self.model.name}: ONNX Runtime failed: {msg}") from None
         return dict(zip(self._outputs, res))
 

@@ -1,0 +1,111 @@
+"""`calib inspect`: describe a model; with data, run FP32 and report throughput and accuracy."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+from ..model import Model
+
+
+def register(sub) -> None:
+    from ..datasets import add_data_arguments
+
+    p = sub.add_parser("inspect", help="describe a model; with --data, run FP32 over it",
+                       description="Print a model's inputs, outputs, opset, node counts and whether it is "
+                                   "already quantized. With --data, run it in FP32 (ONNX Runtime) and print "
+                                   "throughput and, for classifiers with labels, top-1/top-5.")
+    p.add_argument("--model", required=True, help="ONNX model file")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    add_data_arguments(p, required=False)
+    p.set_defaults(func=run)
+
+
+def classification_hits(outputs: np.ndarray, labels: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample top-1 and top-k hits for a [N, C, ...] score output (unknown labels, -1, excluded)."""
+    scores = outputs.reshape(outputs.shape[0], -1)
+    topk = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    top1 = topk[:, 0] == labels
+    topk_hit = (topk == labels[:, None]).any(axis=1)
+    return top1, topk_hit
+
+
+def _looks_like_classifier(out: np.ndarray) -> bool:
+    flat = out.reshape(out.shape[0], -1)
+    return out.ndim >= 2 and flat.shape[1] >= 2 and int(np.prod(out.shape[2:], dtype=np.int64) or 1) == 1
+
+
+def run(args) -> int:
+    from ..backends.onnxruntime import OrtEngine
+
+    model = Model.load(args.model)
+    info = model.describe()
+    if getattr(args, "data", None) or getattr(args, "data_loader_script", None):
+        from ..datasets import dataset_from_args
+
+        ds = dataset_from_args(args, model)
+        engine = OrtEngine(model, threads=args.threads)
+        out_name = engine.output_names[0]
+        n = 0
+        hits1, hits5 = [], []
+        infer_s = 0.0
+        t0 = time.perf_counter()
+        for batch in ds.batches(batch_size=args.batch_size, progress="FP32"):
+            t1 = time.perf_counter()
+            outs = engine.run(batch.feed)
+            infer_s += time.perf_counter() - t1
+            y = outs[out_name]
+            n += y.shape[0]
+            if batch.labels is not None and _looks_like_classifier(y):
+                known = batch.labels >= 0
+                if known.any():
+                    h1, h5 = classification_hits(y[known], batch.labels[known])
+                    hits1.append(h1)
+                    hits5.append(h5)
+        wall = time.perf_counter() - t0
+        run_info = {"samples": n, "wall_s": round(wall, 3), "inference_s": round(infer_s, 3),
+                    "samples_per_s": round(n / wall, 2) if wall else None,
+                    "inference_samples_per_s": round(n / infer_s, 2) if infer_s else None,
+                    "data": ds.describe()}
+        if hits1:
+            h1 = np.concatenate(hits1)
+            h5 = np.concatenate(hits5)
+            run_info.update(labelled=int(h1.size), top1=round(float(h1.mean()), 4), top5=round(float(h5.mean()), 4))
+        info["fp32_run"] = run_info
+    if args.json:
+        json.dump(info, sys.stdout, indent=2, default=str)
+        print()
+        return 0
+    _print_human(info)
+    return 0
+
+
+def _fmt_shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _print_human(info: dict) -> None:
+    print(f"model     {info['path'] or info['name']}")
+    print(f"sha256    {info['sha256'][:16]}...  opset {info['opset']}  ir {info['ir_version']}  "
+          f"producer {info['producer'] or '?'}")
+    for t in info["inputs"]:
+        print(f"input     {t['name']}  {t['dtype']}  {_fmt_shape(t['shape'])}")
+    for t in info["outputs"]:
+        print(f"output    {t['name']}  {t['dtype']}  {_fmt_shape(t['shape'])}")
+    ops = ", ".join(f"{k} {v}" for k, v in info["op_counts"].items())
+    print(f"nodes     {info['nodes']}: {ops}")
+    state = "yes: already quantized, do not quantize again" if info["quantized"] else "no"
+    print(f"quantized {state}")
+    print(f"fp16      {'yes' if info['fp16'] else 'no'}")
+    if info["custom_domains"]:
+        print(f"custom    op domains {', '.join(info['custom_domains'])}")
+    r = info.get("fp32_run")
+    if r:
+        print(f"fp32 run  {r['samples']} samples in {r['wall_s']:.2f} s: {r['samples_per_s']} samples/s "
+              f"end to end, {r['inference_samples_per_s']} samples/s inference only")
+        if "top1" in r:
+            print(f"accuracy  top-1 {r['top1'] * 100:.1f}%  top-5 {r['top5'] * 100:.1f}%  "
+                  f"over {r['labelled']} labelled samples")
