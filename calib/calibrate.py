@@ -1,0 +1,174 @@
+"""The calibration pipeline: read -> collect statistics -> amax -> cache + Q/DQ model -> summary.
+
+:func:`calibrate` is the Python API behind ``calibrate`` / ``calib calibrate``. Every artifact
+is computed in memory first and written at the end, each file atomically, after checking that
+none of them would overwrite a file without ``force``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import __version__
+from .errors import AlreadyQuantizedError, CalibError, EmptyDatasetError
+from .model import Model, load_model
+from .utils import atomic_write_bytes, atomic_write_text, check_writable
+
+ALGORITHMS = ("entropy", "max", "percentile", "mse")
+TRT_ALGORITHM_NAMES = {
+    # Header names TensorRT writes; ours are computed without a GPU, named after the method.
+    "entropy": "EntropyCalibration2",
+    "max": "MinMaxCalibration",
+    "percentile": "PercentileCalibration",
+    "mse": "MSECalibration",
+}
+
+
+@dataclass
+class CalibrationResult:
+    """What :func:`calibrate` produced."""
+
+    amax: dict[str, float]
+    scales: dict[str, float]
+    paths: dict[str, Path]
+    summary: dict[str, Any]
+    qdq_model: Model | None = None
+    observers: dict = field(default_factory=dict, repr=False)
+
+    def summary_lines(self) -> list[str]:
+        return list(self.summary.get("lines", []))
+
+
+def output_paths(model_path: Path | None, out: str | os.PathLike | None, stem: str) -> dict[str, Path]:
+    base = Path(out) if out is not None else (model_path.parent if model_path else Path.cwd())
+    return {
+        "cache": base / f"{stem}.cache",
+        "sidecar": base / f"{stem}.cache.json",
+        "qdq": base / f"{stem}.int8.onnx",
+        "summary": base / "summary.json",
+    }
+
+
+def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", percentile: float = 99.99,
+              samples: int | None = 500, batch_size: int = 16, seed: int = 0, out=None, force: bool = False,
+              target: str = "tensorrt", trt_version: int | None = None, evaluate: bool = True,
+              eval_samples: int | None = 500, threads: int | None = None, progress: bool = True,
+              classes=None, labels=None, strict: bool = False, write: bool = True,
+              dataset=None) -> CalibrationResult:
+    """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
+
+    *data* is anything :func:`calib.datasets.open_dataset` accepts (a folder, HDF5/NumPy file, an
+    iterable of feed dicts); pass an already opened ``dataset`` instead to reuse one. Samples
+    are drawn from the dataset's stable ``calib`` split and the summary is computed on its
+    disjoint ``eval`` split, so the held-out numbers are honest.
+    """
+    from .algorithms import compute_amax
+    from .cache import CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar
+    from .collect import collect_statistics
+    from .datasets import open_dataset
+    from .qdq import quantize_model
+
+    t_start = time.perf_counter()
+    if algorithm not in ALGORITHMS:
+        raise CalibError(f"unknown algorithm '{algorithm}'; choose one of {', '.join(ALGORITHMS)}")
+    if target not in ("tensorrt", "onnxruntime"):
+        raise CalibError(f"unknown target '{target}'; choose tensorrt or onnxruntime")
+    m = load_model(model)
+    if m.is_quantized:
+        qops = sorted({n.op_type for n in m.nodes if n.op_type.startswith(("Q", "Dequant", "Dynamic"))
+                       or n.op_type.endswith("Integer")})
+        raise AlreadyQuantizedError(
+            f"{m.name} is already quantized ({', '.join(qops[:4])}); calibrate the original FP32 model instead")
+    stem = m.name
+    paths = output_paths(m.path, out, stem)
+    if write:
+        for p in paths.values():
+            check_writable(p, force)
+
+    ds = dataset if dataset is not None else open_dataset(
+        data, m, preprocess, seed=seed, classes=classes, labels=labels, strict=strict)
+    if len(ds) == 0:
+        raise EmptyDatasetError(f"no samples in {data}")
+    calib_ds = ds.split("calib") if len(ds) >= 2 else ds
+    eval_ds = ds.split("eval") if len(ds) >= 2 else None
+    if samples is not None and samples < len(calib_ds):
+        calib_ds = calib_ds.subset(limit=samples, seed=seed)
+    if len(calib_ds) == 0:
+        raise EmptyDatasetError(f"no samples left for calibration in {data}")
+
+    # 1. statistics over every float activation tensor (TensorRT's cache covers all of them)
+    t0 = time.perf_counter()
+    observers = collect_statistics(m, calib_ds.batches(batch_size=batch_size,
+                                                       progress="calibrating" if progress else False),
+                                   threads=threads, progress=False)
+    t_collect = time.perf_counter() - t0
+
+    # 2. amax per tensor
+    t0 = time.perf_counter()
+    params = {"percentile": percentile} if algorithm == "percentile" else {}
+    amax = {name: float(compute_amax(obs, algorithm, **params)) for name, obs in observers.items()}
+    t_amax = time.perf_counter() - t0
+    scales = {k: v / 127.0 for k, v in amax.items()}
+
+    # 3. artifacts in memory
+    cache = CalibrationCache(scales=scales, algorithm=TRT_ALGORITHM_NAMES[algorithm],
+                             version=trt_version or DEFAULT_TRT_VERSION)
+    cache_bytes = format_cache(cache)
+    sidecar = make_sidecar(model=m, cache=cache, data=calib_ds.describe(),
+                           algorithm=algorithm, params=params, samples=len(calib_ds), seed=seed)
+    qdq = quantize_model(m, amax, target=target)
+    qdq_bytes = qdq.serialize()
+
+    # 4. held-out comparison INT8 vs FP32
+    summary: dict[str, Any] = {
+        "schema": "calib-calibrate-summary", "version": 1, "calib_version": __version__,
+        "model": str(m.path) if m.path else m.name, "model_sha256": m.sha256,
+        "algorithm": algorithm, "params": params, "target": target,
+        "calibration_samples": len(calib_ds), "tensors": len(amax),
+        "timing_s": {"collect": round(t_collect, 3), "amax": round(t_amax, 3)},
+        "outputs": {k: str(v) for k, v in paths.items()} if write else {},
+    }
+    if evaluate and eval_ds is not None and len(eval_ds) > 0:
+        summary["held_out"] = _held_out(m, qdq, eval_ds, eval_samples, seed, batch_size, threads, progress)
+    summary["timing_s"]["total"] = round(time.perf_counter() - t_start, 3)
+    summary["lines"] = _summary_lines(summary)
+
+    if write:
+        for p in paths.values():  # re-check: nothing may have appeared meanwhile
+            check_writable(p, force)
+        atomic_write_bytes(paths["cache"], cache_bytes, overwrite=force)
+        atomic_write_text(paths["sidecar"], json.dumps(sidecar, indent=2, sort_keys=True) + "\n", overwrite=force)
+        atomic_write_bytes(paths["qdq"], qdq_bytes, overwrite=force)
+        atomic_write_text(paths["summary"], json.dumps(summary, indent=2, sort_keys=True) + "\n", overwrite=force)
+    return CalibrationResult(amax=amax, scales=scales, paths=paths if write else {}, summary=summary,
+                             qdq_model=qdq, observers=observers)
+
+
+def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size, threads, progress) -> dict:
+    from .backends.onnxruntime import OrtEngine
+    from .harness import compare
+
+    if eval_samples is not None and eval_samples < len(eval_ds):
+        eval_ds = eval_ds.subset(limit=eval_samples, seed=seed)
+    ref = OrtEngine(fp32, name="fp32", threads=threads)
+    cand = OrtEngine(int8, name="int8", threads=threads, precision="int8")
+    report = compare(ref, [cand], eval_ds.batches(batch_size=batch_size,
+                                                  progress="held-out check" if progress else False))
+    return {"samples": len(eval_ds), "report": report.to_dict(), "line": report.summary_line()}
+
+
+def _summary_lines(s: Mapping[str, Any]) -> list[str]:
+    lines = [f"calibrated {s['tensors']} tensors on {s['calibration_samples']} samples "
+             f"({s['algorithm']}) in {s['timing_s']['collect'] + s['timing_s']['amax']:.1f} s"]
+    ho = s.get("held_out")
+    if ho:
+        lines.append(f"held-out ({ho['samples']} samples): {ho['line']}")
+    for k, v in s.get("outputs", {}).items():
+        lines.append(f"wrote {v}")
+    return lines

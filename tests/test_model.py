@@ -1,0 +1,150 @@
+"""Model layer and ONNX Runtime engine on the real shared models, and bad model files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+from onnx import TensorProto
+
+from calib.backends.onnxruntime import OrtEngine
+from calib.cli import main
+from calib.errors import CustomOpError, InputMismatchError, ModelLoadError
+from calib.model import Model
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MODELS = SHARED / "models"
+pytestmark = pytest.mark.skipif(not MODELS.is_dir(), reason=f"real models not found at {MODELS}")
+
+
+def test_describe_efficientnet():
+    m = Model.load(MODELS / "efficientnet_lite0.onnx")
+    (inp,) = m.inputs
+    assert inp.name == "input" and inp.shape[1:] == (3, 224, 224) and isinstance(inp.shape[0], str)
+    assert inp.dtype == np.float32 and inp.fixed_batch is None
+    assert [o.name for o in m.outputs] == ["logits"]
+    assert m.opset == 17
+    assert m.op_counts()["Conv"] == 49
+    assert not m.is_quantized and not m.is_fp16
+    acts = m.activation_tensors()
+    assert "logits" in acts and len(acts) == len(set(acts))
+    # topological: every node's inputs are produced earlier (or are inputs/constants)
+    known = {t.name for t in m.inputs} | m.constant_tensors()
+    for n in m.nodes:
+        assert all(i == "" or i in known for i in n.input), n.name
+        known.update(n.output)
+
+
+def test_hash_is_content_based(tmp_path):
+    src = MODELS / "mnist_cntk.onnx"
+    copy = tmp_path / "renamed.onnx"
+    copy.write_bytes(src.read_bytes())
+    a, b = Model.load(src), Model.load(copy)
+    assert a.sha256 == b.sha256
+    b.proto.graph.node[0].name = "changed"
+    b._bytes = None
+    assert b.sha256 != a.sha256
+
+
+def test_quantized_and_fp16_detection():
+    assert Model.load(MODELS / "mobilenetv2_12_int8_zoo.onnx").is_quantized
+    fp16 = Model.load(MODELS / "squeezenet1_1_fp16.onnx")
+    assert fp16.is_fp16 and fp16.inputs[0].dtype == np.float16
+    assert not Model.load(MODELS / "squeezenet1_1_fp32.onnx").is_fp16
+
+
+def test_engine_fixed_batch_splitting_matches_single_runs():
+    eng = OrtEngine(MODELS / "squeezenet1_1_fp32.onnx", threads=1)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 50, size=(3, 3, 224, 224)).astype(np.float32)
+    batched = eng.run({"data_0": x})["softmaxout_1"]
+    assert batched.shape == (3, 1000, 1, 1)
+    for i in range(3):
+        single = eng.run({"data_0": x[i:i + 1]})["softmaxout_1"]
+        np.testing.assert_allclose(batched[i:i + 1], single, rtol=1e-5, atol=1e-7)
+    # softmax output: rows sum to one
+    np.testing.assert_allclose(batched.reshape(3, -1).sum(1), 1.0, rtol=1e-4)
+
+
+def test_engine_capture_returns_intermediates_that_match():
+    m = Model.load(MODELS / "mnist_cntk.onnx")
+    acts = [t for t in m.activation_tensors() if t not in {o.name for o in m.outputs}]
+    eng = OrtEngine(m, capture=acts, threads=1)
+    x = np.random.default_rng(1).uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)
+    out = eng.run({"Input3": x})
+    assert set(acts) <= set(out)
+    plain = OrtEngine(m, threads=1).run({"Input3": x})
+    np.testing.assert_allclose(out["Plus214_Output_0"], plain["Plus214_Output_0"], rtol=1e-5, atol=1e-5)
+    # a ReLU output is non-negative: the capture really is that tensor
+    relu_out = next(n.output[0] for n in m.nodes if n.op_type == "Relu")
+    assert out[relu_out].min() >= 0 and out[relu_out].max() > 0
+
+
+def test_engine_rejects_mismatched_inputs():
+    eng = OrtEngine(MODELS / "efficientnet_lite0.onnx", threads=1)
+    with pytest.raises(InputMismatchError, match=r"\(2, 3, 200, 200\).*224"):
+        eng.run({"input": np.zeros((2, 3, 200, 200), np.float32)})
+    with pytest.raises(InputMismatchError, match="int64"):
+        eng.run({"input": np.zeros((1, 3, 224, 224), np.int64)})
+    with pytest.raises(InputMismatchError, match="lacks model input 'input'"):
+        eng.run({"x": np.zeros((1, 3, 224, 224), np.float32)})
+
+
+def _custom_op_model(path: Path) -> Path:
+    g = oh.make_graph([oh.make_node("FancyOp", ["x"], ["y"], domain="com.acme")], "g",
+                      [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.acme", 1)], ir_version=9)
+    onnx.save(m, str(path))
+    return path
+
+
+def test_bad_model_files_raise_specific_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="not found"):
+        Model.load(tmp_path / "missing.onnx")
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes((MODELS / "mnist_cntk.onnx").read_bytes()[:5000])
+    with pytest.raises(ModelLoadError, match="trunc.onnx"):
+        Model.load(trunc)
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n" * 10)
+    with pytest.raises(ModelLoadError, match="notes.onnx"):
+        Model.load(text)
+    with pytest.raises(CustomOpError, match="com.acme:FancyOp"):
+        OrtEngine(_custom_op_model(tmp_path / "custom.onnx"))
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "text", "custom"])
+def test_cli_bad_model_one_line_and_nonzero(kind, tmp_path, capsys):
+    path = tmp_path / f"{kind}.onnx"
+    if kind == "truncated":
+        path.write_bytes((MODELS / "mnist_cntk.onnx").read_bytes()[:3000])
+    elif kind == "text":
+        path.write_text("garbage")
+    elif kind == "custom":
+        _custom_op_model(path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = ["inspect", "--model", str(path)]
+    if kind == "custom":
+        argv += ["--data", str(tmp_path / "feeds.npz")]
+        np.savez(tmp_path / "feeds.npz", x=np.ones((2, 1, 3), np.float32))
+        before = sorted(p.name for p in tmp_path.iterdir())
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc != 0
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_inspect_json_reports_quantized(capsys):
+    import json
+
+    rc = main(["inspect", "--model", str(MODELS / "mobilenetv2_12_int8_zoo.onnx"), "--json"])
+    assert rc == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["quantized"] is True and info["op_counts"]["QLinearConv"] == 52
+    assert info["inputs"][0]["name"] == "input"
