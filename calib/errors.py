@@ -69,6 +69,11 @@ class AlreadyQuantizedError(ModelError):
     """The model already contains quantization and must not be quantized again."""
 
 
+# --- statistics -------------------------------------------------------------
+class AlgorithmError(CalibError):
+    """A calibration algorithm or its parameters are invalid, or statistics cannot give a range."""
+
+
 # --- artifacts --------------------------------------------------------------
 class OutputExistsError(CalibError):
     """An output file exists and overwriting was not asked for (use --force)."""
