@@ -1,0 +1,442 @@
+"""Run a reference engine and any number of candidates in ONE pass over the data.
+
+Each batch is decoded once and fed to every engine; metrics and per-layer
+accumulators are updated and the outputs dropped before the next batch, so
+memory holds one batch of outputs (and captures) plus a few floats per sample.
+
+    from calib.harness import compare, engine
+    ref = engine("fp32.onnx"); cand = engine("model.int8.onnx")
+    report = compare(ref, [cand], dataset.batches(16), task="auto")
+    print(report.summary_line())
+"""
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..backends.base import Engine
+from ..errors import CalibError, DataError, LabelError
+from ..model import Model
+from . import metrics as M
+from .attribution import LayerAccumulator, float_activations, map_tensors
+from .stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, Series, bootstrap_ci, mcnemar_exact,
+                    paired_bootstrap_diff)
+
+TASK_NAMES = ("classification", "embedding", "dense", "ctc", "tensor")
+
+
+class HarnessError(CalibError):
+    """The evaluation cannot be run as asked (engines, task, data)."""
+
+
+# --------------------------------------------------------------------------- engines
+def engine(source: "Engine | Model | str | os.PathLike", *, name: str | None = None,
+           capture: Sequence[str] = (), **kw) -> Engine:
+    """An :class:`Engine` from an engine (returned as is), a :class:`Model` or an ONNX path.
+
+    ``.onnx`` paths and Models become :class:`calib.backends.onnxruntime.OrtEngine`;
+    other files are handed to the TensorRT backend (imported lazily).
+    """
+    if isinstance(source, Engine):
+        return source
+    from ..backends.onnxruntime import OrtEngine
+
+    if isinstance(source, Model):
+        return OrtEngine(source, name=name, capture=capture, **kw)
+    p = Path(source)
+    if p.suffix.lower() in (".plan", ".engine", ".trt"):
+        from ..backends import tensorrt as trt  # raises TensorRTUnavailableError without TensorRT
+
+        return trt.TrtEngine(p, name=name)  # pragma: no cover - needs a GPU
+    return OrtEngine(p, name=name or p.name, capture=capture, **kw)
+
+
+def _model_of(e: Engine) -> Model | None:
+    return getattr(e, "model", None) if isinstance(getattr(e, "model", None), Model) else None
+
+
+def _metadata(e: Engine) -> dict[str, str]:
+    m = _model_of(e)
+    if m is None:
+        return {}
+    return {p.key: p.value for p in m.proto.metadata_props}
+
+
+def _with_capture(e: Engine, tensors: list[str]) -> Engine:
+    from ..backends.onnxruntime import OrtEngine
+
+    m = _model_of(e)
+    return OrtEngine(m, name=e.info.name, capture=tensors, precision=e.info.precision)
+
+
+# --------------------------------------------------------------------------- batches
+@dataclass
+class _Batch:
+    feed: dict
+    labels: Any
+    ids: list
+
+
+def _batches(data, batch_size: int, progress) -> Iterable:
+    if hasattr(data, "batches") and callable(data.batches):
+        return data.batches(batch_size=batch_size, progress=progress)
+    return data
+
+
+def _as_batch(item, counter: int) -> _Batch:
+    if hasattr(item, "feed"):
+        feed = item.feed
+        labels = getattr(item, "labels", None)
+        ids = getattr(item, "ids", None)
+    elif isinstance(item, Mapping):
+        feed, labels, ids = item, None, None
+    elif isinstance(item, tuple) and len(item) in (2, 3) and isinstance(item[0], Mapping):
+        feed, labels = item[0], item[1]
+        ids = item[2] if len(item) == 3 else None
+    else:
+        raise DataError(f"cannot use {type(item).__name__} as a batch: expected Batch, feed dict or (feed, labels)")
+    n = next(iter(feed.values())).shape[0] if feed else 0
+    if ids is None:
+        ids = [str(counter + i) for i in range(n)]
+    return _Batch(dict(feed), labels, list(ids))
+
+
+def read_text_labels(path: "str | os.PathLike") -> dict[str, str]:
+    """``file<TAB>text`` per line (PaddleOCR / calib ocr-lines labels.tsv) -> {file name: text}."""
+    p = Path(path)
+    if not p.is_file():
+        raise LabelError(f"labels file not found: {p}")
+    out = {}
+    with open(p, encoding="utf-8", newline="") as f:
+        for i, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if not row or not row[0].strip():
+                continue
+            if len(row) < 2:
+                raise LabelError(f"{p}:{i}: expected 'file<TAB>text'")
+            out[row[0].strip()] = "\t".join(row[1:])
+    return out
+
+
+def _lookup_labels(ids, table: Mapping[str, Any]):
+    out = []
+    for i in ids:
+        key = str(i)
+        if key not in table:
+            base = os.path.basename(key)
+            if base not in table:
+                raise LabelError(f"no label for sample '{key}'")
+            key = base
+        out.append(table[key])
+    return out
+
+
+# --------------------------------------------------------------------------- task detection
+def detect_task(sample: np.ndarray, metadata: Mapping[str, str], labels) -> tuple[str, str]:
+    """Guess the task from the reference's first output; returns (task, reason)."""
+    x = np.asarray(sample)
+    text_labels = labels is not None and len(labels) and isinstance(list(labels)[0], str)
+    if x.ndim == 3 and ("character" in metadata or text_labels):
+        why = "model metadata holds a 'character' list" if "character" in metadata else "labels are text"
+        return "ctc", f"output [N, T, C] and {why}"
+    squeezed = x.ndim == 2 or (x.ndim > 2 and all(d == 1 for d in x.shape[2:]))
+    if squeezed and x.ndim >= 2:
+        c = x.shape[1]
+        if labels is not None:
+            return "classification", f"output [N, {c}] with integer labels"
+        if c > 1 and M.looks_like_probabilities(x.reshape(x.shape[0], c), axis=1):
+            return "classification", f"output [N, {c}] sums to 1 (probabilities)"
+        if c in (10, 100, 1000, 1001, 21841, 21843):
+            return "classification", f"output [N, {c}]: a common number of classes"
+        return "embedding", f"output [N, {c}] without labels: treated as an embedding"
+    if x.ndim == 4 and x.shape[2] > 1 and x.shape[3] > 1:
+        return "dense", f"output {list(x.shape)}: a dense map"
+    return "tensor", f"output shape {list(x.shape)}: generic tensor comparison"
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class MetricResult:
+    name: str
+    spec: dict
+    samples: int
+    candidate: dict | None = None        # Interval.to_dict(): value and CI of the candidate
+    reference: dict | None = None        # engine metrics: value and CI of the reference
+    difference: dict | None = None       # engine metrics: candidate - reference, paired CI
+    mcnemar: dict | None = None
+    verdict: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "spec": self.spec, "samples": self.samples, "candidate": self.candidate,
+                "reference": self.reference, "difference": self.difference, "mcnemar": self.mcnemar,
+                "verdict": self.verdict, "extra": self.extra}
+
+
+class _Acc:
+    """Per-sample values of one metric instance, appended batch by batch."""
+
+    def __init__(self, metric: M.Metric):
+        self.metric = metric
+        self.num: list[np.ndarray] = []
+        self.den: list[np.ndarray] = []
+        self.has_den = False
+
+    def add(self, values) -> None:
+        if values is None:
+            return
+        if isinstance(values, tuple):
+            num, den = values
+            self.has_den = True
+        else:
+            num, den = values, np.ones(np.shape(values)[0])
+        self.num.append(np.asarray(num, dtype=np.float64).reshape(-1))
+        self.den.append(np.asarray(den, dtype=np.float64).reshape(-1))
+
+    def series(self) -> Series | None:
+        self.add(self.metric.finish())
+        if not self.num:
+            return None
+        num = np.concatenate(self.num)
+        den = np.concatenate(self.den) if self.has_den else None
+        return Series(num, den, self.metric.aggregate)
+
+
+# --------------------------------------------------------------------------- the pass
+def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Model | str"], data,
+            *, task: str = "auto", metrics: Sequence[Any] | None = None, extra_metrics: Sequence[Any] = (),
+            attribute: bool | Sequence[str] = False, labels: "Mapping[str, Any] | str | None" = None,
+            batch_size: int = 16, progress=None, resamples: int = DEFAULT_RESAMPLES,
+            seed: int = DEFAULT_SEED, top_layers: int = 10, dataset_info: dict | None = None):
+    """Evaluate *candidates* against *reference* in one pass over *data*; returns a :class:`Report`.
+
+    *data*: a calib Dataset (``.batches()`` is called with *batch_size*), or an
+    iterable of Batch objects, feed dicts or ``(feed, labels[, ids])`` tuples.
+    *task*: ``auto`` or one of ``classification, embedding, dense, ctc, tensor``.
+    *metrics*: replaces the task's metrics (registry names, ``file.py:func``, Metric
+    objects or callables); *extra_metrics* adds to them.
+    *attribute*: True for per-layer SQNR over every float tensor (ONNX Runtime
+    engines), or a list of reference tensor names.
+    *labels*: a mapping from sample id (or file name) to label, or a ``file<TAB>text``
+    TSV path -- for text labels (CTC) the readers do not carry.
+    """
+    from .report import Report
+
+    if task != "auto" and task not in TASK_NAMES:
+        raise HarnessError(f"unknown task '{task}' (choose from auto, {', '.join(TASK_NAMES)})")
+    ref = engine(reference, name=None)
+    cands = [engine(c) for c in candidates]
+    if not cands:
+        raise HarnessError("no candidate to evaluate")
+    _unique_names(ref, cands)
+    label_table = read_text_labels(labels) if isinstance(labels, (str, os.PathLike)) else labels
+
+    # per-layer attribution: rebuild ORT engines with captures
+    accs: dict[int, LayerAccumulator] = {}
+    notes: list[str] = []
+    if attribute:
+        ref_model = _model_of(ref)
+        if ref_model is None:
+            notes.append("per-layer attribution needs an ONNX Runtime reference; skipped")
+        else:
+            wanted = list(attribute) if not isinstance(attribute, bool) else float_activations(ref_model)
+            all_pairs = {}
+            for j, c in enumerate(cands):
+                cm = _model_of(c)
+                if cm is None:
+                    notes.append(f"{c.info.name}: per-layer attribution needs an ONNX Runtime engine; skipped")
+                    continue
+                pairs = map_tensors(ref_model, cm, wanted)
+                if not pairs:
+                    notes.append(f"{c.info.name}: no intermediate tensor corresponds to the reference; skipped")
+                    continue
+                all_pairs[j] = pairs
+            if all_pairs:
+                ref_capture = sorted({rt for ps in all_pairs.values() for rt, _ in ps})
+                ref = _with_capture(ref, ref_capture)
+                for j, pairs in all_pairs.items():
+                    cands[j] = _with_capture(cands[j], [ct for _, ct in pairs])
+                    accs[j] = LayerAccumulator(cands[j].info.name, ref_model, pairs)
+
+    ref_names = list(ref.output_names)
+    timing = {"decode_s": 0.0, "engines_s": {e.info.name: 0.0 for e in [ref, *cands]}, "metrics_s": 0.0}
+    bound = False
+    detected = None
+    ref_accs: list[_Acc] = []          # engine metrics on the reference
+    cand_accs: list[list[_Acc]] = []   # per candidate, same order as metric list
+    metric_list: list[M.Metric] = []
+    n_samples = 0
+    has_labels = False
+    start = time.perf_counter()
+    it = iter(_batches(data, batch_size, progress))
+    counter = 0
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            break
+        b = _as_batch(item, counter)
+        timing["decode_s"] += time.perf_counter() - t0
+        if label_table is not None:
+            b.labels = _lookup_labels(b.ids, label_table)
+        n = len(b.ids)
+        counter += n
+
+        t0 = time.perf_counter()
+        ref_all = ref.run(b.feed)
+        timing["engines_s"][ref.info.name] += time.perf_counter() - t0
+        ref_out = {k: ref_all[k] for k in ref_names if k in ref_all}
+        cand_all = []
+        for c in cands:
+            t0 = time.perf_counter()
+            out = c.run(b.feed)
+            timing["engines_s"][c.info.name] += time.perf_counter() - t0
+            cand_all.append(out)
+
+        t0 = time.perf_counter()
+        if not bound:
+            has_labels = b.labels is not None
+            meta = _metadata(ref)
+            if task == "auto":
+                detected = detect_task(ref_out[ref_names[0]], meta, b.labels)
+            else:
+                detected = (task, "given")
+            if metrics is not None:
+                metric_list = [M.load_metric(m) for m in metrics]
+            else:
+                metric_list = M.metrics_for_task(detected[0], has_labels, list(extra_metrics))
+            ctx = M.MetricContext(ref_names, meta, ref_out, has_labels)
+            for m in metric_list:
+                if m.needs_labels and not has_labels:
+                    raise HarnessError(f"metric {m.name} needs labels but the data has none")
+                m.bind(ctx)
+            ref_accs = [_Acc(m.fresh()) if m.kind == "engine" else None for m in metric_list]
+            cand_accs = [[_Acc(m.fresh()) for m in metric_list] for _ in cands]
+            bound = True
+        elif (b.labels is not None) != has_labels:
+            raise DataError("some batches have labels and others do not")
+
+        for k, m in enumerate(metric_list):
+            if ref_accs[k] is not None:
+                ref_accs[k].add(ref_accs[k].metric.update(ref_out, b.labels))
+        for j, out in enumerate(cand_all):
+            c_out = _align(ref_names, out, cands[j])
+            for k, m in enumerate(metric_list):
+                acc = cand_accs[j][k]
+                if m.kind == "engine":
+                    acc.add(acc.metric.update(c_out, b.labels))
+                else:
+                    acc.add(acc.metric.update(ref_out, c_out, b.labels))
+            if j in accs:
+                accs[j].update(ref_all, out)
+        timing["metrics_s"] += time.perf_counter() - t0
+        n_samples += n
+        del ref_all, ref_out, cand_all
+    timing["total_s"] = time.perf_counter() - start
+    if not bound or n_samples == 0:
+        raise HarnessError("the data yielded no samples")
+
+    t0 = time.perf_counter()
+    ref_series = [a.series() if a is not None else None for a in ref_accs]
+    results = []
+    for j, c in enumerate(cands):
+        rs = []
+        for k, m in enumerate(metric_list):
+            rs.append(_summarise(m, cand_accs[j][k], ref_series[k], resamples, seed))
+        results.append(rs)
+    attributions = {cands[j].info.name: accs[j].result(top_layers) for j in accs}
+    timing["statistics_s"] = time.perf_counter() - t0
+
+    return Report(
+        reference=_engine_dict(ref), candidates=[_engine_dict(c) for c in cands],
+        task=detected[0], task_reason=detected[1], samples=n_samples, has_labels=has_labels,
+        metrics={c.info.name: r for c, r in zip(cands, results)}, attributions=attributions,
+        settings={"resamples": resamples, "seed": seed, "level": 0.95, "batch_size": batch_size,
+                  "ci_method": "paired percentile bootstrap over samples"},
+        dataset=dataset_info or (data.describe() if hasattr(data, "describe") else None),
+        timing=timing, notes=notes)
+
+
+def _unique_names(ref: Engine, cands: list[Engine]) -> None:
+    seen = {ref.info.name}
+    for c in cands:
+        base, k = c.info.name, 2
+        while c.info.name in seen:
+            c.info.name = f"{base}#{k}"
+            k += 1
+        seen.add(c.info.name)
+
+
+def _align(ref_names: list[str], out: dict, cand: Engine) -> dict:
+    if all(n in out for n in ref_names):
+        return out
+    names = list(cand.output_names)
+    if len(names) >= len(ref_names):
+        return {rn: out[cn] for rn, cn in zip(ref_names, names)}
+    raise HarnessError(f"{cand.info.name}: outputs {names} do not correspond to the reference's {ref_names}")
+
+
+def _engine_dict(e: Engine) -> dict:
+    d = {"name": e.info.name, "backend": e.info.backend, "precision": e.info.precision}
+    m = _model_of(e)
+    if m is not None:
+        d["model"] = str(m.path) if m.path else m.name
+        d["sha256"] = m.sha256
+    return d
+
+
+def _summarise(m: M.Metric, acc: _Acc, ref_series: Series | None, resamples: int, seed: int) -> MetricResult:
+    metric = acc.metric
+    series = acc.series()
+    spec = metric.spec()
+    extra = metric.summary()
+    res = MetricResult(m.name, spec, len(series) if series is not None else 0, extra=extra)
+    if series is None:
+        res.verdict = _fmt_summary(extra)
+        return res
+    t = metric.transform
+    res.candidate = bootstrap_ci(series, transform=t, resamples=resamples, seed=seed).to_dict()
+    if metric.kind == "engine" and ref_series is not None:
+        res.reference = bootstrap_ci(ref_series, transform=t, resamples=resamples, seed=seed).to_dict()
+        res.difference = paired_bootstrap_diff(series, ref_series, transform=t, resamples=resamples,
+                                               seed=seed).to_dict()
+        if metric.binary and series.den is None and ref_series.den is None:
+            res.mcnemar = mcnemar_exact(ref_series.num > 0.5, series.num > 0.5).to_dict()
+    from .report import verdict
+
+    res.verdict = verdict(res)
+    return res
+
+
+def _fmt_summary(extra: dict) -> str:
+    p = extra.get("percentiles")
+    if p:
+        return "; ".join(f"{k} {v:.3g}" for k, v in p.items())
+    return ""
+
+
+def evaluate(reference, candidates, dataset, *, task: str = "auto", attribute: bool | Sequence[str] = False,
+             out: "str | os.PathLike | None" = None, force: bool = False, metrics=None, extra_metrics=(),
+             labels=None, batch_size: int = 16, progress=None, resamples: int = DEFAULT_RESAMPLES,
+             seed: int = DEFAULT_SEED, plots: bool = True):
+    """Paths / Models / Engines in, :class:`Report` out; with *out*, the report files are written there
+    (refusing to overwrite them unless *force*)."""
+    from .report import report_paths
+    from ..utils import check_writable
+
+    cand_list = [candidates] if isinstance(candidates, (str, os.PathLike, Model, Engine)) else list(candidates)
+    if out is not None:   # fail before the (long) pass, not after
+        for p in report_paths(out, plots=plots):
+            check_writable(p, force)
+    rep = compare(reference, cand_list, dataset, task=task, metrics=metrics, extra_metrics=extra_metrics,
+                  attribute=attribute, labels=labels, batch_size=batch_size, progress=progress,
+                  resamples=resamples, seed=seed)
+    if out is not None:
+        rep.write(out, force=force, plots=plots)
+    return rep
