@@ -1,0 +1,552 @@
+"""`open_dataset` and :class:`Dataset`: model-shaped batches from images, HDF5, NumPy or iterables.
+
+Sample identity
+    Every sample has an id: the image path relative to the data folder (POSIX separators), the
+    row ``"3"`` of an HDF5/NumPy file, ``"file.npz[3]"`` in a folder of arrays, or the position
+    in an iterable. Ids do not depend on the machine, the folder location or listing order.
+
+Order
+    Samples are read in sorted-id order (file systems list in arbitrary order; we never do).
+
+Sampling (``limit`` + ``seed``)
+    The ``limit`` samples whose ``sha256("<seed>\\0<id>")`` are smallest are kept (read in id
+    order). The same ids give the same subset on every run and machine, and adding files to the
+    folder only swaps in the new files that rank lower. Iterables have no ids beyond position:
+    there ``limit`` keeps the first N samples.
+
+Split (``split="calib"|"eval"``, ``eval_fraction``)
+    A sample is in ``eval`` iff ``int(sha256("calib-split\\0<id>")[:16], 16) / 2**64 <
+    eval_fraction``, else in ``calib``. It uses only the id (not the seed, not the other files),
+    so calibration and evaluation sets stay disjoint across runs, commands and seeds. With
+    ``open_dataset(split=..., limit=N)`` the split is taken first, then N samples from it;
+    ``Dataset.split()`` partitions the dataset it is called on.
+
+Batching
+    ``batches(batch_size)`` yields full batches of the requested size (the last may be smaller;
+    ``drop_last=True`` drops it). Models with a fixed batch dimension are the engine's business.
+    Images whose sizes differ (dynamic-size inputs: PP-OCR det/rec) are padded with 0 at the
+    bottom/right to the largest height and width in the batch, as PaddleOCR pads its batches;
+    use ``batch_size=1`` to avoid padding entirely.
+
+Corrupt images
+    Skipped and counted (``Dataset.skipped`` after a pass, ``describe()["skipped"]``); one
+    :class:`DataWarning` at the end of the pass. ``strict=True`` raises
+    :class:`~calib.errors.CorruptSampleError` naming the file.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import (CorruptSampleError, DataError, DataNotFoundError, EmptyDatasetError, InputMismatchError,
+                      PreprocessError)
+from .preprocess import Preprocess, make_plan, preset_names
+from .sources import (ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ArraySource, DataWarning, ImageSource,
+                      StreamSource, check_finite, from_array, from_arrays, list_images, load_script, open_hdf5,
+                      open_numpy)
+
+SPLITS = ("calib", "eval")
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass
+class Batch:
+    """One batch: ``feed`` ready for ``Engine.run``, int64 ``labels`` (or None), sample ``ids``."""
+
+    feed: dict
+    labels: np.ndarray | None
+    ids: list
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _unit_hash(text: str) -> float:
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], 16) / 2.0 ** 64
+
+
+def split_of(sample_id: str, eval_fraction: float = 0.5) -> str:
+    """Which split a sample id belongs to (the documented, stable rule)."""
+    return "eval" if _unit_hash("calib-split\0" + sample_id) < eval_fraction else "calib"
+
+
+def _sample_key(seed: int, sample_id: str) -> str:
+    return hashlib.sha256(f"{seed}\0{sample_id}".encode("utf-8")).hexdigest()
+
+
+def default_workers() -> int:
+    """Decode threads: $CALIB_DATA_WORKERS, else the number of cores (at least 2, at most 8)."""
+    env = os.environ.get("CALIB_DATA_WORKERS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(2, min(8, os.cpu_count() or 1))
+
+
+def _check_fraction(f) -> float:
+    try:
+        f = float(f)
+    except (TypeError, ValueError):
+        raise DataError(f"eval_fraction must be a number in (0, 1), got {f!r}") from None
+    if not 0.0 < f < 1.0:
+        raise DataError(f"eval_fraction must be in (0, 1), got {f}")
+    return f
+
+
+def _collate(arrays: list[np.ndarray]) -> np.ndarray:
+    first = arrays[0].shape
+    if all(a.shape == first for a in arrays):
+        return np.stack(arrays)
+    # different sizes (dynamic H/W): pad with 0 at the end of every axis to the batch maximum
+    shape = tuple(max(a.shape[d] for a in arrays) for d in range(len(first)))
+    out = np.zeros((len(arrays), *shape), dtype=arrays[0].dtype)
+    for k, a in enumerate(arrays):
+        out[(k, *(slice(0, s) for s in a.shape))] = a
+    return out
+
+
+def _prefetch(fn, items: Sequence, workers: int, window: int) -> Iterator[tuple[Any, Any]]:
+    """Ordered map of *fn* over *items* in a pool of *workers* threads (0: inline), at most
+    *window* results ahead. Closing the generator cancels what is queued and joins the threads."""
+    if workers < 1:
+        for it in items:
+            yield it, fn(it)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="calib-data")
+    pending: collections.deque = collections.deque()
+    it = iter(items)
+    try:
+        for x in it:
+            pending.append((x, pool.submit(fn, x)))
+            if len(pending) >= window:
+                break
+        while pending:
+            x, fut = pending.popleft()
+            res = fut.result()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                pending.append((nxt, pool.submit(fn, nxt)))
+            yield x, res
+    finally:
+        for _, f in pending:
+            f.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
+
+
+class Dataset:
+    """Samples shaped for one model. Build with :func:`open_dataset`."""
+
+    def __init__(self, source, inputs, *, ops=(), strict=False, workers=None, preprocess=None,
+                 seed=0, limit=None, split=None, eval_fraction=0.5, extra=None):
+        self.source = source
+        self.inputs = list(inputs)
+        self.strict = bool(strict)
+        self.workers = workers
+        self.preprocess = preprocess
+        self.seed = seed
+        self.limit = limit
+        self.split_name = split
+        self.eval_fraction = eval_fraction
+        self._ops = tuple(ops)
+        self._extra = dict(extra or {})
+        self.skipped: list[tuple[str, str]] = []
+        self.last_pass: dict | None = None
+        self._indices: list[int] | None = None
+        self._len: int | None = None
+        if not source.streaming:
+            self._indices = self._select(range(len(source.ids)))
+
+    # -- selection ------------------------------------------------------------
+    def _select(self, indices) -> list[int]:
+        ids = self.source.ids
+        idx = list(indices)
+        for op in self._ops:
+            if op[0] == "split":
+                _, part, frac = op
+                idx = [i for i in idx if split_of(ids[i], frac) == part]
+            elif op[0] == "limit":
+                _, n, seed = op
+                if n is not None and n < len(idx):
+                    keep = set(sorted(idx, key=lambda i: _sample_key(seed, ids[i]))[:n])
+                    idx = [i for i in idx if i in keep]
+        return idx
+
+    def _derive(self, op, **changes) -> "Dataset":
+        kw = dict(strict=self.strict, workers=self.workers, preprocess=self.preprocess, seed=self.seed,
+                  limit=self.limit, split=self.split_name, eval_fraction=self.eval_fraction, extra=self._extra)
+        kw.update(changes)
+        return Dataset(self.source, self.inputs, ops=self._ops + (op,), **kw)
+
+    def split(self, part: str, eval_fraction: float = 0.5) -> "Dataset":
+        """The ``"calib"`` or ``"eval"`` part of this dataset (see the module docstring for the rule).
+
+        The two parts are disjoint, cover this dataset, and a sample's part depends only on its id.
+        """
+        if part not in SPLITS:
+            raise DataError(f"split must be 'calib' or 'eval', got {part!r}")
+        frac = _check_fraction(eval_fraction)
+        return self._derive(("split", part, frac), split=part, eval_fraction=frac)
+
+    def subset(self, limit: int | None = None, seed: int | None = None) -> "Dataset":
+        """At most *limit* samples of this dataset, chosen by the seeded hash rule."""
+        if limit is None:
+            return self
+        if int(limit) < 1:
+            raise DataError(f"limit must be >= 1, got {limit}")
+        seed = self.seed if seed is None else seed
+        return self._derive(("limit", int(limit), int(seed)), limit=int(limit), seed=seed)
+
+    # -- facts ----------------------------------------------------------------
+    def __len__(self) -> int:
+        if self._indices is not None:
+            return len(self._indices)
+        if self._len is None:
+            self._len = sum(1 for _ in self._stream())
+        return self._len
+
+    @property
+    def ids(self) -> list[str]:
+        if self._indices is not None:
+            return [self.source.ids[i] for i in self._indices]
+        return [sid for sid, _, _ in self._stream()]
+
+    @property
+    def has_labels(self) -> bool:
+        if self.source.streaming:
+            if self.source.has_labels is None:
+                self.source.count()
+            return bool(self.source.has_labels)
+        return self.source.labels is not None
+
+    @property
+    def kind(self) -> str:
+        return self.source.kind
+
+    def __repr__(self) -> str:
+        return f"<Dataset {self.source.kind} {self.describe()['source']} samples={len(self)}>"
+
+    # -- iteration -------------------------------------------------------------
+    def _stream(self) -> Iterator[tuple[str, dict, int | None]]:
+        """Streaming sources: samples after the split/limit ops."""
+        counts = [0] * len(self._ops)
+        for sid, feed, lab in self.source.samples():
+            ok = True
+            for k, op in enumerate(self._ops):
+                if op[0] == "split":
+                    if split_of(sid, op[2]) != op[1]:
+                        ok = False
+                        break
+                elif op[0] == "limit":
+                    if counts[k] >= op[1]:
+                        ok = False
+                        break
+                    counts[k] += 1
+            if ok:
+                yield sid, feed, lab
+            elif self._ops and self._ops[k][0] == "limit":
+                return      # a full limit rejects everything after it: stop reading
+
+    def _samples(self, skipped: list) -> Iterator[tuple[str, dict, int | None]]:
+        """Per-sample iteration for image (threaded) sources."""
+        src = self.source
+        labels = src.labels
+        strict = self.strict
+
+        def task(i):
+            try:
+                return src.load(i)
+            except CorruptSampleError as exc:
+                if strict:
+                    raise
+                return exc
+
+        workers = self.workers or default_workers()
+        window = max(4 * workers, 2 * self._batch_hint)
+        for i, res in _prefetch(task, self._indices, workers, window):
+            if isinstance(res, CorruptSampleError):
+                skipped.append((src.ids[i], str(res)))
+                continue
+            yield src.ids[i], res, (int(labels[i]) if labels is not None else None)
+
+    def _array_batches(self, batch_size: int, drop_last: bool) -> Iterator[Batch]:
+        """HDF5/NumPy: one lazy read per batch, one batch read ahead in a background thread."""
+        src = self.source
+        chunks = [self._indices[k:k + batch_size] for k in range(0, len(self._indices), batch_size)]
+        if drop_last and chunks and len(chunks[-1]) < batch_size:
+            chunks.pop()
+
+        for chunk, feed in _prefetch(src.load_batch, chunks, 1, 2):
+            ids = [src.ids[i] for i in chunk]
+            labels = None if src.labels is None else np.asarray(src.labels[chunk], dtype=np.int64)
+            yield Batch(self._finish(feed, ids), labels, ids)
+
+    def _finish(self, feed: dict, ids: list) -> dict:
+        out = {}
+        for t in self.inputs:
+            a = feed[t.name]
+            check_finite(t.name, a, ids)
+            if a.dtype != t.dtype:
+                a = a.astype(t.dtype)
+            out[t.name] = np.ascontiguousarray(a)
+        return out
+
+    _batch_hint = DEFAULT_BATCH_SIZE
+
+    def batches(self, batch_size: int = DEFAULT_BATCH_SIZE, progress: bool | str = False,
+                drop_last: bool = False) -> Iterator[Batch]:
+        """Yield :class:`Batch` es of *batch_size* samples (the last may be smaller).
+
+        ``progress``: False, True, or a label for a tqdm bar on stderr (shown on terminals only).
+        After a full pass ``skipped`` lists ``(id, reason)`` of images that could not be decoded.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise DataError(f"batch size must be a positive integer, got {batch_size!r}")
+        batch_size = int(batch_size)
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            total = len(self._indices) if self._indices is not None else self._len
+            bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "reading", unit="sample",
+                       disable=None, leave=False, dynamic_ncols=True)
+        skipped: list[tuple[str, str]] = []
+        self.skipped = skipped
+        read = 0
+        done = False
+        try:
+            if self._indices is not None and not self.source.threaded:
+                for b in self._array_batches(batch_size, drop_last):
+                    read += len(b)
+                    if bar is not None:
+                        bar.update(len(b))
+                    yield b
+            else:
+                self._batch_hint = batch_size
+                it = self._samples(skipped) if self._indices is not None else self._stream()
+                buf: list = []
+                for sid, feed, lab in it:
+                    buf.append((sid, feed, lab))
+                    if len(buf) == batch_size:
+                        b = self._make_batch(buf)
+                        buf = []
+                        read += len(b)
+                        if bar is not None:
+                            bar.update(len(b))
+                        yield b
+                if buf and not drop_last:
+                    b = self._make_batch(buf)
+                    read += len(b)
+                    if bar is not None:
+                        bar.update(len(b))
+                    yield b
+            done = True
+        finally:
+            if bar is not None:
+                bar.close()
+            self.last_pass = {"read": read, "skipped": len(skipped), "complete": done}
+            if done and self.source.streaming and not drop_last:
+                self._len = read
+        if skipped:
+            first_id, first_reason = skipped[0]
+            if read == 0:
+                raise EmptyDatasetError(f"none of the {len(skipped)} images could be decoded (first: {first_reason})")
+            warnings.warn(f"skipped {len(skipped)} of {len(skipped) + read} images that could not be decoded "
+                          f"(first: {first_reason}); strict=True / --strict stops on them", DataWarning, stacklevel=2)
+
+    def _make_batch(self, buf: list) -> Batch:
+        ids = [s for s, _, _ in buf]
+        feed = {t.name: _collate([f[t.name] for _, f, _ in buf]) for t in self.inputs}
+        if self.source.streaming:
+            feed = self._finish(feed, ids)
+        labs = [lab for _, _, lab in buf]
+        labels = None if any(v is None for v in labs) else np.asarray(labs, dtype=np.int64)
+        return Batch(feed, labels, ids)
+
+    # -- provenance ----------------------------------------------------------
+    def describe(self) -> dict:
+        """JSON-able provenance: where the samples came from and how they were chosen and prepared."""
+        d = self.source.describe()
+        ids = self.ids
+        d.update({
+            "count": len(ids),
+            "total": len(self.source.ids) if not self.source.streaming else self.source.total,
+            "ids_sha256": hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest(),
+            "seed": self.seed,
+            "limit": self.limit,
+            "split": self.split_name,
+            "eval_fraction": self.eval_fraction if self.split_name else None,
+            "split_rule": "eval iff int(sha256('calib-split\\0'+id)[:16],16)/2**64 < eval_fraction",
+            "selection": [list(op) for op in self._ops],
+            "labels": getattr(self.source, "label_source", None) if self.has_labels else None,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "preprocess": self.preprocess.to_dict() if self.preprocess is not None else None,
+            "preprocess_digest": self.preprocess.digest() if self.preprocess is not None else None,
+            "skipped": None if self.last_pass is None else self.last_pass["skipped"],
+            "skipped_ids": [s for s, _ in self.skipped][:50],
+        })
+        d.update(self._extra)
+        json.dumps(d)  # guarantee JSON-ability
+        return d
+
+
+# ---------------------------------------------------------------------------
+# open_dataset
+# ---------------------------------------------------------------------------
+def _model_inputs(model) -> list:
+    from ..model import Model, TensorInfo, load_model
+
+    if isinstance(model, (str, os.PathLike)):
+        model = load_model(model)
+    if isinstance(model, Model):
+        inputs = model.inputs
+    elif isinstance(model, TensorInfo):
+        inputs = [model]
+    else:
+        try:
+            inputs = list(model)
+        except TypeError:
+            raise DataError(f"model must be a calib.model.Model or a list of TensorInfo, got {type(model).__name__}") from None
+        if not all(isinstance(t, TensorInfo) for t in inputs):
+            raise DataError("model must be a calib.model.Model or a list of TensorInfo")
+    if not inputs:
+        raise InputMismatchError("the model has no inputs to feed")
+    return inputs
+
+
+def resolve_preprocess(preprocess) -> Preprocess | None:
+    if preprocess is None or isinstance(preprocess, Preprocess):
+        return preprocess
+    if isinstance(preprocess, str):
+        return Preprocess.preset(preprocess)
+    if isinstance(preprocess, Mapping):
+        if "format" in preprocess:
+            return Preprocess.from_dict(dict(preprocess))
+        try:
+            return Preprocess(**preprocess)
+        except TypeError as exc:
+            raise PreprocessError(f"bad preprocessing fields: {exc}") from None
+    raise PreprocessError(f"preprocess must be a preset name, a dict or a Preprocess, got {type(preprocess).__name__}")
+
+
+def _image_source(path: Path, ids: list[str], inputs, pre, *, single_file, classes, labels, strict):
+    if pre is None:
+        raise PreprocessError(f"images in {path} need preprocessing: pass a preset ({', '.join(preset_names())}) "
+                              f"with --preset, or --scale/--mean/--std/--resize")
+    if len(inputs) != 1:
+        raise InputMismatchError(f"images feed one input but the model has {len(inputs)} "
+                                 f"({', '.join(t.name for t in inputs)}); use HDF5/NumPy data or a loader script")
+    plan = make_plan(pre, inputs[0])
+    return ImageSource(path, ids, inputs[0], plan, single_file=single_file, classes=classes, labels=labels,
+                       strict=strict)
+
+
+def open_dataset(source, model, preprocess=None, *, limit: int | None = None, seed: int = 0, classes=None,
+                 labels=None, strict: bool = False, split: str | None = None, hdf5_map=None,
+                 workers: int | None = None, eval_fraction: float = 0.5) -> Dataset:
+    """Open *source* as samples for *model* (a :class:`calib.model.Model`, path, or list of TensorInfo).
+
+    *source*: a folder of images (recursive; JPEG PNG BMP WebP TIFF PNM) or of .npy/.npz files; an
+    image, .h5/.hdf5, .npy or .npz file; ``"script.py:func"``; a NumPy array or dict of arrays; an
+    iterable of feed dicts or a callable returning one. *preprocess*: a preset name, dict or
+    :class:`Preprocess` (images only; arrays are fed as stored, cast to the input dtype).
+    *classes*/*labels*: files mapping images to class indices (see :mod:`calib.datasets.labels`).
+    *hdf5_map*: ``{input: dataset}`` or ``"input=dataset,..."`` (also ``labels=...``; also used
+    for .npz keys). Raises a :class:`~calib.errors.DataError` subclass with a one-line message.
+    """
+    inputs = _model_inputs(model)
+    pre = resolve_preprocess(preprocess)
+    if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
+        raise DataError(f"limit must be >= 1, got {limit!r}")
+    if split is not None and split not in SPLITS:
+        raise DataError(f"split must be 'calib' or 'eval', got {split!r}")
+    frac = _check_fraction(eval_fraction)
+    try:
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise DataError(f"seed must be an integer, got {seed!r}") from None
+    if workers is not None and (int(workers) < 1):
+        raise DataError(f"workers must be >= 1, got {workers}")
+
+    if isinstance(source, Dataset):
+        ds = source
+    else:
+        src = _open_source(source, inputs, pre, classes=classes, labels=labels, strict=strict, hdf5_map=hdf5_map)
+        used_pre = pre if isinstance(src, ImageSource) else None
+        if pre is not None and used_pre is None and preprocess is not None:
+            warnings.warn(f"preprocessing {pre.name or 'custom'} ignored: {src.kind} data is fed as stored",
+                          DataWarning, stacklevel=2)
+        ds = Dataset(src, inputs, strict=strict, workers=workers, preprocess=used_pre, seed=seed)
+    if split is not None:
+        ds = ds.split(split, frac)
+    if limit is not None:
+        ds = ds.subset(int(limit), seed)
+    if not ds.source.streaming:
+        if len(ds.source.ids) == 0:
+            raise EmptyDatasetError(f"{ds.describe()['source']} holds no samples")
+        if len(ds) == 0:
+            raise EmptyDatasetError(f"no samples of {ds.describe()['source']} fall in the '{split}' split "
+                                    f"(eval_fraction {frac}); use more data")
+    return ds
+
+
+def _open_source(source, inputs, pre, *, classes, labels, strict, hdf5_map):
+    if isinstance(source, np.ndarray):
+        return from_array(source, inputs)
+    if isinstance(source, Mapping):
+        vals = list(source.values())
+        if vals and all(isinstance(v, np.ndarray) for v in vals):
+            return from_arrays(source, inputs, labels=labels)
+        return StreamSource([source], inputs)
+    if isinstance(source, (str, os.PathLike)):
+        text = os.fspath(source)
+        if isinstance(text, str) and ".py:" in text and not Path(text).exists():
+            fn = load_script(text)
+            return StreamSource(fn, inputs, kind="script", label=text)
+        path = Path(text)
+        if not path.exists():
+            raise DataNotFoundError(f"data path not found: {path}")
+        if path.is_dir():
+            return _open_folder(path, inputs, pre, classes=classes, labels=labels, strict=strict,
+                                hdf5_map=hdf5_map)
+        suffix = path.suffix.lower()
+        if suffix in HDF5_EXTENSIONS:
+            return open_hdf5(path, inputs, hdf5_map, labels)
+        if suffix in ARRAY_EXTENSIONS:
+            return open_numpy(path, inputs, hdf5_map, labels)
+        if suffix in IMAGE_EXTENSIONS:
+            return _image_source(path, [path.name], inputs, pre, single_file=True, classes=classes, labels=labels,
+                                 strict=strict)
+        if suffix == ".py":
+            return StreamSource(load_script(text), inputs, kind="script", label=text)
+        raise DataError(f"unsupported data file {path}: expected a folder of images, an image, .h5/.hdf5, "
+                        f".npy/.npz, or script.py:function")
+    if callable(source) or isinstance(source, Iterable):
+        return StreamSource(source, inputs)
+    raise DataError(f"data of type {type(source).__name__} is not a path, array, iterable or callable")
+
+
+def _open_folder(path: Path, inputs, pre, *, classes, labels, strict, hdf5_map):
+    images, others = list_images(path)
+    if images:
+        return _image_source(path, images, inputs, pre, single_file=False, classes=classes, labels=labels,
+                             strict=strict)
+    arrays = sorted(o for o in others if Path(o).suffix.lower() in ARRAY_EXTENSIONS)
+    if arrays:
+        return open_numpy(path, inputs, hdf5_map, labels, files=arrays)
+    if not others:
+        raise EmptyDatasetError(f"data folder {path} is empty")
+    exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+    raise EmptyDatasetError(f"no images ({exts}) or .npy/.npz arrays in {path} "
+                            f"({len(others)} other file(s), e.g. {others[0]})")
