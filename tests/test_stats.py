@@ -1,0 +1,146 @@
+"""TensorObserver: exact, order- and batch-size-independent, mergeable histograms."""
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+
+from calib.algorithms import compute_amax
+from calib.stats import EXP_MIN, TensorObserver
+
+
+def _data(seed=0, n=50_000):
+    rng = np.random.default_rng(seed)
+    parts = [rng.standard_normal(n) * 0.01, rng.standard_normal(n) * 3.0, rng.exponential(20.0, n // 10),
+             np.zeros(1000), -rng.uniform(0, 1e-30, 100)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def _observe(chunks, **kw):
+    o = TensorObserver("t", **kw)
+    for c in chunks:
+        o.update(c)
+    return o
+
+
+AMAX_CASES = [("max", {}), ("percentile", {"percentile": 99.9}), ("percentile", {"percentile": 99.9999}),
+              ("entropy", {}), ("mse", {})]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_order_and_batch_size_independence(seed):
+    x = _data(seed)
+    rng = np.random.default_rng(100 + seed)
+    a = _observe(np.array_split(x, 7))
+    # shuffled and re-batched with very uneven sizes, largest values last
+    y = x.copy()
+    rng.shuffle(y)
+    cuts = np.sort(rng.choice(np.arange(1, y.size), size=40, replace=False))
+    b = _observe(np.split(y, cuts))
+    z = np.sort(np.abs(x)) * np.sign(x[np.argsort(np.abs(x))])   # ascending |x|: the range grows many times
+    c = _observe(np.array_split(z, 300))
+    for o in (b, c):
+        assert o.same_as(a)
+        for alg, params in AMAX_CASES:
+            va, vo = compute_amax(a, alg, **params), compute_amax(o, alg, **params)
+            assert np.float64(va).tobytes() == np.float64(vo).tobytes(), alg
+
+
+def test_histogram_is_exact_floor_of_abs_over_width():
+    x = _data(3)
+    o = _observe(np.array_split(x, 5))
+    w = o.width
+    assert o.exp > EXP_MIN and math.log2(w) == o.exp
+    ref = np.bincount(np.floor(np.abs(x.astype(np.float64)) / w).astype(np.int64), minlength=o.bins)
+    assert np.array_equal(ref, o.hist)
+    # the width is the smallest power of two whose bins hold the max
+    assert o.absmax < o.bins * w and o.absmax >= o.bins * w / 2
+    assert o.hist.sum() == x.size == o.count
+
+
+def test_merge_equals_single_observer():
+    x = _data(4)
+    whole = _observe([x])
+    parts = np.array_split(x, 3)
+    # each worker sees a different range (the small-valued part grows less)
+    obs = [_observe([np.sort(p)]) for p in parts]
+    merged = TensorObserver("t")
+    for o in obs:
+        merged.merge(o)
+    assert merged.same_as(whole)
+    merged2 = obs[2].copy().merge(obs[0]).merge(obs[1])
+    assert merged2.same_as(whole)
+
+
+def test_large_then_small_equals_small_then_large():
+    small = np.full(100, 1e-3, np.float32)
+    big = np.array([1e4], np.float32)
+    a = _observe([small, big])
+    b = _observe([big, small])
+    assert a.same_as(b)
+    assert a.hist[0] == 100 and a.hist.sum() == 101
+
+
+def test_nan_inf_counted_not_fatal():
+    o = TensorObserver("x")
+    o.update(np.array([1.0, np.nan, -np.inf, np.inf, -2.0], np.float32))
+    o.update(np.array([np.nan, np.nan], np.float32))
+    assert (o.count, o.nan_count, o.inf_count) == (2, 3, 2)
+    assert o.min == -2.0 and o.max == 1.0 and o.absmax == 2.0
+    assert o.hist.sum() == 2
+    assert compute_amax(o, "max") == 2.0
+
+
+def test_dtypes_and_empty():
+    o = TensorObserver()
+    o.update(np.array([], np.float32))
+    assert o.count == 0 and o.absmax == 0.0
+    o.update(np.arange(-5, 6, dtype=np.int64).reshape(11, 1))
+    o.update(np.array([0.5], np.float16))
+    o.update(np.array([True, False]))
+    assert o.count == 14 and o.min == -5 and o.max == 5
+    with pytest.raises(TypeError):
+        o.update(np.array(["a"]))
+
+
+def test_zeros_only():
+    o = _observe([np.zeros((4, 4), np.float32)])
+    assert o.exp == EXP_MIN and o.hist[0] == 16 and o.absmax == 0.0
+    assert compute_amax(o, "entropy") == 0.0
+
+
+def test_histogram_2048_has_max_in_upper_half():
+    x = _data(5)
+    o = _observe([x])
+    counts, width = o.histogram(2048)
+    assert counts.sum() == x.size and counts.size == 2048
+    top = int(np.nonzero(counts)[0].max())
+    assert 1024 <= top < 2048
+    assert top == int(o.absmax // width)
+
+
+def test_large_tensor_chunked_path_matches_small_path():
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(1_300_000) * 5).astype(np.float32)
+    a = _observe([x])                       # one update: chunked path
+    b = _observe(np.array_split(x, 40))     # small updates: direct path
+    assert a.same_as(b)
+
+
+def test_pickle_and_state_round_trip():
+    o = _observe([_data(6)])
+    p = pickle.loads(pickle.dumps(o))
+    assert p.same_as(o) and p.name == o.name
+    q = TensorObserver.from_state(o.state())
+    assert q.same_as(o)
+
+
+def test_bins_must_be_power_of_two():
+    with pytest.raises(ValueError):
+        TensorObserver(bins=3000)
+    with pytest.raises(ValueError):
+        TensorObserver(bins=1024)
+    with pytest.raises(ValueError):
+        TensorObserver().merge(TensorObserver(bins=4096))
