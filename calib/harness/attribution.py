@@ -188,11 +188,13 @@ class LayerAccumulator:
                     self._bad.add(rt)
                     self.notes.append(f"{rt}: shapes differ ({r.shape} vs {c.shape}); skipped")
                 continue
-            r64 = r.astype(np.float64, copy=False).ravel()
-            e = c.astype(np.float64, copy=False).ravel() - r64
-            self.signal[i] += float(r64 @ r64)
-            self.noise[i] += float(e @ e)
-            self.elements[i] += r64.size
+            # float32 BLAS dot products (relative error well under 1e-3 per batch: far below what
+            # a dB figure shows); each batch's sum is then accumulated in float64
+            rf = np.ascontiguousarray(r, dtype=np.float32).ravel()
+            e = np.ascontiguousarray(c, dtype=np.float32).ravel() - rf
+            self.signal[i] += float(np.dot(rf, rf))
+            self.noise[i] += float(np.dot(e, e))
+            self.elements[i] += rf.size
             n = r.shape[0] if r.ndim else 1
         if n:
             self.samples += n

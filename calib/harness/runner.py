@@ -54,7 +54,7 @@ def engine(source: "Engine | Model | str | os.PathLike", *, name: str | None = N
         from ..backends import tensorrt as trt  # raises TensorRTUnavailableError without TensorRT
 
         return trt.TrtEngine(p, name=name)  # pragma: no cover - needs a GPU
-    return OrtEngine(p, name=name or p.name, capture=capture, **kw)
+    return OrtEngine(p, name=name, capture=capture, **kw)
 
 
 def _model_of(e: Engine) -> Model | None:
@@ -236,6 +236,9 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
     _unique_names(ref, cands)
     label_table = read_text_labels(labels) if isinstance(labels, (str, os.PathLike)) else labels
 
+    ref_names = list(ref.output_names)
+    cand_names = [list(c.output_names) for c in cands]
+
     # per-layer attribution: rebuild ORT engines with captures
     accs: dict[int, LayerAccumulator] = {}
     notes: list[str] = []
@@ -263,7 +266,6 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
                     cands[j] = _with_capture(cands[j], [ct for _, ct in pairs])
                     accs[j] = LayerAccumulator(cands[j].info.name, ref_model, pairs)
 
-    ref_names = list(ref.output_names)
     timing = {"decode_s": 0.0, "engines_s": {e.info.name: 0.0 for e in [ref, *cands]}, "metrics_s": 0.0}
     bound = False
     detected = None
@@ -326,7 +328,7 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
             if ref_accs[k] is not None:
                 ref_accs[k].add(ref_accs[k].metric.update(ref_out, b.labels))
         for j, out in enumerate(cand_all):
-            c_out = _align(ref_names, out, cands[j])
+            c_out = _align(ref_names, out, cand_names[j], cands[j].info.name)
             for k, m in enumerate(metric_list):
                 acc = cand_accs[j][k]
                 if m.kind == "engine":
@@ -373,13 +375,13 @@ def _unique_names(ref: Engine, cands: list[Engine]) -> None:
         seen.add(c.info.name)
 
 
-def _align(ref_names: list[str], out: dict, cand: Engine) -> dict:
+def _align(ref_names: list[str], out: dict, names: list[str], cand: str) -> dict:
+    """The candidate's outputs under the reference's names (by name, else by position)."""
     if all(n in out for n in ref_names):
         return out
-    names = list(cand.output_names)
-    if len(names) >= len(ref_names):
+    if len(names) == len(ref_names):
         return {rn: out[cn] for rn, cn in zip(ref_names, names)}
-    raise HarnessError(f"{cand.info.name}: outputs {names} do not correspond to the reference's {ref_names}")
+    raise HarnessError(f"{cand}: outputs {names} do not correspond to the reference's {ref_names}")
 
 
 def _engine_dict(e: Engine) -> dict:
