@@ -768,8 +768,12 @@ def _place(G: _Graph, types: dict[str, int], target: str, plan: PrecisionPlan | 
 
 
 # --------------------------------------------------------------------------- rewriting
-def _weight_q(w: np.ndarray, axis: int | None, per_channel: bool, wamax=None):
-    """int8 weights, float32 scales (per channel along *axis* or per tensor)."""
+def _weight_q(w: np.ndarray, axis: int | None, per_channel: bool, wamax=None, min_scale=None):
+    """int8 weights, float32 scales (per channel along *axis* or per tensor).
+
+    A channel whose weights are all zero gets scale 1. *min_scale* (ONNX Runtime target) raises
+    the scale of channels whose int32 bias would otherwise overflow (tiny weights, big bias).
+    """
     w = w.astype(np.float32)
     if per_channel and axis is not None:
         red = tuple(i for i in range(w.ndim) if i != axis)
@@ -777,12 +781,16 @@ def _weight_q(w: np.ndarray, axis: int | None, per_channel: bool, wamax=None):
             np.asarray(wamax, np.float32), (w.shape[axis],))
         amax = amax.astype(np.float32)
         scale = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
+        if min_scale is not None:
+            scale = np.maximum(scale, np.asarray(min_scale, np.float32)).astype(np.float32)
         shape = [1] * w.ndim
         shape[axis] = -1
         q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
         return q, scale
     amax = np.float32(np.abs(w).max() if wamax is None else np.max(wamax))
     scale = np.float32(amax / np.float32(127.0)) if amax > 0 else np.float32(1.0)
+    if min_scale is not None:
+        scale = np.float32(max(scale, np.max(min_scale)))
     q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
     return q, np.asarray(scale, np.float32)
 
@@ -856,12 +864,19 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
 
     def weight_dq(n, k, axis):
         wname = n.input[k]
-        key = (wname, axis if per_channel else None)
+        min_scale = None
+        if target == "onnxruntime" and k == 1 and n.op_type in ("Conv", "Gemm") and len(n.input) > 2 \
+                and n.input[2] and (id(n), 0) in edges and G.const(n.input[2]) is not None:
+            # int32 bias = b / (s_in * s_w) must fit: |b| / (s_in * s_w) <= 2**31 - 1
+            s_in = P.tparams[edges[(id(n), 0)]].scale
+            b = np.abs(G.const(n.input[2]).astype(np.float64)).ravel()
+            min_scale = (b / (s_in * (2.0 ** 31 - 1))).astype(np.float32) * np.float32(1.0001)
+        key = (wname, axis if per_channel else None, None if min_scale is None else min_scale.tobytes())
         if key in made_weights:
             return made_weights[key]
         w = G.const(wname)
         wa = weight_amax.get(wname) if weight_amax else None
-        q, scale = _weight_q(w, axis, per_channel, wa)
+        q, scale = _weight_q(w, axis, per_channel, wa, min_scale)
         qn = _unique(f"{wname}_quantized", taken)
         sn = _unique(f"{wname}_scale", taken)
         zn = _unique(f"{wname}_zero_point", taken)
@@ -967,16 +982,18 @@ def _toposort(nodes, available: set[str]):
 
 
 def _wrap_fp16(G: _Graph, nodes: list, types: dict[str, int]) -> list[str]:
-    """Cast float32 inputs of *nodes* to float16 and their float outputs back to float32."""
+    """Cast float32 inputs of *nodes* ((op_type, outputs) keys) to float16 and their float
+    outputs back to float32."""
     import onnx
     from onnx import helper
 
     taken = G.all_names()
     wrapped = []
     new_nodes = []
-    ids = {id(n) for n in nodes}
+    # the graph's node messages were copied by the rewrite: find the nodes by their outputs
+    keys = set(nodes)
     for n in list(G.g.node):
-        if id(n) not in ids:
+        if (n.op_type, tuple(n.output)) not in keys:
             new_nodes.append(n)
             continue
         try:
@@ -1069,7 +1086,8 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
         report.unmatched_plan_entries = plan.match(names)[1]
     report.folded = folded + _rewrite(G, P, target, per_channel, weight_amax or {}, types)
     if P.fp16:
-        report.fp16_nodes = _wrap_fp16(G, P.fp16, types)
+        fp16 = [(n.op_type, tuple(n.output)) for n in P.fp16]
+        report.fp16_nodes = _wrap_fp16(G, fp16, types)
     G.remove_dead()
     _drop_stale_value_info(G)
     meta = {"calib.qdq.target": target, "calib.qdq.per_channel": str(bool(per_channel)).lower()}
