@@ -98,13 +98,25 @@ class Interval:
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "level": self.level}
 
 
+def _quantile(sorted_vals: np.ndarray, q: float) -> float:
+    """Linear-interpolation quantile (NumPy's default) that also handles infinities
+    (an exact candidate has infinite SQNR in every resample)."""
+    pos = q * (sorted_vals.size - 1)
+    i = int(math.floor(pos))
+    frac = pos - i
+    lo = float(sorted_vals[i])
+    hi = float(sorted_vals[min(i + 1, sorted_vals.size - 1)])
+    if lo == hi or frac == 0.0:
+        return lo
+    return lo + frac * (hi - lo)
+
+
 def _percentiles(stat: np.ndarray, level: float) -> tuple[float, float]:
-    finite = stat[~np.isnan(stat)]
+    finite = np.sort(stat[~np.isnan(stat)])
     if finite.size == 0:
         return math.nan, math.nan
     a = (1.0 - level) / 2.0
-    lo, hi = np.quantile(finite, [a, 1.0 - a])
-    return float(lo), float(hi)
+    return _quantile(finite, a), _quantile(finite, 1.0 - a)
 
 
 def bootstrap_ci(series: Series, *, transform: Callable = _identity, resamples: int = DEFAULT_RESAMPLES,
