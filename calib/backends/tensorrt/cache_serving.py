@@ -12,18 +12,18 @@ Pure Python (no TensorRT): the calibrator's ``read_calibration_cache`` /
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ...errors import CacheError, CacheMismatchError
-from ...utils import atomic_write_bytes, atomic_write_text, sha256_bytes
+from ...utils import sha256_bytes
 
 #: our calibrator classes and the algorithm names TensorRT writes in cache headers
 TRT_ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}
 
 
 def sidecar_path(cache_path: Path) -> Path:
-    return Path(str(cache_path) + ".json")
+    from ...cache import sidecar_path as _sp
+    return _sp(cache_path)
 
 
 def calibrator_for_cache(algorithm_name: str | None) -> str:
@@ -61,9 +61,14 @@ class CacheServer:
             raise CacheMismatchError(
                 f"{self.path}: no sidecar {side.name} beside it, so its provenance (which model it was "
                 f"computed for) cannot be checked; recompute it with calib calibrate")
-        sidecar = cache_mod.read_sidecar(side)
-        cache_mod.check_provenance(sidecar, self.model)
-        return cache_mod.read_cache(self.path)
+        sidecar = cache_mod.read_sidecar(self.path)
+        cache = cache_mod.read_cache(self.path)
+        try:
+            cache_mod.check_provenance(sidecar, self.model, cache)
+        except CacheMismatchError as exc:
+            raise CacheMismatchError(f"{self.path} does not belong to {getattr(self.model, 'name', 'this model')}: "
+                                     f"{exc}") from None
+        return cache
 
     def trt_bytes(self, cache) -> bytes:
         """*cache* formatted with the running TensorRT's header."""
@@ -86,26 +91,19 @@ class CacheServer:
         return self.served
 
     def write(self, data: bytes) -> Path | None:
-        """Save TensorRT's cache (atomically) with a sidecar; returns the path (None: no path set)."""
+        """Save TensorRT's cache (atomically, deterministic format) with a provenance sidecar."""
         from ... import cache as cache_mod
 
         if self.path is None:
             return None
         data = bytes(data)
         try:
-            cache = cache_mod.parse_cache(data)
+            cache = cache_mod.parse_cache(data, source="TensorRT's calibration cache")
         except CacheError as exc:
             raise CacheError(f"TensorRT wrote a calibration cache calib cannot parse: {exc}") from None
-        sidecar = cache_mod.make_sidecar(model=self.model, cache=cache, data=self.data_description)
-        sidecar = dict(sidecar)
-        sidecar.setdefault("written_by", "tensorrt calibrator")
+        sidecar = dict(cache_mod.make_sidecar(model=self.model, cache=cache, data=self.data_description,
+                                              algorithm=f"tensorrt:{cache.algorithm}"))
         sidecar["tensorrt_cache_sha256"] = sha256_bytes(data)
-        # check both targets before writing either
-        from ...utils import check_writable
-        check_writable(self.path, self.overwrite)
-        check_writable(sidecar_path(self.path), self.overwrite)
-        atomic_write_bytes(self.path, data, overwrite=self.overwrite)
-        atomic_write_text(sidecar_path(self.path), json.dumps(sidecar, indent=2, sort_keys=True) + "\n",
-                          overwrite=self.overwrite)
+        cache_mod.write_cache_with_sidecar(self.path, cache, sidecar, overwrite=self.overwrite)
         self.written = self.path
         return self.path
