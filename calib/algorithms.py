@@ -15,7 +15,9 @@
     histogram.py`` (``_compute_amax_entropy``):
 
     * the 2048-bin histogram ``h`` of |x| (see below for how ours is made);
-    * for every candidate ``i`` in ``start_bin .. 2048`` (inclusive, like NVIDIA's code):
+    * for every candidate ``i`` in ``start_bin .. last non-empty bin + 1`` (inclusive; NVIDIA's
+      code runs to the histogram's end, and its histograms end at the max; ours extend up to
+      twice the max, see below, so the empty tail is cut to keep the same candidate set):
       ``P = h[:i]`` with the clipped mass ``sum(h[i:])`` added to ``P[i-1]``;
       ``Q``: the bins ``h[:i]`` (without the clipped mass) merged into ``levels`` levels,
       bin ``j`` going to level ``floor(j * levels / i)`` (NVIDIA's ``linspace``/``digitize``
@@ -125,14 +127,21 @@ def _entropy_bounds(nbins: int, start: int, levels: int) -> tuple[np.ndarray, np
     return cands, bounds
 
 
-def entropy_divergences(hist: np.ndarray, start_bin: int = 128, levels: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """``(candidates, KL)`` of the entropy search over the histogram *hist* (see module doc)."""
+def entropy_divergences(hist: np.ndarray, start_bin: int = 128, levels: int = 128,
+                        stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(candidates, KL)`` of the entropy search over the histogram *hist* (see module doc).
+
+    Candidates are ``start_bin .. stop`` (inclusive; default: every bin count up to ``len(hist)``).
+    """
     h = np.asarray(hist, dtype=np.float64)
     nb = h.size
     if not (1 <= levels <= start_bin <= nb):
         raise AlgorithmError(f"entropy needs 1 <= levels ({levels}) <= start_bin ({start_bin}) <= bins ({nb})")
     n = h.sum()
     cands, bnd = _entropy_bounds(nb, start_bin, levels)
+    if stop is not None:
+        k = min(max(int(stop), start_bin), nb) - start_bin + 1
+        cands, bnd = cands[:k], bnd[:k]
     nz = h > 0
     c = np.zeros(nb + 1)
     np.cumsum(h, out=c[1:])
@@ -172,7 +181,10 @@ def amax_entropy(observer: TensorObserver, start_bin: int = 128, levels: int = 1
         hist[0] = hist[1]
     if hist.sum() == 0:
         return float(observer.absmax)
-    cands, kl = entropy_divergences(hist, int(start_bin), int(levels))
+    # candidates end with the last non-empty bin: NVIDIA's histograms end at the max, so
+    # thresholds beyond it (which clip nothing, only coarsen) are never on offer there either
+    stop = int(np.nonzero(hist)[0].max()) + 1
+    cands, kl = entropy_divergences(hist, int(start_bin), int(levels), stop=stop)
     if not np.isfinite(kl).any():
         return float(observer.absmax)
     m = int(cands[len(kl) - 1 - int(np.argmin(kl[::-1]))])   # last minimum
