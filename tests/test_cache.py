@@ -149,7 +149,7 @@ def _tiny_model(path, weight=1.0, out_name="y"):
     g = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Relu", ["h"], [out_name])],
                       "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
                       [oh.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", 2])], [w])
-    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+    m = oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
     onnx.save(m, path)
     return Model.load(path)
 

@@ -1,0 +1,143 @@
+"""collect_statistics on the real EfficientNet-Lite0 with real ImageNet photographs."""
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import pytest
+from onnx import TensorProto
+
+from calib.algorithms import compute_amax
+from calib.backends.onnxruntime import OrtEngine
+from calib.collect import collect_statistics
+from calib.errors import CalibError, EmptyDatasetError
+from calib.model import Model
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+MODEL = SHARED / "models" / "efficientnet_lite0.onnx"
+IMAGES = SHARED / "data" / "imagenet-sample"
+needs_model = pytest.mark.skipif(not MODEL.is_file() or not IMAGES.is_dir(),
+                                 reason=f"real model/images not found under {SHARED}")
+
+
+def _decode(paths):
+    """The documented EfficientNet-Lite0 preprocessing, done directly with Pillow (fallback)."""
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        im = Image.open(p).convert("RGB")
+        w, h = im.size
+        s = 256 / min(w, h)
+        im = im.resize((max(256, round(w * s)), max(256, round(h * s))), Image.BICUBIC)
+        w, h = im.size
+        l, t = (w - 224) // 2, (h - 224) // 2
+        a = np.asarray(im.crop((l, t, l + 224, t + 224)), np.float32)
+        out.append(((a - 127.0) / 128.0).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Model.load(MODEL)
+
+
+@pytest.fixture(scope="module")
+def images(model):
+    try:
+        from calib.datasets import open_dataset
+
+        ds = open_dataset(IMAGES, model, "efficientnet-lite", limit=8, seed=0)
+        x = np.concatenate([b.feed["input"] for b in ds.batches(batch_size=8)])
+    except (ImportError, CalibError, TypeError, AttributeError):
+        x = _decode(sorted(IMAGES.glob("*.JPEG"))[:8])
+    assert x.shape == (8, 3, 224, 224) and x.dtype == np.float32
+    return x
+
+
+@pytest.fixture(scope="module")
+def float_tensors(model, images):
+    """Every float tensor of the model (by running it once with every activation captured)."""
+    outs = OrtEngine(model, capture=model.activation_tensors()).run({"input": images[:1]})
+    return ["input"] + [k for k in model.activation_tensors() if outs[k].dtype.kind == "f"]
+
+
+@needs_model
+def test_all_float_tensors_observed_and_amax_fast(model, images, float_tensors):
+    feeds = [{"input": images[:4]}, {"input": images[4:]}]
+    obs = collect_statistics(model, feeds, progress=False)
+    assert list(obs) == float_tensors                 # topological order, inputs first, no int tensors
+    assert len(obs) > 100
+    assert all(o.count > 0 and o.nonfinite == 0 for o in obs.values())
+    assert obs["input"].count == images.size
+    assert obs["input"].max == float(images.max()) and obs["input"].min == float(images.min())
+    assert obs["logits"].count == 8 * 1000
+    for alg in ("entropy", "max", "percentile", "mse"):
+        t0 = time.perf_counter()
+        amax = {k: compute_amax(o, alg) for k, o in obs.items()}
+        took = time.perf_counter() - t0
+        assert took < 1.0, (alg, took)
+        assert all(np.isfinite(v) and v >= 0 for v in amax.values())
+    # ReLU6 (Clip 0..6) outputs: max within [0, 6]
+    clip = [k for k in obs if "Clip" in k]
+    assert clip and all(0.0 <= obs[k].min and obs[k].max <= 6.0 for k in clip)
+
+
+@needs_model
+def test_same_statistics_whatever_batching_and_threads(model, images):
+    a = collect_statistics(model, [{"input": images}], progress=False, workers=0, run_batch=None)
+    b = collect_statistics(model, [{"input": images[i:i + 3]} for i in range(0, 8, 3)],
+                           progress=False, workers=2, run_batch=1)
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].same_as(b[k]), k
+        assert compute_amax(a[k], "entropy") == compute_amax(b[k], "entropy")
+
+
+@needs_model
+def test_explicit_tensors_and_batch_objects(model, images):
+    class B:
+        def __init__(self, x):
+            self.feed = {"input": x}
+
+    names = ["/_conv_stem/Conv_output_0", "logits"]
+    obs = collect_statistics(model, (B(images[i:i + 2]) for i in range(0, 4, 2)), names, progress=True)
+    assert list(obs) == names and obs["logits"].count == 4000
+    with pytest.raises(CalibError, match="unknown tensors"):
+        collect_statistics(model, [{"input": images[:1]}], ["no_such_tensor"], progress=False)
+
+
+def _tiny(path):
+    g = oh.make_graph([oh.make_node("Log", ["x"], ["l"]), oh.make_node("Shape", ["l"], ["s"]),
+                       oh.make_node("Relu", ["l"], ["y"])], "g",
+                      [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
+                       oh.make_tensor_value_info("s", TensorProto.INT64, [2])])
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), path)
+    return Model.load(path)
+
+
+def test_nonfinite_activations_are_counted_and_reported(tmp_path):
+    m = _tiny(tmp_path / "t.onnx")
+    x = np.array([[1.0, 0.0, -1.0], [2.0, 3.0, 4.0]], np.float32)     # log: -inf and nan
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        obs = collect_statistics(m, [{"x": x}], progress=False)
+    assert list(obs) == ["x", "l", "y"]                                 # int64 shape tensor skipped
+    assert obs["l"].nan_count == 1 and obs["l"].inf_count == 1 and obs["l"].count == 4
+    assert any("non-finite" in str(i.message) and "'l'" in str(i.message) for i in w)
+    assert compute_amax(obs["l"], "max") == pytest.approx(np.log(4.0))
+
+
+def test_empty_and_bad_batches(tmp_path):
+    m = _tiny(tmp_path / "t.onnx")
+    with pytest.raises(EmptyDatasetError):
+        collect_statistics(m, [], progress=False)
+    with pytest.raises(CalibError):
+        collect_statistics(m, [[1, 2, 3]], progress=False)
+    with pytest.raises(CalibError):
+        collect_statistics(m, [{"wrong": np.zeros((1, 3), np.float32)}], progress=False)
