@@ -215,7 +215,7 @@ def _open_npy(path: Path):
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
         msg = str(exc).splitlines()[0]
-        if "pickle" in msg:
+        if "pickle" in msg or "Python objects" in msg:
             raise DataError(f"{path} holds Python objects (needs pickle, which is never enabled); "
                             f"store a numeric array") from None
         raise CorruptSampleError(f"cannot read {path} as .npy: {msg}") from None
@@ -542,11 +542,8 @@ class StreamSource:
                                 f"{type(it).__name__}, expected an iterable of feed dicts")
             yield from it
         elif isinstance(self.obj, Iterator):
-            cache = []
-            for item in self.obj:
-                cache.append(item)
-                yield item
-            self._cache = cache
+            self._cache = list(self.obj)      # one-shot: keep it so later passes see the same data
+            yield from self._cache
         else:
             yield from self.obj
 
@@ -568,7 +565,7 @@ class StreamSource:
                     labels = item.pop(lk) if labels is None else labels
             extra = sorted(set(item) - names)
             if extra:
-                raise InputMismatchError(f"item {n_item}: {', '.join(extra)} not model inputs "
+                raise InputMismatchError(f"item {n_item}: {', '.join(repr(e) for e in extra)} not model inputs "
                                          f"({', '.join(sorted(names))})")
             arrays, count = {}, None
             for t in self.inputs:
