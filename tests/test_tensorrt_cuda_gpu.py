@@ -145,8 +145,14 @@ def test_legacy_cuda_cudart_import_path(cuda, monkeypatch):
         pytest.skip("this cuda-python has no legacy cuda.cudart module")
     from calib.backends.tensorrt import cuda as C
 
+    import cuda.bindings as new_pkg
+
     monkeypatch.setattr(C, "_cudart", None)
-    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)  # make the new path fail
+    # make the new path fail: no cached submodule, no attribute on the package
+    monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
+    monkeypatch.delattr(new_pkg, "runtime", raising=False)
+    with pytest.raises(ImportError):
+        from cuda.bindings import runtime  # noqa: F401
     rt = C.cudart()
     from cuda import cudart as legacy  # what the fallback imports (a shim over cuda.bindings in 12.x)
     assert rt is legacy
