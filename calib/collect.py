@@ -14,7 +14,7 @@ captured intermediates of a run; each batch is split into runs of at most ``run_
 samples (default 4) when the batch dimension is dynamic, which lowers peak memory and, on the
 CPU, time: allocating hundreds of MB of fresh outputs per run costs more than the runs.
 
-Overlap: with ``workers > 0`` (default: one per core) the histogram updates run on worker
+Overlap: with ``workers > 0`` (default: one per core, at most 4) the histogram updates run on worker
 threads while ONNX Runtime computes the next run. Each worker owns a fixed share of the
 tensors (no locks; results are identical to the serial path because observers are order
 independent). At most one finished run's activations wait in the queue while ONNX Runtime
@@ -149,7 +149,8 @@ def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any
     capture = [t for t in wanted if t not in set(input_names)]
     engine = OrtEngine(m, capture=capture, threads=threads)
     if workers is None:
-        workers = 1 if (os.cpu_count() or 1) > 1 else 0
+        cores = os.cpu_count() or 1
+        workers = min(4, cores) if cores > 1 else 0
     kw = {"bins": bins} if bins else {}
 
     bar = None
