@@ -215,6 +215,9 @@ class KLDivergence(Metric):
             return x / np.maximum(x.sum(axis=1, keepdims=True), self.eps)
         return softmax(x, axis=1)
 
+    def summary(self) -> dict:
+        return {"outputs": "probabilities (used as they are)" if self.probabilities else "logits (softmax applied)"}
+
     def update(self, ref, cand, labels):
         p = self._p(self.select(ref))
         q = self._p(self.select(cand))

@@ -266,7 +266,7 @@ class Report:
             L += ["## Metrics with 95% intervals", "", "![metrics](metrics.png)", ""]
         t = self.timing
         eng = ", ".join(f"{k} {v:.1f} s" for k, v in t.get("engines_s", {}).items())
-        L += ["## Timing", "", f"total {t.get('total_s', 0):.1f} s: decoding {t.get('decode_s', 0):.1f} s, "
+        L += ["## Timing", "", f"total {t.get('total_s', 0):.1f} s: waiting for data {t.get('decode_s', 0):.1f} s, "
               f"engines ({eng}), metrics {t.get('metrics_s', 0):.1f} s", ""]
         if self.notes:
             L += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
