@@ -667,3 +667,11 @@ def test_cli_flag_errors(tmp_path):
 def test_batch_is_a_plain_record():
     b = Batch({"x": np.zeros((2, 1))}, None, ["a", "b"])
     assert len(b) == 2 and b.labels is None
+
+
+def test_progress_bar_and_repeated_passes(tmp_path, capsys):
+    make_folder(tmp_path / "d", NAMES[:5])
+    ds = open_dataset(tmp_path / "d", rgb_model(), RAW_EXACT)
+    a = [b.ids for b in ds.batches(batch_size=2, progress="reading test")]
+    b = [b.ids for b in ds.batches(batch_size=2, progress=True)]
+    assert a == b and ds.last_pass == {"read": 5, "skipped": 0, "complete": True}

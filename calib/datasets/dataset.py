@@ -213,14 +213,14 @@ class Dataset:
         if self._indices is not None:
             return len(self._indices)
         if self._len is None:
-            self._len = sum(1 for _ in self._stream())
+            self._len = len(self._stream_ids())
         return self._len
 
     @property
     def ids(self) -> list[str]:
         if self._indices is not None:
             return [self.source.ids[i] for i in self._indices]
-        return [sid for sid, _, _ in self._stream()]
+        return self._stream_ids()
 
     @property
     def has_labels(self) -> bool:
@@ -238,25 +238,39 @@ class Dataset:
         return f"<Dataset {self.source.kind} {self.describe()['source']} samples={len(self)}>"
 
     # -- iteration -------------------------------------------------------------
+    def _admit(self, sid: str, counts: list) -> bool | None:
+        """Streaming selection: True keep, False drop, None stop (a full limit drops all after)."""
+        for k, op in enumerate(self._ops):
+            if op[0] == "split":
+                if split_of(sid, op[2]) != op[1]:
+                    return False
+            elif op[0] == "limit":
+                if counts[k] >= op[1]:
+                    return None
+                counts[k] += 1
+        return True
+
     def _stream(self) -> Iterator[tuple[str, dict, int | None]]:
         """Streaming sources: samples after the split/limit ops."""
         counts = [0] * len(self._ops)
         for sid, feed, lab in self.source.samples():
-            ok = True
-            for k, op in enumerate(self._ops):
-                if op[0] == "split":
-                    if split_of(sid, op[2]) != op[1]:
-                        ok = False
-                        break
-                elif op[0] == "limit":
-                    if counts[k] >= op[1]:
-                        ok = False
-                        break
-                    counts[k] += 1
+            ok = self._admit(sid, counts)
+            if ok is None:
+                return
             if ok:
                 yield sid, feed, lab
-            elif self._ops and self._ops[k][0] == "limit":
-                return      # a full limit rejects everything after it: stop reading
+
+    def _stream_ids(self) -> list[str]:
+        """Ids of a streaming dataset (positions), from the source's sample count alone."""
+        counts = [0] * len(self._ops)
+        out = []
+        for k in range(self.source.count()):
+            ok = self._admit(str(k), counts)
+            if ok is None:
+                break
+            if ok:
+                out.append(str(k))
+        return out
 
     def _samples(self, skipped: list) -> Iterator[tuple[str, dict, int | None]]:
         """Per-sample iteration for image (threaded) sources."""
