@@ -91,8 +91,6 @@ def run_build(args) -> int:
     from ..backends.tensorrt.builder import BuildOptions, build_engine, parse_shapes
     from ..model import load_model
 
-    if not args.cache and not getattr(args, "data", None) and args.mode != "explicit":
-        pass  # fp32/fp16-only builds need no scales; build_engine says so if INT8 needs them
     model = load_model(args.model)
     opts = BuildOptions(mode=args.mode, fp16=args.fp16, workspace_mib=args.workspace,
                         timing_cache=Path(args.timing_cache) if args.timing_cache else None,
@@ -101,7 +99,8 @@ def run_build(args) -> int:
                         max_shapes=parse_shapes(args.max_shapes, "--max"),
                         precision_constraints="prefer" if args.prefer else "obey",
                         profiles=args.profiles, calibrator=args.calibrator,
-                        save_cache=Path(args.save_cache) if args.save_cache else None, verbose=args.verbose)
+                        save_cache=Path(args.save_cache) if args.save_cache else None, verbose=args.verbose,
+                        calib_batch=getattr(args, "batch_size", None))
     dataset = _dataset(args, model)
     res = build_engine(model, args.out, cache=args.cache, dataset=dataset, plan=args.plan, options=opts,
                        overwrite=args.force)

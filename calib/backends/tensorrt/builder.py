@@ -181,6 +181,7 @@ class BuildOptions:
     profiles: int = 1                       # identical profiles, one per concurrent context
     calibrator: str | None = None           # "entropy" | "minmax" (default: from the cache header)
     save_cache: Path | None = None          # where TensorRT's own calibration cache goes (--data)
+    calib_batch: int | None = None          # calibration batch for dynamic-batch models (--batch-size)
     verbose: bool = False
 
 
@@ -393,7 +394,7 @@ def _calib_batch(model: Model, options: BuildOptions) -> int:
     for given in (options.opt_shapes, options.max_shapes):
         if t is not None and t.name in given:
             return int(given[t.name][0])
-    return 8
+    return int(options.calib_batch or 8)
 
 
 def _apply_layer_precisions(trt, network, assignment: LayerAssignment, wanted: set) -> int:
