@@ -12,9 +12,8 @@ candidate-minus-reference difference keeps the correlation between the two
 A metric's per-sample record is ``num`` (and optionally ``den``): its aggregate
 is ``sum(num) / sum(den)`` (``den`` = 1 per sample gives the plain mean; CER uses
 edits / characters, SQNR signal power / noise power), or ``max(num)`` for
-max-type metrics. Each resample is drawn as multinomial *counts* per sample
-(``B x N``), processed in blocks so memory stays bounded, and the aggregate is a
-weighted sum -- exactly the same as indexing with resampled indices.
+max-type metrics. Resamples are drawn as index arrays (``B x N`` uniform integers)
+in blocks of at most 4 M indices, so memory stays bounded whatever N.
 The interval is the percentile interval (2.5th and 97.5th percentiles of the
 resampled statistic). With a fixed ``seed`` the result is reproducible.
 """
@@ -28,7 +27,7 @@ import numpy as np
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_SEED = 0
-_BLOCK_ELEMS = 4_000_000     # B-block x N counts held at once (32 MB of float64)
+_BLOCK_ELEMS = 4_000_000     # resampled indices held at once (32 MB of int64)
 
 
 @dataclass
@@ -46,18 +45,17 @@ class Series:
         return _aggregate(self.num, self.den, self.aggregate, None)
 
 
-def _aggregate(num, den, how, counts):
-    """Aggregate over samples; with *counts* [B, N], one value per resample."""
-    if how == "max":
-        if counts is None:
+def _aggregate(num, den, how, idx):
+    """Aggregate over samples; with resampled indices *idx* [B, N], one value per resample."""
+    if idx is None:
+        if how == "max":
             return float(np.max(num)) if num.size else float("nan")
-        return np.where(counts > 0, num[None, :], -np.inf).max(axis=1)
-    if counts is None:
         d = float(np.sum(den)) if den is not None else float(num.shape[0])
-        n = float(np.sum(num))
-        return _safe_div(n, d)
-    n = counts @ num
-    d = counts @ den if den is not None else counts.sum(axis=1)
+        return _safe_div(float(np.sum(num)), d)
+    if how == "max":
+        return num[idx].max(axis=1)
+    n = num[idx].sum(axis=1)
+    d = den[idx].sum(axis=1) if den is not None else np.full(idx.shape[0], float(idx.shape[1]))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(d > 0, n / np.where(d > 0, d, 1.0), np.where(n > 0, np.inf, np.nan))
 
@@ -72,15 +70,14 @@ def _identity(x):
     return x
 
 
-def resample_counts(n: int, resamples: int, seed: int):
-    """Yield blocks of multinomial resampling counts, shape [b, n], float64."""
+def resample_indices(n: int, resamples: int, seed: int):
+    """Yield blocks of bootstrap resamples: index arrays of shape [b, n] (with replacement)."""
     rng = np.random.default_rng(seed)
     block = max(1, min(resamples, _BLOCK_ELEMS // max(1, n)))
     done = 0
-    p = np.full(n, 1.0 / n)
     while done < resamples:
         b = min(block, resamples - done)
-        yield rng.multinomial(n, p, size=b).astype(np.float64)
+        yield rng.integers(0, n, size=(b, n))
         done += b
 
 
@@ -127,9 +124,9 @@ def bootstrap_ci(series: Series, *, transform: Callable = _identity, resamples: 
     if n == 0:
         return Interval(est, math.nan, math.nan, level)
     stats = []
-    for counts in resample_counts(n, resamples, seed):
+    for idx in resample_indices(n, resamples, seed):
         with np.errstate(divide="ignore", invalid="ignore"):
-            stats.append(np.asarray(transform(_aggregate(series.num, series.den, series.aggregate, counts)),
+            stats.append(np.asarray(transform(_aggregate(series.num, series.den, series.aggregate, idx)),
                                     dtype=np.float64))
     lo, hi = _percentiles(np.concatenate(stats), level)
     return Interval(est, lo, hi, level)
@@ -147,9 +144,9 @@ def paired_bootstrap_diff(candidate: Series, reference: Series, *, transform: Ca
     if n == 0:
         return Interval(est, math.nan, math.nan, level)
     stats = []
-    for counts in resample_counts(n, resamples, seed):
-        c = _aggregate(candidate.num, candidate.den, candidate.aggregate, counts)
-        r = _aggregate(reference.num, reference.den, reference.aggregate, counts)
+    for idx in resample_indices(n, resamples, seed):
+        c = _aggregate(candidate.num, candidate.den, candidate.aggregate, idx)
+        r = _aggregate(reference.num, reference.den, reference.aggregate, idx)
         with np.errstate(divide="ignore", invalid="ignore"):
             stats.append(np.asarray(transform(c) - transform(r), dtype=np.float64))
     lo, hi = _percentiles(np.concatenate(stats), level)
