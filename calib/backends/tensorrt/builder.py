@@ -8,7 +8,6 @@ name against the real bindings.
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 
 from ... import __version__ as calib_version
 from ...errors import (BackendError, CalibError, EngineMismatchError, InputMismatchError,
-                       ModelLoadError, TensorRTUnavailableError)
+                       ModelLoadError)
 from ...model import Model, load_model
 from ...utils import atomic_write_bytes, atomic_write_text, check_writable, sha256_bytes, sha256_file
 from .matching import LayerAssignment, assign_plan, onnx_layer_basename
@@ -214,7 +213,7 @@ def build_engine(model, out, *, cache=None, dataset=None, plan=None, options: Bu
                  overwrite: bool = False, log: Callable[[str], None] = print) -> BuildResult:
     """Build and serialize an engine for *model*; write ``out`` and ``out.json`` atomically."""
     from . import import_tensorrt
-    from .cuda import InputSpec, device_properties, require_gpu
+    from .cuda import device_properties, require_gpu
     from ...plan import load_plan
 
     options = options or BuildOptions()
