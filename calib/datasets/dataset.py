@@ -39,7 +39,6 @@ import collections
 import hashlib
 import json
 import os
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ import numpy as np
 from ..errors import (CorruptSampleError, DataError, DataNotFoundError, EmptyDatasetError, InputMismatchError,
                       PreprocessError)
 from .preprocess import Preprocess, make_plan, preset_names
-from .sources import (ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, ArraySource, DataWarning, ImageSource,
+from .sources import (ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, DataWarning, ImageSource,
                       StreamSource, check_finite, from_array, from_arrays, list_images, load_script, open_hdf5,
                       open_numpy)
 

@@ -386,8 +386,7 @@ def make_plan(pre: Preprocess, tinfo) -> ImagePlan:
     elif mode == "height":
         h = pre.resize or fixed_h
         if h is None:
-            from ..errors import PreprocessError as _PE
-            raise _PE(f"resize mode 'height' needs a height (resize=48) for model input '{name}' {shape}")
+            raise PreprocessError(f"resize mode 'height' needs a height (resize=48) for model input '{name}' {shape}")
         size = (h, pre.max_width or fixed_w or 0)
         maxw = pre.max_width or fixed_w
         if maxw:

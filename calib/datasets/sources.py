@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..errors import (CorruptSampleError, DataError, DataNotFoundError, EmptyDatasetError, InputMismatchError,
-                      LabelError, MissingDatasetKeyError, NonFiniteInputError)
+from ..errors import (CorruptSampleError, DataError, DataNotFoundError, InputMismatchError, LabelError,
+                      MissingDatasetKeyError, NonFiniteInputError)
 from .labels import read_classes, read_labels
 from .preprocess import ImagePlan, load_image
 
