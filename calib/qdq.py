@@ -51,11 +51,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from .errors import AlreadyQuantizedError, CalibError, ModelError
+from .errors import AlreadyQuantizedError, ModelError
 from .model import QUANT_OPS, Model, load_model
 from .plan import PrecisionPlan, load_plan
 
