@@ -7,7 +7,7 @@ the data again, with no metrics at all. The claim checked: harness time < 1.2 x 
 
     python benchmarks/evaluate.py [--images 200] [--batch-size 16] [--repeat 1] [--json]
 
-Model: EfficientNet-Lite0 (FP32) from /work/shared; candidates: Q/DQ INT8 for the TensorRT
+Model: EfficientNet-Lite0 (FP32) from ../shared beside the repository ($CALIB_SHARED); candidates: Q/DQ INT8 for the TensorRT
 placement and for the ONNX Runtime placement (same percentile-99.99 amax from 32 calibration
 images, not timed). Engines are built before timing; decoding runs in the reader's worker
 threads in both cases.
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(os.environ.get("CALIB_SHARED", "/work/shared"))
+SHARED = Path(os.environ.get("CALIB_SHARED", Path(__file__).resolve().parents[1].parent / "shared")).resolve()
 
 
 def plain_pass(engine, ds, batch_size: int) -> float:

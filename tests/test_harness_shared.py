@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED = Path(os.environ.get("CALIB_SHARED", "/work/shared"))
+SHARED = Path(os.environ.get("CALIB_SHARED", Path(__file__).resolve().parents[1].parent / "shared")).resolve()
 MODELS = SHARED / "models"
 DATA = SHARED / "data"
 pytestmark = pytest.mark.skipif(not (MODELS / "efficientnet_lite0.onnx").exists(),
-                                reason="shared models not available")
+                                reason="../shared (real models and data) not found; set $CALIB_SHARED")
 
 
 def _int8(model, ds, batch_size=8, target="tensorrt"):
