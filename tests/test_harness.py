@@ -289,3 +289,16 @@ def test_cli_evaluate(tmp_path, capsys):
     assert main(["evaluate", "--model", str(ref), "--candidate", str(cand), "--data", str(tmp_path / "d.npz"),
                  "--out", str(tmp_path / "o2"), "--metric", "no_such_metric"]) == 2
     assert "unknown metric" in capsys.readouterr().err
+
+
+def test_tensorrt_plan_without_tensorrt(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed")
+    from calib.errors import TensorRTUnavailableError
+
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"not a plan")
+    with pytest.raises(TensorRTUnavailableError):
+        engine(plan)

@@ -261,6 +261,9 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
                 all_pairs[j] = pairs
             if all_pairs:
                 ref_capture = sorted({rt for ps in all_pairs.values() for rt, _ in ps})
+                notes.append("per-layer attribution: the reference and the attributed candidates ran with ONNX "
+                             "Runtime's basic graph optimisations (so intermediate tensors exist); all metrics "
+                             "come from these runs")
                 ref = _with_capture(ref, ref_capture)
                 for j, pairs in all_pairs.items():
                     cands[j] = _with_capture(cands[j], [ct for _, ct in pairs])
