@@ -7,7 +7,8 @@
 ``percentile`` (``percentile=99.99``; any value in (0, 100])
     the smallest fine-bin upper edge below which at least that share of |x| lies, never
     above the max. Resolution: one fine bin (``absmax / 8192`` or better).
-``entropy`` (``start_bin=128``, ``levels=128``, ``reference="tensorrt"``)
+``entropy`` (``start_bin=128``, ``levels=128``, ``reference="tensorrt"``, ``zero_bin="neighbour"``,
+``saturation="protect"``)
     TensorRT's entropy calibration (IInt8EntropyCalibrator2), as NVIDIA published it in
     "8-bit Inference with TensorRT" (Migacz, GTC 2017, slides "Entropy calibration -
     pseudocode"), cross-checked against NVIDIA's open implementations
@@ -32,6 +33,25 @@
       by ``h[1]`` before the search (it discounts the exact zeros after ReLU).
       TensorRT's own implementation is closed; its observable results agree with the GTC
       description, which is why it is the default.
+    * the zero spike: ``zero_bin="neighbour"`` (default) gives ``h[0]`` the count of ``h[1]``
+      before the search, as NVIDIA's pytorch-quantization and Model Optimizer do. After ReLU
+      or ReLU6 most values are exactly 0 (75-90% in EfficientNet-Lite0's later blocks); the
+      literal search (``zero_bin="keep"``) then merges that spike into level 0 for every
+      candidate wider than 128 bins, spreads it over the level's bins, and so always picks
+      the first candidate: thresholds of 0.5 on ReLU6 tensors whose max is 6. Measured on
+      the shared models (250 calibration / 253 held-out ImageNet images, Q/DQ in ONNX
+      Runtime): EfficientNet-Lite0 top-1 0.0% with ``keep`` vs 88.5% with ``neighbour``
+      (FP32 89.3%); SqueezeNet 1.1 25.3% vs 58.9% (FP32 59.3%). Zeros are exactly
+      representable in symmetric INT8, so discounting them costs nothing.
+    * the saturation spike: ``saturation="protect"`` (default) returns the max when the last
+      non-empty bin is a spike (more than 8 times the mean count of the 8 bins below it, at
+      least 8 values, and at least half of those 8 bins non-empty, so that isolated far
+      outliers above empty bins still count as a tail): the tensor was saturated by the graph (ReLU6 / Clip outputs pile up
+      at exactly 6). KL compares shapes, not error sizes, so the literal search
+      (``saturation="ignore"``) happily clips the spike, moving every saturated value by
+      ``6 - t``. On EfficientNet-Lite0 it clipped three ReLU6 outputs to 3.4-4.9 and cost
+      0.8 top-1 points on the held-out split (88.1% vs 88.9%, FP32 89.3%); protecting them
+      recovers it. Long, thin tails (no spike) are still clipped as TensorRT clips them.
 
     Fully vectorised: for all candidates at once the level sums come from cumulative sums
     gathered at the level boundaries, and ``sum P log P`` from a cumulative sum of
@@ -69,7 +89,7 @@ PERCENTILES = (99.9, 99.99, 99.999, 99.9999)
 _PARAMS = {
     "max": set(),
     "percentile": {"percentile"},
-    "entropy": {"start_bin", "levels", "reference"},
+    "entropy": {"start_bin", "levels", "reference", "zero_bin", "saturation"},
     "mse": {"start_bin"},
 }
 
@@ -171,12 +191,29 @@ def entropy_divergences(hist: np.ndarray, start_bin: int = 128, levels: int = 12
     return cands, kl
 
 
+def saturation_spike(hist: np.ndarray, window: int = 8, factor: float = 8.0) -> bool:
+    """True if the last non-empty bin is a spike: values piled up at a saturation bound."""
+    nz = np.nonzero(hist)[0]
+    if nz.size == 0:
+        return False
+    top = int(nz[-1])
+    if top <= window:
+        return False
+    below = hist[top - window:top]
+    if np.count_nonzero(below) < window // 2:
+        return False  # isolated far outliers above empty bins: a tail to clip, not a saturation bound
+    return hist[top] >= window and hist[top] > factor * max(float(np.mean(below)), 1.0)
+
+
 def amax_entropy(observer: TensorObserver, start_bin: int = 128, levels: int = 128,
-                 reference: str = "tensorrt") -> float:
+                 reference: str = "tensorrt", zero_bin: str = "neighbour",
+                 saturation: str = "protect") -> float:
     if reference not in ("tensorrt", "pytorch-quantization"):
         raise AlgorithmError(f"entropy reference must be 'tensorrt' or 'pytorch-quantization', got '{reference}'")
+    if zero_bin not in ("neighbour", "keep"):
+        raise AlgorithmError(f"entropy zero_bin must be 'neighbour' or 'keep', got '{zero_bin}'")
     hist, width = observer.histogram(TRT_BINS)
-    if reference == "pytorch-quantization":
+    if reference == "pytorch-quantization" or zero_bin == "neighbour":
         hist = hist.copy()
         hist[0] = hist[1]
     if hist.sum() == 0:
@@ -184,13 +221,18 @@ def amax_entropy(observer: TensorObserver, start_bin: int = 128, levels: int = 1
     # candidates end with the last non-empty bin: NVIDIA's histograms end at the max, so
     # thresholds beyond it (which clip nothing, only coarsen) are never on offer there either
     stop = int(np.nonzero(hist)[0].max()) + 1
+    if saturation not in ("protect", "ignore"):
+        raise AlgorithmError(f"entropy saturation must be 'protect' or 'ignore', got '{saturation}'")
+    if saturation == "protect" and saturation_spike(hist):
+        return float(observer.absmax)
     cands, kl = entropy_divergences(hist, int(start_bin), int(levels), stop=stop)
     if not np.isfinite(kl).any():
         return float(observer.absmax)
     m = int(cands[len(kl) - 1 - int(np.argmin(kl[::-1]))])   # last minimum
+    # never above the max: a range beyond the largest value seen only wastes resolution
     if reference == "tensorrt":
-        return float((m + 0.5) * width)
-    return float(m * width)
+        return float(min((m + 0.5) * width, observer.absmax))
+    return float(min(m * width, observer.absmax))
 
 
 # --- mse ---------------------------------------------------------------------

@@ -21,13 +21,6 @@ from .model import Model, load_model
 from .utils import atomic_write_bytes, atomic_write_text, check_writable
 
 ALGORITHMS = ("entropy", "max", "percentile", "mse")
-TRT_ALGORITHM_NAMES = {
-    # Header names TensorRT writes; ours are computed without a GPU, named after the method.
-    "entropy": "EntropyCalibration2",
-    "max": "MinMaxCalibration",
-    "percentile": "PercentileCalibration",
-    "mse": "MSECalibration",
-}
 
 
 @dataclass
@@ -69,7 +62,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     disjoint ``eval`` split, so the held-out numbers are honest.
     """
     from .algorithms import compute_amax
-    from .cache import CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar
+    from .cache import CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, trt_algorithm_name
     from .collect import collect_statistics
     from .datasets import open_dataset
     from .qdq import quantize_model
@@ -117,7 +110,9 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     scales = {k: v / 127.0 for k, v in amax.items()}
 
     # 3. artifacts in memory
-    cache = CalibrationCache(scales=scales, algorithm=TRT_ALGORITHM_NAMES[algorithm],
+    # The header must name the calibrator TensorRT loads it with (percentile/mse load through
+    # IInt8EntropyCalibrator2); the sidecar records the algorithm actually used.
+    cache = CalibrationCache(scales=scales, algorithm=trt_algorithm_name(algorithm),
                              version=trt_version or DEFAULT_TRT_VERSION)
     cache_bytes = format_cache(cache)
     sidecar = make_sidecar(model=m, cache=cache, data=calib_ds.describe(),

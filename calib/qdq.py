@@ -771,7 +771,7 @@ def _place(G: _Graph, types: dict[str, int], target: str, plan: PrecisionPlan | 
 def _weight_q(w: np.ndarray, axis: int | None, per_channel: bool, wamax=None, min_scale=None):
     """int8 weights, float32 scales (per channel along *axis* or per tensor).
 
-    A channel whose weights are all zero gets scale 1. *min_scale* (ONNX Runtime target) raises
+    A channel whose weights are all zero gets scale 1. *min_scale* raises
     the scale of channels whose int32 bias would otherwise overflow (tiny weights, big bias).
     """
     w = w.astype(np.float32)
@@ -865,7 +865,10 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
     def weight_dq(n, k, axis):
         wname = n.input[k]
         min_scale = None
-        if target == "onnxruntime" and k == 1 and n.op_type in ("Conv", "Gemm") and len(n.input) > 2 \
+        # Both targets: runtimes fold the float bias into the int32 accumulator (ONNX Runtime's
+        # QDQ fusion does it for the tensorrt placement too), so near-zero weight channels
+        # (EfficientNet-Lite0's stem has max|w| ~ 1e-9) must not get scales that overflow it.
+        if k == 1 and n.op_type in ("Conv", "Gemm") and len(n.input) > 2 \
                 and n.input[2] and (id(n), 0) in edges and G.const(n.input[2]) is not None:
             # int32 bias = b / (s_in * s_w) must fit: |b| / (s_in * s_w) <= 2**31 - 1
             s_in = P.tparams[edges[(id(n), 0)]].scale

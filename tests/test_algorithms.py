@@ -235,3 +235,48 @@ def test_entropy_search_for_450_tensors_under_one_second():
     for o in obs:
         compute_amax(o, "entropy")
     assert time.perf_counter() - t0 < 1.0
+
+
+def test_entropy_discounts_the_relu_zero_spike():
+    """ReLU6-like tensor: 80% exact zeros, the rest spread up to 6. The literal search is
+    dominated by the zero spike and picks its first candidate (128 of 2048 bins, about 0.5);
+    the default (zero bin given its neighbour's count, as NVIDIA's PTQ code does) keeps the
+    range near the max, as it must for accuracy."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([np.zeros(800_000, np.float32),
+                        np.clip(rng.exponential(1.5, 200_000), 0, 6).astype(np.float32)])
+    o = _obs(x)
+    width = o.histogram(2048)[1]
+    literal = compute_amax(o, "entropy", zero_bin="keep", saturation="ignore")
+    assert literal == pytest.approx(128.5 * width)          # the pathology, pinned
+    default = compute_amax(o, "entropy")
+    assert 4.0 < default <= 6.0
+    with pytest.raises(CalibError, match="zero_bin"):
+        compute_amax(o, "entropy", zero_bin="drop")
+
+
+def _fixture_observer(i: int) -> TensorObserver:
+    from pathlib import Path
+
+    z = np.load(Path(__file__).parent / "fixtures" / "effnet_relu6_observers.npz")
+    bins, exp, count, nan, inf = (int(v) for v in z[f"t{i}_meta"])
+    lo, hi = (float(v) for v in z[f"t{i}_range"])
+    return TensorObserver.from_state({"name": str(z[f"t{i}_name"]), "bins": bins, "exp": exp,
+                                      "hist": z[f"t{i}_hist"], "count": count, "nan_count": nan,
+                                      "inf_count": inf, "min": lo, "max": hi})
+
+
+def test_entropy_keeps_a_saturation_spike_but_clips_a_thin_tail(gauss_outliers):
+    """Real ReLU6 output (EfficientNet-Lite0 block 14, 247 ImageNet calibration images;
+    fixture saved from calib.collect): a pile of values at exactly 6 on top of a thin tail.
+    The literal KL search clips it to about 3.4, moving every saturated value; the default
+    keeps the max. Isolated far outliers above empty bins are still clipped."""
+    o = _fixture_observer(0)
+    assert o.max == pytest.approx(6.0)
+    assert compute_amax(o, "entropy", saturation="ignore") < 4.0
+    assert compute_amax(o, "entropy") == pytest.approx(6.0)
+    # block 0's ReLU6 output: literal entropy already keeps 6; both agree
+    b0 = _fixture_observer(1)
+    assert compute_amax(b0, "entropy") == compute_amax(b0, "entropy", saturation="ignore") == pytest.approx(6.0)
+    # a tail of 30 isolated values at 60 is not a saturation spike
+    assert compute_amax(gauss_outliers, "entropy") < 8.0
