@@ -107,7 +107,11 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     params = {"percentile": percentile} if algorithm == "percentile" else {}
     amax = {name: float(compute_amax(obs, algorithm, **params)) for name, obs in observers.items()}
     t_amax = time.perf_counter() - t0
-    scales = {k: v / 127.0 for k, v in amax.items()}
+    # A tensor that was all zeros over the data has no range: TensorRT rejects a zero dynamic
+    # range, so it is left out of the cache (TensorRT keeps it in higher precision) and named
+    # in the summary. The Q/DQ model quantizes it with scale 1 (zeros are exact).
+    scales = {k: v / 127.0 for k, v in amax.items() if v > 0}
+    unranged = sorted(k for k, v in amax.items() if not v > 0)
 
     # 3. artifacts in memory
     # The header must name the calibrator TensorRT loads it with (percentile/mse load through
@@ -125,7 +129,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
         "schema": "calib-calibrate-summary", "version": 1, "calib_version": __version__,
         "model": str(m.path) if m.path else m.name, "model_sha256": m.sha256,
         "algorithm": algorithm, "params": params, "target": target,
-        "calibration_samples": len(calib_ds), "tensors": len(amax),
+        "calibration_samples": len(calib_ds), "tensors": len(amax), "unranged_tensors": unranged,
         "timing_s": {"collect": round(t_collect, 3), "amax": round(t_amax, 3)},
         "outputs": {k: str(v) for k, v in paths.items()} if write else {},
     }
@@ -161,6 +165,10 @@ def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size,
 def _summary_lines(s: Mapping[str, Any]) -> list[str]:
     lines = [f"calibrated {s['tensors']} tensors on {s['calibration_samples']} samples "
              f"({s['algorithm']}) in {s['timing_s']['collect'] + s['timing_s']['amax']:.1f} s"]
+    if s.get("unranged_tensors"):
+        names = s["unranged_tensors"]
+        lines.append(f"left out of the cache (all zeros over the data): {', '.join(names[:3])}"
+                     + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
     ho = s.get("held_out")
     if ho:
         lines.append(f"held-out ({ho['samples']} samples): {ho['line']}")

@@ -518,14 +518,15 @@ class _Amax:
 
 
 def _sym_params(amax: float, target: str) -> QParams:
-    scale = float(np.float32(amax) / np.float32(127.0))
+    # an all-zero tensor (amax 0) gets scale 1, as all-zero weight channels do: zeros are exact
+    scale = float(np.float32(amax) / np.float32(127.0)) if amax > 0 else 1.0
     if target == "onnxruntime":
         return QParams(scale, 128, _UINT8)
     return QParams(scale, 0, _INT8)
 
 
 def _relu_params(amax: float) -> QParams:
-    return QParams(float(np.float32(amax) / np.float32(255.0)), 0, _UINT8)
+    return QParams(float(np.float32(amax) / np.float32(255.0)) if amax > 0 else 1.0, 0, _UINT8)
 
 
 _NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax", "HardSigmoid")

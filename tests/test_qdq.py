@@ -403,3 +403,20 @@ def test_missing_amax_falls_back_and_reports(effnet, effnet_amax, effnet_eval):
     for m in (q, qo):
         y = ort_session(m).run(None, {"input": x[:8]})[0]
         assert cosine(ref[:8], y).mean() > 0.97
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
+def test_all_zero_tensor_gets_a_usable_scale(effnet, effnet_amax, effnet_eval, target):
+    """An activation that was all zeros during calibration (amax 0) must not produce a zero
+    QuantizeLinear scale (division by zero): it gets scale 1, and the model still runs finite."""
+    x, ref = effnet_eval
+    amax = dict(effnet_amax)
+    victim = next(t for t in required_tensors(effnet, target) if "Clip_output" in t)
+    amax[victim] = 0.0
+    q = quantize_model(effnet, amax, target=target)
+    scales = {i.name: onnx.numpy_helper.to_array(i) for i in q.proto.graph.initializer}
+    for n in q.proto.graph.node:
+        if n.op_type == "QuantizeLinear":
+            assert np.all(scales[n.input[1]] > 0), n.name
+    out = ort_session(q).run(None, {"input": x[:4]})[0]
+    assert np.isfinite(out).all()
