@@ -15,7 +15,6 @@ defaults, per channel).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import statistics
 import sys
@@ -25,53 +24,27 @@ from pathlib import Path
 
 import numpy as np
 
-SHARED = Path(os.environ.get("CALIB_SHARED", "/work/shared"))
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CALIB_SHARED", ROOT.parent / "shared"))
 
-
-def _resize_crop(path, method, size=256, crop=224):
-    from PIL import Image
-
-    im = Image.open(path).convert("RGB")
-    w, h = im.size
-    s = size / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), method)
-    w, h = im.size
-    left, top = (w - crop) // 2, (h - crop) // 2
-    return np.asarray(im.crop((left, top, left + crop, top + crop)), dtype=np.float32)
-
-
-def effnet_batch(paths):
-    from PIL import Image
-
-    return np.stack([((_resize_crop(p, Image.BICUBIC) - 127.0) / 128.0).transpose(2, 0, 1)
-                     for p in paths]).astype(np.float32)
-
-
-def squeezenet_batch(paths):
-    from PIL import Image
-
-    mean = np.array([104, 117, 123], np.float32)
-    return np.stack([(_resize_crop(p, Image.BILINEAR)[..., ::-1] - mean).transpose(2, 0, 1)
-                     for p in paths]).astype(np.float32)
-
-
+# model key -> (file, preset, fixed batch of 1)
 MODELS = {
-    "efficientnet_lite0": ("efficientnet_lite0.onnx", "input", effnet_batch, False),
-    "squeezenet1_1": ("squeezenet1_1_fp32.onnx", "data_0", squeezenet_batch, True),
+    "efficientnet_lite0": ("efficientnet_lite0.onnx", "efficientnet-lite", False),
+    "squeezenet1_1": ("squeezenet1_1_fp32.onnx", "caffe", True),
 }
 
 
-def max_amax(model, feeds, threads):
-    from calib.backends.onnxruntime import OrtEngine
+def feeds_of(dataset, batch_size):
+    """Host batches from a calib dataset, decoded once."""
+    return [dict(b.feed) for b in dataset.batches(batch_size=batch_size)]
 
-    tensors = [t.name for t in model.inputs] + model.activation_tensors()
-    eng = OrtEngine(model, capture=tensors, threads=threads)
-    amax = {}
-    for f in feeds:
-        for k, v in eng.run(f).items():
-            if v.dtype.kind == "f" and v.size:
-                amax[k] = max(amax.get(k, 0.0), float(np.abs(v).max()))
-    return amax
+
+def max_amax(model, feeds, threads):
+    from calib.algorithms import compute_amax
+    from calib.collect import collect_statistics
+
+    obs = collect_statistics(model, feeds, threads=threads, progress=False)
+    return {k: compute_amax(o, "max") for k, o in obs.items()}
 
 
 def ort_quantize_static(src: Path, dst: Path, input_name: str, feeds):
@@ -91,13 +64,9 @@ def ort_quantize_static(src: Path, dst: Path, input_name: str, feeds):
 def session(data, threads):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    from calib.backends.onnxruntime import session_options
+
+    return ort.InferenceSession(data, session_options(threads, "all"), providers=["CPUExecutionProvider"])
 
 
 def make_call(sess, input_name, x, fixed_batch1):
@@ -134,20 +103,23 @@ def main(argv=None) -> int:
     from calib.model import Model
     from calib.qdq import quantize_model
 
-    images = sorted(glob.glob(str(SHARED / "data" / "imagenet-sample" / "*.JPEG")))
-    if len(images) < 32:
-        print(f"error: need ImageNet sample photos under {SHARED / 'data' / 'imagenet-sample'}", file=sys.stderr)
+    from calib.datasets import open_dataset
+
+    if not (SHARED / "models").is_dir():
+        print(f"error: the shared models and images are not at {SHARED} (set CALIB_SHARED)", file=sys.stderr)
         return 2
-    calib_paths = images[::7][:args.calib_images]
-    bench_paths = images[1::7]
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models.split(","):
-            fname, inp, prep, fixed1 = MODELS[key]
+            fname, preset, fixed1 = MODELS[key]
             src = SHARED / "models" / fname
             model = Model.load(src)
-            feeds = [{inp: prep([p])} for p in calib_paths]
+            inp = model.inputs[0].name
+            ds = open_dataset(SHARED / "data" / "imagenet-sample", model, preset)
+            feeds = feeds_of(ds.split("calib").subset(limit=args.calib_images, seed=0), 1)
+            bench = ds.split("eval").subset(limit=max(batches), seed=0)
+            x_all = np.concatenate([f[inp] for f in feeds_of(bench, max(batches))])
             amax = max_amax(model, feeds, args.threads)
             variants = {"fp32": model.serialize()}
             for target in ("tensorrt", "onnxruntime"):
@@ -164,7 +136,7 @@ def main(argv=None) -> int:
             variants["ORT quantize_static"] = dst.read_bytes()
             sessions = {k: session(v, args.threads) for k, v in variants.items()}
             for b in batches:
-                x = prep(bench_paths[:b])
+                x = x_all[:b]
                 calls = {k: make_call(s, inp, x, fixed1 and b > 1) for k, s in sessions.items()}
                 med = measure(calls, args.warmup, args.repeats)
                 for k in variants:

@@ -1,0 +1,236 @@
+"""Calibration benchmark: our GPU-free calibration against ONNX Runtime's quantize_static.
+
+Prints, in one run on the same data and thread count:
+  (a) calibration wall time over one bare FP32 pass over the same samples (max, entropy, ...);
+  (b) peak RSS of a streaming calibration with 64, 256 and 500 samples (should be flat);
+  (c) ONNX Runtime's quantize_static (MinMax, Entropy, Percentile; QDQ, per-channel) side by
+      side with ours: time, peak RSS, INT8 top-1 on the held-out split;
+  (d) INT8 over FP32 latency at batch 1 and 16 for both Q/DQ placements (see latency.py).
+
+Every configuration runs in its own subprocess, which reports its own peak RSS (VmHWM).
+Samples for (a) and (c) are decoded once into memory by each worker before its clock starts,
+so the times compare calibration work, not JPEG decoding.
+
+    python benchmarks/calibration.py                 # EfficientNet-Lite0, calib/eval split of 500 images
+    python benchmarks/calibration.py --quick         # fewer configurations, for a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MODELS = {
+    "efficientnet_lite0": ("efficientnet_lite0.onnx", "efficientnet-lite"),
+    "squeezenet1_1": ("squeezenet1_1_fp32.onnx", "caffe"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# worker side
+def _open(model_key: str, split: str | None, limit: int | None = None):
+    from calib.datasets import open_dataset
+    from calib.model import Model
+
+    fname, preset = MODELS[model_key]
+    model = Model.load(SHARED / "models" / fname)
+    ds = open_dataset(SHARED / "data" / "imagenet-sample", model, preset,
+                      classes=SHARED / "data" / "imagenet1k_classes.tsv")
+    if split:
+        ds = ds.split(split)
+    if limit is not None and limit < len(ds):
+        ds = ds.subset(limit=limit, seed=0)
+    return model, ds
+
+
+def _preload(ds, batch_size):
+    return [(b.feed, b.labels) for b in ds.batches(batch_size=batch_size)]
+
+
+def _top1(model_or_path, eval_batches, threads) -> float:
+    import numpy as np
+
+    from calib.backends.onnxruntime import OrtEngine
+
+    eng = OrtEngine(model_or_path, threads=threads)
+    hits = n = 0
+    for feed, labels in eval_batches:
+        y = eng.run(feed)[eng.output_names[0]]
+        pred = y.reshape(y.shape[0], -1).argmax(1)
+        hits += int((pred == labels).sum())
+        n += len(labels)
+    return hits / max(n, 1)
+
+
+def worker(job: dict) -> dict:
+    import numpy as np
+
+    from calib.backends.onnxruntime import OrtEngine
+
+    threads, bs, key = job["threads"], job["batch_size"], job["model"]
+    kind = job["kind"]
+    res: dict = {"job": job["name"]}
+    if kind == "stream":  # (b): streaming calibration straight from the reader
+        from calib.calibrate import calibrate
+
+        model, ds = _open(key, None, job["samples"])
+        t0 = time.perf_counter()
+        calibrate(model, None, dataset=ds, algorithm=job["algorithm"], samples=None, batch_size=bs,
+                  write=False, evaluate=False, threads=threads, progress=False)
+        res["seconds"] = time.perf_counter() - t0
+        res["samples"] = len(ds)
+        return res
+
+    model, cal = _open(key, "calib", job.get("samples"))
+    _, ev = _open(key, "eval")
+    cal_batches = _preload(cal, bs)
+    res["samples"] = len(cal)
+    if kind == "fp32":
+        eng = OrtEngine(model, threads=threads)
+        eng.run(cal_batches[0][0])  # warm-up
+        t0 = time.perf_counter()
+        for feed, _ in cal_batches:
+            eng.run(feed)
+        res["seconds"] = time.perf_counter() - t0
+        res["top1"] = _top1(model, _preload(ev, bs), threads)
+        return res
+    if kind == "ours":
+        from calib.algorithms import compute_amax
+        from calib.collect import collect_statistics
+        from calib.qdq import quantize_model
+
+        t0 = time.perf_counter()
+        obs = collect_statistics(model, (f for f, _ in cal_batches), threads=threads, progress=False)
+        params = {"percentile": job["percentile"]} if job["algorithm"] == "percentile" else {}
+        amax = {k: float(compute_amax(o, job["algorithm"], **params)) for k, o in obs.items()}
+        res["seconds"] = time.perf_counter() - t0
+        qdq = quantize_model(model, amax, target="tensorrt")
+        res["top1"] = _top1(qdq, _preload(ev, bs), threads)
+        return res
+    if kind == "ort":
+        import tempfile
+
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                              QuantType, quantize_static)
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.it = iter(cal_batches)
+
+            def get_next(self):
+                nxt = next(self.it, None)
+                return None if nxt is None else dict(nxt[0])
+
+        method = getattr(CalibrationMethod, job["method"])
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "ort_int8.onnx"
+            t0 = time.perf_counter()
+            quantize_static(str(model.path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=method, extra_options={"ActivationSymmetric": True})
+            res["seconds"] = time.perf_counter() - t0
+            res["top1"] = _top1(out, _preload(ev, bs), threads)
+        return res
+    raise ValueError(kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# driver side
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(MODELS), default="efficientnet_lite0")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--quick", action="store_true", help="skip ORT Entropy (the slowest, largest peer) and (b)")
+    ap.add_argument("--skip-ort", action="store_true")
+    ap.add_argument("--json", default=None, help="also write all results to this JSON file")
+    ap.add_argument("--latency-repeats", type=int, default=30, help="(d): timed runs per variant (0 skips it)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        res = worker(json.loads(a.worker))
+        res["peak_rss_mib"] = _vmhwm_mib()
+        print(json.dumps(res))
+        return
+
+    base = {"model": a.model, "threads": a.threads, "batch_size": a.batch_size}
+    jobs = [dict(base, name="fp32 pass", kind="fp32")]
+    for alg in ("max", "entropy", "percentile", "mse"):
+        jobs.append(dict(base, name=f"calib {alg}", kind="ours", algorithm=alg, percentile=99.99))
+    if not a.skip_ort:
+        for m in (["MinMax", "Percentile"] if a.quick else ["MinMax", "Entropy", "Percentile"]):
+            jobs.append(dict(base, name=f"ORT quantize_static {m}", kind="ort", method=m))
+    results = []
+    for job in jobs:
+        print(f"running {job['name']} ...", file=sys.stderr, flush=True)
+        results.append(run_job_rss(job))
+    stream = []
+    if not a.quick:
+        for n in (64, 256, 500):
+            job = dict(base, name=f"stream entropy {n}", kind="stream", algorithm="entropy", samples=n)
+            print(f"running {job['name']} ...", file=sys.stderr, flush=True)
+            stream.append(run_job_rss(job))
+
+    fp32 = results[0]
+    print(f"\nCalibration benchmark: {a.model}, {fp32.get('samples')} calibration samples, held-out top-1 on "
+          f"the eval split, {a.threads} threads, batch {a.batch_size}")
+    print(f"\n| method | time (s) | time / FP32 pass | peak RSS (MiB) | INT8 top-1 | FP32 top-1 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        if "error" in r:
+            print(f"| {r['job']} | failed: {r['error']} | | | | |")
+            continue
+        ratio = r["seconds"] / fp32["seconds"] if fp32.get("seconds") else float("nan")
+        t1 = f"{r['top1'] * 100:.1f}" if "top1" in r and r["job"] != "fp32 pass" else ""
+        print(f"| {r['job']} | {r['seconds']:.2f} | {ratio:.2f} | {r['peak_rss_mib']:.0f} | {t1} | "
+              f"{fp32.get('top1', 0) * 100:.1f} |")
+    if stream:
+        print("\n| streaming entropy calibration | samples | time (s) | peak RSS (MiB) |")
+        print("|---|---:|---:|---:|")
+        for r in stream:
+            if "error" in r:
+                print(f"| {r['job']} | failed: {r['error']} | | |")
+            else:
+                print(f"| {r['job']} | {r['samples']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |")
+        ok = [r["peak_rss_mib"] for r in stream if "error" not in r]
+        if ok:
+            print(f"\nRSS spread across sample counts: {(max(ok) / min(ok) - 1) * 100:.1f}% (goal: within 10%)")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"results": results, "stream": stream}, indent=2))
+    if a.latency_repeats > 0:
+        # (d) INT8 over FP32 latency for both placements, side by side with quantize_static
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import latency
+
+        print("\n(d) INT8 / FP32 latency in ONNX Runtime on this CPU")
+        latency.main(["--repeats", str(a.latency_repeats), "--threads", str(a.threads)])
+
+
+def _vmhwm_mib() -> float:
+    """This process's peak resident set size (VmHWM) in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_job_rss(job: dict) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", CALIB_THREADS=str(job["threads"]))
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
+                          capture_output=True, env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        return {"job": job["name"], "error": (proc.stderr.decode().strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    main()
