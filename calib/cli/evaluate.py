@@ -21,7 +21,7 @@ def register(subparsers) -> None:
         "evaluate", help="score candidates against the FP32 model (and labels)",
         description="Run the FP32 reference and every candidate over the same data in one pass "
                     "(each batch decoded once), and report each candidate's metrics with paired "
-                    "bootstrap 95%% intervals, McNemar's exact test for accuracy differences, and "
+                    "bootstrap 95% intervals, McNemar's exact test for accuracy differences, and "
                     "optionally per-layer SQNR.")
     p.add_argument("--model", required=True, help="the FP32 reference model (.onnx)")
     p.add_argument("--candidate", action="append", required=True, metavar="MODEL",
