@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 from . import __version__
 from .errors import AlreadyQuantizedError, CalibError, EmptyDatasetError
 from .model import Model, load_model
-from .utils import _umask, check_writable
+from .utils import atomic_write_all, check_writable
 
 ALGORITHMS = ("entropy", "max", "percentile", "mse")
 
@@ -142,59 +141,13 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     if write:
         for p in paths.values():  # re-check: nothing may have appeared meanwhile
             check_writable(p, force)
-        _write_all([(paths["cache"], cache_bytes),
+        atomic_write_all([(paths["cache"], cache_bytes),
                     (paths["sidecar"], (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode("utf-8")),
                     (paths["qdq"], qdq_bytes),
                     (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))],
                    overwrite=force)
     return CalibrationResult(amax=amax, scales=scales, paths=paths if write else {}, summary=summary,
                              qdq_model=qdq, observers=observers)
-
-
-def _write_all(files: list[tuple[Path, bytes]], overwrite: bool) -> None:
-    """Write every file or none of them.
-
-    Each file goes to a temporary file beside its target first (the slow part); then the targets
-    are put in place one by one. If that is interrupted (an error, Ctrl-C), the targets already
-    replaced are put back as they were (removed, or their previous content restored), so a
-    cache never ends up beside a sidecar or Q/DQ model of another run.
-    """
-    temps: list[Path] = []
-    staged: list[tuple[Path, Path]] = []
-    placed: list[tuple[Path, Path | None]] = []   # (target, backup of its old content or None)
-    try:
-        for target, data in files:
-            check_writable(target, overwrite)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            temps.append(Path(tmp))
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            staged.append((target, Path(tmp)))
-        for target, tmp in staged:
-            backup = None
-            if target.exists():
-                check_writable(target, overwrite)   # appeared meanwhile: never replace it silently
-                fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
-                os.close(fd)
-                temps.append(Path(name))
-                os.replace(target, name)
-                backup = Path(name)
-            placed.append((target, backup))
-            os.replace(tmp, target)
-    except BaseException:
-        for target, backup in reversed(placed):
-            if backup is not None and backup.exists():
-                os.replace(backup, target)
-            elif backup is None:
-                target.unlink(missing_ok=True)
-        raise
-    finally:
-        for t in temps:
-            t.unlink(missing_ok=True)
 
 
 def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size, threads, progress) -> dict:

@@ -25,6 +25,20 @@ def check_writable(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return p
 
 
+def _temp_beside(target: Path, suffix: str = ".tmp", data: bytes | None = None) -> Path:
+    """A new temporary file in *target*'s folder (same file system, so os.replace is atomic),
+    with the mode open() would give it (mkstemp makes 0600); *data* is written and fsynced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    with os.fdopen(fd, "wb") as f:
+        if data is not None:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
+    return Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside *path*; on success rename it onto *path*.
@@ -33,11 +47,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     crash or Ctrl-C never leaves a half-written artifact.
     """
     target = check_writable(path, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
-    tmp_path = Path(tmp)
+    tmp_path = _temp_beside(target)
     try:
         yield tmp_path
         if not overwrite and target.exists():
@@ -59,6 +69,44 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = F
 
 def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = False) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite)
+
+
+def atomic_write_all(files: list[tuple[Path, bytes]], overwrite: bool = False) -> None:
+    """Write every file or none of them (artifacts that belong together, e.g. a cache and its sidecar).
+
+    Each file goes to a temporary file beside its target first (the slow part); then the targets
+    are put in place one by one. If that is interrupted (an error, Ctrl-C), the targets already
+    replaced are put back as they were (removed, or their previous content restored), so a
+    cache never ends up beside a sidecar or Q/DQ model of another run.
+    """
+    temps: list[Path] = []
+    staged: list[tuple[Path, Path]] = []
+    placed: list[tuple[Path, Path | None]] = []   # (target, backup of its old content or None)
+    try:
+        for target, data in files:
+            target = check_writable(target, overwrite)
+            tmp = _temp_beside(target, data=data)
+            temps.append(tmp)
+            staged.append((target, tmp))
+        for target, tmp in staged:
+            backup = None
+            if target.exists():
+                check_writable(target, overwrite)   # appeared meanwhile: never replace it silently
+                backup = _temp_beside(target, suffix=".old")
+                temps.append(backup)
+                os.replace(target, backup)
+            placed.append((target, backup))
+            os.replace(tmp, target)
+    except BaseException:
+        for target, backup in reversed(placed):
+            if backup is not None and backup.exists():
+                os.replace(backup, target)
+            elif backup is None:
+                target.unlink(missing_ok=True)
+        raise
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
 
 
 def sha256_bytes(data: bytes) -> str:

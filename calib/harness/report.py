@@ -27,7 +27,7 @@ import os
 import re
 from pathlib import Path
 
-from ..utils import atomic_write_bytes, atomic_write_text, check_writable
+from ..utils import atomic_write_all, atomic_write_text, check_writable
 
 SCHEMA = "calib-report"
 VERSION = 1
@@ -369,9 +369,7 @@ class Report:
             files[d / "metrics.png"] = self.plot_metrics_png()
             for c in layer_cands:
                 files[d / f"layers_{safe_name(c)}.png"] = self.plot_layers_png(c)
-        d.mkdir(parents=True, exist_ok=True)
-        for p, data in files.items():
-            atomic_write_bytes(p, data, overwrite=force)
+        atomic_write_all(list(files.items()), overwrite=force)   # all or nothing, as calibrate's outputs
         return list(files)
 
 
