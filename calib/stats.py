@@ -173,6 +173,29 @@ class TensorObserver:
         self.hist += acc
         return self
 
+    def add_zeros(self, n: int) -> "TensorObserver":
+        """Add *n* values equal to 0.0, exactly as ``update(np.zeros(n, np.float32))`` would.
+
+        Zeros land in fine bin 0 whatever the width and never change the width; the range
+        widens to include 0. Used to derive the observer of a zero-padded tensor from its input's.
+        """
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"cannot add a negative number of zeros ({n})")
+        if n == 0:
+            return self
+        self.count += n
+        self.min = min(self.min, 0.0)
+        self.max = max(self.max, 0.0)
+        self.hist[0] += n
+        return self
+
+    def renamed(self, name: str | None) -> "TensorObserver":
+        """An exact, independent copy of this observer under another name."""
+        st = self.state()
+        st["name"] = name
+        return TensorObserver.from_state(st)
+
     def merge(self, other: "TensorObserver") -> "TensorObserver":
         """Add *other*'s statistics into this observer (exactly as if its data were updated here)."""
         if not isinstance(other, TensorObserver):

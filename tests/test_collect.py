@@ -141,3 +141,112 @@ def test_empty_and_bad_batches(tmp_path):
         collect_statistics(m, [[1, 2, 3]], progress=False)
     with pytest.raises(CalibError):
         collect_statistics(m, [{"wrong": np.zeros((1, 3), np.float32)}], progress=False)
+
+
+# -- derived observers: bit-identical to capturing and histogramming the tensor itself ----------
+def _same_observers(a, b):
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k].same_as(b[k]), k
+        assert a[k].name == b[k].name == k
+
+
+@needs_model
+def test_derived_observers_identical_on_efficientnet(model, images):
+    from calib.collect import default_tensors, plan_derivations
+
+    plan = plan_derivations(model, default_tensors(model))
+    pads = [k for k, d in plan.items() if d.kind == "pad"]
+    assert len(pads) == 17 and all(model.producers()[k].op_type == "Pad" for k in pads)
+    feeds = [{"input": images[:3]}, {"input": images[3:8]}]
+    direct = collect_statistics(model, feeds, progress=False, derive=False)
+    derived = collect_statistics(model, feeds, progress=False, derive=True, workers=1, run_batch=2)
+    _same_observers(direct, derived)
+    assert all(k in derived for k in pads)           # the padded tensors are still reported
+    for alg in ("entropy", "max", "percentile", "mse"):
+        for k in pads:
+            assert compute_amax(direct[k], alg) == compute_amax(derived[k], alg)
+
+
+def _chains(path, opset=17):
+    """Value-preserving chains: Transpose -> Pad -> Reshape, Pad -> Pad, Concat of derived
+    tensors, Identity/Dropout/Flatten/Squeeze/Unsqueeze, plus ops that must NOT be derived:
+    Pad with value 1, reflect Pad, Relu, MaxPool, a Pad after a Reshape (shape unknown)."""
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    inits = [
+        oh.make_tensor("pads_a", i64, [8], [0, 0, 1, 2, 0, 0, 3, 0]),
+        oh.make_tensor("shape_r", i64, [2], [0, -1]),
+        oh.make_tensor("one", f, [], [1.0]),
+        oh.make_tensor("zero", f, [], [0.0]),
+        oh.make_tensor("ax0", i64, [1], [0]),
+        oh.make_tensor("pads_b", i64, [6], [0, 1, 0, 0, 0, 2]),
+        oh.make_tensor("shape_3d", i64, [3], [0, 3, -1]),
+        oh.make_tensor("half", i64, [1], [4]),
+    ]
+    nodes = [
+        oh.make_node("Transpose", ["x"], ["t"], perm=[0, 1, 3, 2]),
+        # pads computed by a constant subgraph (ConstantOfShape + Concat), as PyTorch exports them
+        oh.make_node("ConstantOfShape", ["half"], ["zeros4"], value=oh.make_tensor("v", i64, [1], [0])),
+        oh.make_node("Constant", [], ["ones4"], value=oh.make_tensor("c", i64, [4], [0, 0, 1, 1])),
+        oh.make_node("Concat", ["zeros4", "ones4"], ["pads_c"], axis=0),
+        oh.make_node("Pad", ["t", "pads_a", "zero"], ["tp"], mode="constant"),
+        oh.make_node("Pad", ["tp", "pads_c"], ["tpp"]),                     # Pad -> Pad, value absent
+        oh.make_node("Reshape", ["tpp", "shape_r"], ["r"]),
+        oh.make_node("Identity", ["r"], ["r_id"]),
+        oh.make_node("Relu", ["x"], ["relu"]),
+        oh.make_node("Transpose", ["t"], ["tt"], perm=[0, 1, 3, 2]),
+        oh.make_node("Concat", ["x", "tt", "relu"], ["cat"], axis=1),
+        oh.make_node("Pad", ["cat", "pads_a"], ["cat_p"]),                 # Pad of a Concat
+        oh.make_node("Pad", ["x", "pads_a", "one"], ["p_one"]),            # value 1: not derivable
+        oh.make_node("Pad", ["x", "pads_a"], ["p_refl"], mode="reflect"),  # not derivable
+        oh.make_node("MaxPool", ["tp"], ["mp"], kernel_shape=[2, 2]),      # not derivable
+        oh.make_node("Flatten", ["mp"], ["mp_flat"], axis=1),
+        oh.make_node("Dropout", ["mp_flat"], ["mp_drop"]),
+        oh.make_node("Unsqueeze", ["mp_drop", "ax0"], ["mp_u"]),
+        oh.make_node("Squeeze", ["mp_u", "ax0"], ["mp_s"]),
+        oh.make_node("Reshape", ["relu", "shape_3d"], ["relu3"]),
+        oh.make_node("Pad", ["relu3", "pads_b"], ["relu3_p"]),             # input shape unknown: captured
+        oh.make_node("Concat", ["r_id", "mp_s"], ["y"], axis=1),
+    ]
+    outs = [oh.make_tensor_value_info(n, f, None) for n in ("y", "cat_p", "p_one", "p_refl", "relu3_p")]
+    g = oh.make_graph(nodes, "chains", [oh.make_tensor_value_info("x", f, ["N", 3, 4, 5])], outs, initializer=inits)
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", opset)], ir_version=8), path)
+    return Model.load(path)
+
+
+def test_derived_observers_identical_on_synthetic_chains(tmp_path):
+    from calib.collect import default_tensors, plan_derivations
+
+    m = _chains(tmp_path / "chains.onnx")
+    plan = plan_derivations(m, default_tensors(m))
+    kinds = {k: d.kind for k, d in plan.items()}
+    assert {k: kinds.get(k) for k in ("t", "tt", "tp", "tpp", "r", "r_id", "cat", "cat_p", "mp_flat", "mp_drop",
+                                      "mp_u", "mp_s", "relu3", "y")} == {
+        "t": "alias", "tt": "alias", "tp": "pad", "tpp": "pad", "r": "alias", "r_id": "alias", "cat": "concat",
+        "cat_p": "pad", "mp_flat": "alias", "mp_drop": "alias", "mp_u": "alias", "mp_s": "alias",
+        "relu3": "alias", "y": "concat"}
+    for k in ("relu", "p_one", "p_refl", "mp", "relu3_p"):
+        assert k not in plan, k
+    assert plan["tp"].pads.tolist() == [0, 0, 1, 2, 0, 0, 3, 0]
+    assert plan["tpp"].pads.tolist() == [0, 0, 0, 0, 0, 0, 1, 1]    # from the constant subgraph
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 3, 4, 5)).astype(np.float32) * np.float32(3.0)
+    x[0, 0, 0, 0] = np.nan
+    x[1, 2, 3, 4] = -np.inf
+    x[2] = 0.0
+    x[3] = np.abs(x[3]) + np.float32(0.5)                             # a positive-only sample
+    feeds = [{"x": x[:1]}, {"x": x[1:4]}, {"x": x[4:]}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        direct = collect_statistics(m, feeds, progress=False, derive=False)
+        for kw in ({"workers": 0, "run_batch": None}, {"workers": 2, "run_batch": 2}, {"run_batch": 1}):
+            _same_observers(direct, collect_statistics(m, feeds, progress=False, **kw))
+        pos = collect_statistics(m, [{"x": x[3:4]}], progress=False)     # zeros extend min down to 0
+        assert pos["x"].min > 0 and pos["tp"].min == 0.0 and pos["cat_p"].min == 0.0
+        _same_observers(collect_statistics(m, [{"x": x[3:4]}], progress=False, derive=False), pos)
+        # explicit tensors: a derived tensor whose source is not observed is captured itself
+        names = ["tpp", "r", "tp", "y"]
+        _same_observers(collect_statistics(m, feeds, names, progress=False, derive=False),
+                        collect_statistics(m, feeds, names, progress=False))
+    assert direct["tp"].nan_count == 1 and direct["tp"].inf_count == 1
+    assert direct["tp"].count == 7 * 3 * 9 * 6 - 2

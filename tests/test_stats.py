@@ -144,3 +144,30 @@ def test_bins_must_be_power_of_two():
         TensorObserver(bins=1024)
     with pytest.raises(ValueError):
         TensorObserver().merge(TensorObserver(bins=4096))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_add_zeros_equals_updating_zeros(seed):
+    rng = np.random.default_rng(seed)
+    cases = [np.array([], np.float32), _data(seed, 2000), np.abs(_data(seed, 2000)) + 1.0,
+             -np.abs(_data(seed, 2000)) - 1e-3, np.array([np.nan, 3.0, -np.inf], np.float32),
+             np.array([np.nan], np.float32)]
+    for x in cases:
+        for n in (0, 1, 17, 300_000):
+            a = _observe(np.array_split(x, 3) if x.size else [x])
+            a.add_zeros(n)
+            parts = list(np.array_split(x, 3)) + [np.zeros(n, np.float32)]
+            rng.shuffle(parts)
+            b = _observe(parts)
+            assert a.same_as(b), (x[:3], n)
+            assert (a.min, a.max) == (b.min, b.max)
+    with pytest.raises(ValueError):
+        TensorObserver().add_zeros(-1)
+
+
+def test_renamed_is_an_independent_exact_copy():
+    o = _observe([_data(7)])
+    r = o.renamed("other")
+    assert r.name == "other" and o.name == "t" and r.same_as(o)
+    r.update(np.array([1e6], np.float32))
+    assert not r.same_as(o) and o.same_as(_observe([_data(7)]))
