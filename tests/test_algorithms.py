@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from calib.algorithms import (compute_amax, entropy_divergences, mse_errors, weight_amax_per_channel)
+from calib.algorithms import (compute_amax, entropy_divergences, highest_spike, mse_errors,
+                              weight_amax_per_channel)
 from calib.errors import AlgorithmError, CalibError
 from calib.stats import TensorObserver
 
@@ -247,7 +248,7 @@ def test_entropy_discounts_the_relu_zero_spike():
                         np.clip(rng.exponential(1.5, 200_000), 0, 6).astype(np.float32)])
     o = _obs(x)
     width = o.histogram(2048)[1]
-    literal = compute_amax(o, "entropy", zero_bin="keep", saturation="ignore")
+    literal = compute_amax(o, "entropy", zero_bin="keep", saturation="ignore", spikes="ignore")
     assert literal == pytest.approx(128.5 * width)          # the pathology, pinned
     default = compute_amax(o, "entropy")
     assert 4.0 < default <= 6.0
@@ -280,3 +281,50 @@ def test_entropy_keeps_a_saturation_spike_but_clips_a_thin_tail(gauss_outliers):
     assert compute_amax(b0, "entropy") == compute_amax(b0, "entropy", saturation="ignore") == pytest.approx(6.0)
     # a tail of 30 isolated values at 60 is not a saturation spike
     assert compute_amax(gauss_outliers, "entropy") < 8.0
+
+
+def _background_comb(seed=5):
+    """|x| like an early activation on rendered text lines: 16 channels, each constant over the
+    white background (75% of the values: one spike per channel at 0.2 .. 1.6) plus a text
+    response spread up to ~14."""
+    rng = np.random.default_rng(seed)
+    spikes = [np.full(47_000, v, np.float32) for v in np.linspace(0.2, 1.6, 16)]
+    text = np.abs(rng.standard_normal(250_000) * 1.5).astype(np.float32)
+    tail = rng.uniform(1.6, 14.0, 2_000).astype(np.float32)
+    return np.concatenate(spikes + [text, tail])
+
+
+def test_highest_spike_finds_point_masses_only():
+    h = np.zeros(2048)
+    h[100:900] = 50
+    h[400] = 5000          # a point mass
+    h[1500:1510] = 3       # isolated sparse tail: too few values to be a spike
+    assert highest_spike(h) == 400
+    h[400] = 50
+    assert highest_spike(h) == -1
+    h[0] = 10**6           # bin 0 (exact zeros) never counts
+    assert highest_spike(h) == -1
+
+
+def test_entropy_never_clips_a_spike_in_the_range():
+    """Per-channel background constants make a comb of spikes; the literal KL search smears
+    each spike over its level (a cost growing with the candidate) and so clips whole spikes.
+    The default keeps every spike inside the range and still clips the thin tail."""
+    o = _obs(_background_comb())
+    literal = compute_amax(o, "entropy", spikes="ignore")
+    default = compute_amax(o, "entropy")
+    assert literal < 1.6                      # clips spikes (whole channels' backgrounds)
+    assert 1.6 < default < o.absmax           # above the highest spike, thin tail still clipped
+    x = _background_comb()
+    assert np.mean(x > default) < np.mean(x > literal)
+    with pytest.raises(CalibError, match="spikes"):
+        compute_amax(o, "entropy", spikes="drop")
+
+
+def test_spike_protection_leaves_smooth_histograms_alone(gauss_outliers):
+    rng = np.random.default_rng(11)
+    for x in (rng.standard_normal(200_000), np.maximum(rng.standard_normal(200_000), 0),
+              rng.laplace(size=200_000)):
+        o = _obs(x.astype(np.float32))
+        assert compute_amax(o, "entropy") == compute_amax(o, "entropy", spikes="ignore")
+    assert compute_amax(gauss_outliers, "entropy") == compute_amax(gauss_outliers, "entropy", spikes="ignore")

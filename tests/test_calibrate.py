@@ -224,6 +224,10 @@ def test_same_seed_same_bytes_other_seed_other_samples(tmp_path, efficientnet_pa
 # --------------------------------------------------------------------------- PP-OCRv4 det
 DET_RESIZE = 160   # line images are 80 px high; the preset's 736 upscales each to ~0.7-2 Mpx (too slow for CI)
 DET_SAMPLES = 48
+# Calibrated one image per batch: RapidOCR/PaddleOCR run the detector on one image at a time, so
+# the zero (mid-grey) padding of mixed-size batches is input the deployed model never sees; it
+# adds its own constant responses to every histogram.
+DET_CALIB_BATCH = 1
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +235,7 @@ def ppocr_det_run(tmp_path_factory, shared_model, ocr_lines_dir):
     model = Model.load(shared_model("ppocrv4_det"))
     pre = Preprocess.preset("paddleocr-det", resize=DET_RESIZE)
     ds = open_dataset(ocr_lines_dir, model, pre)
-    res = calibrate(model, None, dataset=ds, samples=DET_SAMPLES, batch_size=8, evaluate=False,
+    res = calibrate(model, None, dataset=ds, samples=DET_SAMPLES, batch_size=DET_CALIB_BATCH, evaluate=False,
                     out=tmp_path_factory.mktemp("det"), progress=False)
     eval_ds = ds.split("eval").subset(limit=DET_SAMPLES, seed=0)
     fp32 = OrtEngine(model, name="fp32")
@@ -256,15 +260,21 @@ def test_ppocr_det_calibrates_on_held_out_lines(ppocr_det_run):
     assert read_cache(res.paths["cache"]).scales.keys() == res.scales.keys()
     print(f"PP-OCRv4 det INT8 vs FP32 probability-map cosine on {len(r['cos'])} held-out lines: "
           f"mean {r['cos'].mean():.4f}, min {r['cos'].min():.4f}")
+    # regression floor for entropy's spike protection: the literal search clipped whole channels'
+    # background responses here (mean 0.69 at 160 px, 0.00 at the preset's 736); protected 0.95
+    assert r["cos"].mean() >= 0.93 and r["cos"].min() >= 0.85, (r["cos"].mean(), r["cos"].min())
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "default entropy clips PP-OCRv4 det activations whose histograms are spiky on rendered lines "
-    "(white backgrounds): e.g. p2o.Add.7 (after the first HardSwish) gets amax 1.26 while 14.8% of "
-    "its values lie above it (max 13.9); per-layer SQNR drops from 35 dB to 8 dB there. Mean cosine "
-    "~0.945 here (percentile 0.934, max 0.82, mse 0.85); at the preset's 736 the first conv output is "
-    "clipped to 0.53 and the INT8 map collapses (cosine ~0). Reported; threshold kept."))
+    "per-tensor INT8 (TensorRT Q/DQ placement) of PP-OCRv4 det does not reach 0.99 on rendered lines: "
+    "entropy (spike-protected) 0.95 here, 0.96 at the preset's 736; the error comes from the first "
+    "backbone blocks (single-op sensitivity: p2o.Add.15, Add.35, Add.43 alone cost up to 0.17), where one "
+    "outlier channel (|x| up to 46) sets the per-tensor scale and the other channels' constant background "
+    "responses round by up to half a step, a systematic error. mse reads 0.987 but +-1% jitter of its "
+    "ranges gives 0.79-0.99 (mean 0.88): not a stable result. Keeping the first 8/32/48 of 71 quantized "
+    "ops in float: entropy 0.972/0.983/0.997, mse 0.993/0.998/0.9996: a mixed-precision search's job "
+    "(later issue). Reported; threshold kept."))
 def test_ppocr_det_probability_map_cosine_at_least_0_99(ppocr_det_run):
     cos = ppocr_det_run["cos"]
     assert cos.mean() >= 0.99, f"mean cosine {cos.mean():.4f} (min {cos.min():.4f}) over {len(cos)} lines"
