@@ -30,6 +30,14 @@ QUANT_OPS = frozenset({
 })
 
 
+def onnx_opset(proto) -> int:
+    """The default-domain (ai.onnx) opset of a ModelProto, 0 if it declares none."""
+    for o in proto.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 0
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """Name, shape and dtype of a model input or output.
@@ -145,10 +153,7 @@ class Model:
 
     @property
     def opset(self) -> int:
-        for o in self.proto.opset_import:
-            if o.domain in ("", "ai.onnx"):
-                return int(o.version)
-        return 0
+        return onnx_opset(self.proto)
 
     @property
     def nodes(self) -> list:

@@ -56,7 +56,7 @@ from typing import Mapping
 import numpy as np
 
 from .errors import AlreadyQuantizedError, ModelError
-from .model import QUANT_OPS, Model, load_model
+from .model import QUANT_OPS, Model, load_model, onnx_opset
 from .plan import PrecisionPlan, load_plan
 
 log = logging.getLogger("calib.qdq")
@@ -172,10 +172,7 @@ class _Graph:
 
     @property
     def opset(self) -> int:
-        for o in self.proto.opset_import:
-            if o.domain in ("", "ai.onnx"):
-                return int(o.version)
-        return 0
+        return onnx_opset(self.proto)
 
     def is_const(self, name: str) -> bool:
         return name in self.inits or name in self.const_nodes
@@ -451,6 +448,15 @@ class _Placement:
     fp16: list = field(default_factory=list)
     fp32: list = field(default_factory=list)
 
+    def accept(self, G: "_Graph", n, ps: dict, weights: list[int]) -> None:
+        """Mark node *n* INT8: its quantized activation inputs (index -> QParams) and weights."""
+        self.int8_nodes.append(n)
+        for k, q in ps.items():
+            self.tparams[n.input[k]] = q
+            self.edges[(id(n), k)] = n.input[k]
+        for k in weights:
+            self.weight_axis[(id(n), k)] = _weight_axis(G, n, k)
+
 
 def _weight_axis(G: _Graph, node, idx: int) -> int | None:
     """Per-channel axis of a constant weight input, or None if it is not a weight."""
@@ -651,12 +657,7 @@ def _place(G: _Graph, types: dict[str, int], target: str, plan: PrecisionPlan | 
                 P.float_fallback[n.name or n.output[0]] = "no amax for input " + \
                     ", ".join(n.input[k] for k in want if k not in ps)
                 continue
-            P.int8_nodes.append(n)
-            for k, q in ps.items():
-                P.tparams[n.input[k]] = q
-                P.edges[(id(n), k)] = n.input[k]
-            for k in weights:
-                P.weight_axis[(id(n), k)] = _weight_axis(G, n, k)
+            P.accept(G, n, ps, weights)
     else:
         # ONNX Runtime: producer-fused output quantization, a fixpoint over data-movement chains
         relu_of = {}
@@ -742,12 +743,7 @@ def _place(G: _Graph, types: dict[str, int], target: str, plan: PrecisionPlan | 
                 if miss:
                     P.float_fallback[n.name or out] = "no amax for " + ", ".join(miss)
                     continue
-                P.int8_nodes.append(n)
-                for k, q in ps.items():
-                    P.tparams[n.input[k]] = q
-                    P.edges[(id(n), k)] = n.input[k]
-                for k in weights:
-                    P.weight_axis[(id(n), k)] = _weight_axis(G, n, k)
+                P.accept(G, n, ps, weights)
                 if qo is not None:
                     P.tparams[out_t] = qo
                     P.q_after[out_t] = True
