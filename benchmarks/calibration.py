@@ -106,7 +106,8 @@ def worker(job: dict) -> dict:
         from calib.qdq import quantize_model
 
         t0 = time.perf_counter()
-        obs = collect_statistics(model, (f for f, _ in cal_batches), threads=threads, progress=False)
+        obs = collect_statistics(model, (f for f, _ in cal_batches), threads=threads, progress=False,
+                                 histogram=job["algorithm"] != "max")
         params = {"percentile": job["percentile"]} if job["algorithm"] == "percentile" else {}
         amax = {k: float(compute_amax(o, job["algorithm"], **params)) for k, o in obs.items()}
         res["seconds"] = time.perf_counter() - t0
@@ -147,6 +148,9 @@ def main() -> None:
     ap.add_argument("--model", choices=sorted(MODELS), default="efficientnet_lite0")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--samples", type=int, default=240,
+                    help="calibration samples for (a) and (c), a multiple of the batch size: ONNX Runtime's "
+                         "Entropy/Percentile calibrators stack every batch's outputs and fail on a short last batch")
     ap.add_argument("--quick", action="store_true", help="skip ORT Entropy (the slowest, largest peer) and (b)")
     ap.add_argument("--skip-ort", action="store_true")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
@@ -160,12 +164,13 @@ def main() -> None:
         return
 
     base = {"model": a.model, "threads": a.threads, "batch_size": a.batch_size}
-    jobs = [dict(base, name="fp32 pass", kind="fp32")]
+    fixed = dict(base, samples=a.samples)
+    jobs = [dict(fixed, name="fp32 pass", kind="fp32")]
     for alg in ("max", "entropy", "percentile", "mse"):
-        jobs.append(dict(base, name=f"calib {alg}", kind="ours", algorithm=alg, percentile=99.99))
+        jobs.append(dict(fixed, name=f"calib {alg}", kind="ours", algorithm=alg, percentile=99.99))
     if not a.skip_ort:
         for m in (["MinMax", "Percentile"] if a.quick else ["MinMax", "Entropy", "Percentile"]):
-            jobs.append(dict(base, name=f"ORT quantize_static {m}", kind="ort", method=m))
+            jobs.append(dict(fixed, name=f"ORT quantize_static {m}", kind="ort", method=m))
     results = []
     for job in jobs:
         print(f"running {job['name']} ...", file=sys.stderr, flush=True)

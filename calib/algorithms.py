@@ -127,6 +127,9 @@ def compute_amax(observer: TensorObserver, algorithm: str = "entropy", **params)
         return 0.0
     if algorithm == "max":
         return float(observer.absmax)
+    if not observer.has_histogram:
+        raise AlgorithmError(f"'{algorithm}' needs a histogram, but tensor '{observer.name}' was observed "
+                             f"for its range only (collect with histogram=True)")
     if algorithm == "percentile":
         return amax_percentile(observer, float(params.get("percentile", 99.99)))
     if algorithm == "entropy":

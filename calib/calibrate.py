@@ -53,18 +53,23 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
               target: str = "tensorrt", trt_version: int | None = None, evaluate: bool = True,
               eval_samples: int | None = 500, threads: int | None = None, progress: bool = True,
               classes=None, labels=None, strict: bool = False, write: bool = True,
-              dataset=None) -> CalibrationResult:
+              dataset=None, plan=None) -> CalibrationResult:
     """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
 
     *data* is anything :func:`calib.datasets.open_dataset` accepts (a folder, HDF5/NumPy file, an
     iterable of feed dicts); pass an already opened ``dataset`` instead to reuse one. Samples
     are drawn from the dataset's stable ``calib`` split and the summary is computed on its
     disjoint ``eval`` split, so the held-out numbers are honest.
+
+    *plan* (a :class:`calib.plan.PrecisionPlan`, a path to one, or a dict) keeps the layers it
+    marks ``fp32`` / ``fp16`` out of INT8 in the Q/DQ model (and in the held-out comparison); the
+    cache still covers every tensor, since TensorRT applies the plan itself at build time.
     """
     from .algorithms import compute_amax
     from .cache import CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, trt_algorithm_name
     from .collect import collect_statistics
     from .datasets import open_dataset
+    from .plan import load_plan
     from .qdq import quantize_model
 
     t_start = time.perf_counter()
@@ -78,6 +83,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
                        or n.op_type.endswith("Integer")})
         raise AlreadyQuantizedError(
             f"{m.name} is already quantized ({', '.join(qops[:4])}); calibrate the original FP32 model instead")
+    plan = load_plan(plan)   # a bad plan fails here, before any work
     stem = m.name
     paths = output_paths(m.path, out, stem)
     if write:
@@ -99,7 +105,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     t0 = time.perf_counter()
     observers = collect_statistics(m, calib_ds.batches(batch_size=batch_size,
                                                        progress="calibrating" if progress else False),
-                                   threads=threads, progress=False)
+                                   threads=threads, progress=False, histogram=algorithm != "max")
     t_collect = time.perf_counter() - t0
 
     # 2. amax per tensor
@@ -121,7 +127,8 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     cache_bytes = format_cache(cache)
     sidecar = make_sidecar(model=m, cache=cache, data=calib_ds.describe(),
                            algorithm=algorithm, params=params, samples=len(calib_ds), seed=seed)
-    qdq = quantize_model(m, amax, target=target)
+    qdq = quantize_model(m, amax, target=target, plan=plan)
+    qreport = qdq.quant_report
     qdq_bytes = qdq.serialize()
 
     # 4. held-out comparison INT8 vs FP32
@@ -129,6 +136,11 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
         "schema": "calib-calibrate-summary", "version": 1, "calib_version": __version__,
         "model": str(m.path) if m.path else m.name, "model_sha256": m.sha256,
         "algorithm": algorithm, "params": params, "target": target,
+        "plan": plan.to_dict() if plan is not None else None,
+        "quantization": {"summary": qreport.summary(), "int8_nodes": len(qreport.int8_nodes),
+                         "fp16_nodes": qreport.fp16_nodes, "fp32_nodes": qreport.fp32_nodes,
+                         "left_float": qreport.float_fallback,
+                         "unmatched_plan_entries": qreport.unmatched_plan_entries},
         "calibration_samples": len(calib_ds), "tensors": len(amax), "unranged_tensors": unranged,
         "timing_s": {"collect": round(t_collect, 3), "amax": round(t_amax, 3)},
         "outputs": {k: str(v) for k, v in paths.items()} if write else {},
@@ -166,6 +178,13 @@ def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size,
 def _summary_lines(s: Mapping[str, Any]) -> list[str]:
     lines = [f"calibrated {s['tensors']} tensors on {s['calibration_samples']} samples "
              f"({s['algorithm']}) in {s['timing_s']['collect'] + s['timing_s']['amax']:.1f} s"]
+    q = s.get("quantization")
+    if q and (s.get("plan") or q["left_float"]):
+        lines.append(f"Q/DQ model: {q['summary']}")
+    if q and q["unmatched_plan_entries"]:
+        names = q["unmatched_plan_entries"]
+        lines.append(f"warning: {len(names)} plan entries match no node: {', '.join(names[:3])}"
+                     + (" ..." if len(names) > 3 else ""))
     if s.get("unranged_tensors"):
         names = s["unranged_tensors"]
         lines.append(f"left out of the cache (all zeros over the data): {', '.join(names[:3])}"

@@ -38,6 +38,15 @@ def _check_precision(value, where: str) -> str:
     return value.lower()
 
 
+def node_key(node) -> str:
+    """The name a plan uses for an ONNX node (a NodeProto): its name, or ``node_of_<first output>``
+    for an unnamed node, which is how TensorRT's ONNX parser names the layer, so one plan entry
+    means the same node in the Q/DQ rewrite and in a TensorRT build."""
+    if not node.name and len(node.output):
+        return "node_of_" + node.output[0]
+    return node.name
+
+
 @dataclass
 class PrecisionPlan:
     """Node name -> precision, with a default for every node not named."""

@@ -57,7 +57,7 @@ import numpy as np
 
 from .errors import AlreadyQuantizedError, ModelError
 from .model import QUANT_OPS, Model, load_model, onnx_opset
-from .plan import PrecisionPlan, load_plan
+from .plan import PrecisionPlan, load_plan, node_key
 
 log = logging.getLogger("calib.qdq")
 
@@ -562,7 +562,7 @@ def _foldable_activation(G: _Graph, node, plan) -> object | None:
     if len(cons) != 1 or out in G.graph_outputs:
         return None
     r = cons[0]
-    if plan is not None and plan.precision_for(r.name) != "int8":
+    if plan is not None and plan.precision_for(node_key(r)) != "int8":
         return None
     if r.op_type == "Relu":
         pass
@@ -579,7 +579,7 @@ def _foldable_activation(G: _Graph, node, plan) -> object | None:
     y = r.output[0]
     if y in G.graph_outputs or not G.consumers.get(y):
         return None
-    if plan is not None and any(plan.precision_for(c.name) != "int8" for c in G.consumers[y]):
+    if plan is not None and any(plan.precision_for(node_key(c)) != "int8" for c in G.consumers[y]):
         return None
     return r
 
@@ -597,7 +597,7 @@ def _place(G: _Graph, types: dict[str, int], target: str, plan: PrecisionPlan | 
            amax: Mapping[str, float] | None) -> _Placement:
     P = _Placement()
     A = _Amax(G, amax)
-    prec = (lambda n: plan.precision_for(n.name)) if plan is not None else (lambda n: "int8")
+    prec = (lambda n: plan.precision_for(node_key(n))) if plan is not None else (lambda n: "int8")
     is_float = lambda t: types.get(t) == _FLOAT  # noqa: E731
     activation = lambda t: bool(t) and not G.is_const(t) and is_float(t)  # noqa: E731
 
@@ -654,7 +654,7 @@ def _place(G: _Graph, types: dict[str, int], target: str, plan: PrecisionPlan | 
                     break
                 ps[k] = q
             if len(ps) != len(want):
-                P.float_fallback[n.name or n.output[0]] = "no amax for input " + \
+                P.float_fallback[node_key(n)] = "no amax for input " + \
                     ", ".join(n.input[k] for k in want if k not in ps)
                 continue
             P.accept(G, n, ps, weights)
@@ -721,7 +721,7 @@ def _place(G: _Graph, types: dict[str, int], target: str, plan: PrecisionPlan | 
                 if not is_float(out):
                     continue
                 if out_t in G.graph_outputs and not float_out_ok:
-                    P.float_fallback[n.name or out] = "its output is a network output"
+                    P.float_fallback[node_key(n)] = "its output is a network output"
                     continue
                 ps, miss = {}, []
                 for k in acts:
@@ -741,7 +741,7 @@ def _place(G: _Graph, types: dict[str, int], target: str, plan: PrecisionPlan | 
                             if not float_out_ok:
                                 miss.append(out)
                 if miss:
-                    P.float_fallback[n.name or out] = "no amax for " + ", ".join(miss)
+                    P.float_fallback[node_key(n)] = "no amax for " + ", ".join(miss)
                     continue
                 P.accept(G, n, ps, weights)
                 if qo is not None:
@@ -1002,6 +1002,7 @@ def _wrap_fp16(G: _Graph, nodes: list, types: dict[str, int]) -> list[str]:
             new_nodes.append(n)
             continue
         out_tc = {schema.outputs[min(k, len(schema.outputs) - 1)].type_str for k in range(len(n.output))}
+        key = node_key(n)   # before its outputs are renamed below
         pre, post = [], []
         for k, t in enumerate(n.input):
             if not t or types.get(t) != _FLOAT:
@@ -1022,7 +1023,7 @@ def _wrap_fp16(G: _Graph, nodes: list, types: dict[str, int]) -> list[str]:
             n.output[k] = o
             post.append(helper.make_node("Cast", [o], [t], name=_unique(f"{t}_to_fp32_Cast", taken), to=_FLOAT))
         new_nodes.extend(pre + [n] + post)
-        wrapped.append(n.name or n.output[0])
+        wrapped.append(key)
     del G.g.node[:]
     G.g.node.extend(new_nodes)
     G.refresh()
@@ -1070,18 +1071,18 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
     plan = load_plan(plan)
     if amax is None or not isinstance(amax, Mapping):
         raise QuantizationError("amax must be a mapping of activation tensor name -> float")
-    names = {n.name for n in model.proto.graph.node if n.name}
+    names = {node_key(n) for n in model.proto.graph.node}
     proto, folded, before = _prepare(model, model.name)
     G = _Graph(proto)
     types = _tensor_types(proto)
     P = _place(G, types, target, plan, amax)
     report = QuantReport(target=target, opset_before=before, opset_after=G.opset)
-    report.int8_nodes = [n.name or n.output[0] for n in P.int8_nodes]
+    report.int8_nodes = [node_key(n) for n in P.int8_nodes]
     report.quantized_tensors = sorted(P.tparams)
     report.float_fallback = dict(P.float_fallback)
     report.missing_amax = list(P.missing)
     report.propagated_amax = dict(P.propagated)
-    report.fp32_nodes = [n.name or n.output[0] for n in P.fp32]
+    report.fp32_nodes = [node_key(n) for n in P.fp32]
     if plan is not None:
         report.unmatched_plan_entries = plan.match(names)[1]
     report.folded = folded + _rewrite(G, P, target, per_channel, weight_amax or {}, types)

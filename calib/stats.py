@@ -76,10 +76,10 @@ def _coarsen(hist: np.ndarray, d: int) -> np.ndarray:
 class TensorObserver:
     """Running range and |x| histogram of one tensor; see the module docstring."""
 
-    __slots__ = ("name", "bins", "_log2", "hist", "exp", "count", "nan_count", "inf_count",
+    __slots__ = ("name", "bins", "_log2", "hist", "exp", "count", "nan_count", "inf_count", "has_histogram",
                  "min", "max", "_scratch")
 
-    def __init__(self, name: str | None = None, bins: int = DEFAULT_BINS):
+    def __init__(self, name: str | None = None, bins: int = DEFAULT_BINS, histogram: bool = True):
         if bins < TRT_BINS or bins & (bins - 1):
             raise ValueError(f"bins must be a power of two >= {TRT_BINS}, got {bins}")
         self.name = name
@@ -93,6 +93,9 @@ class TensorObserver:
         self.min = math.inf
         self.max = -math.inf
         self._scratch = None
+        # histogram=False: a range-only observer (min, max, counts) for max calibration, which
+        # needs no histogram; it skips the binning, the expensive part of update()
+        self.has_histogram = bool(histogram)
 
     # -- properties ---------------------------------------------------------
     @property
@@ -150,6 +153,8 @@ class TensorObserver:
         self.count += a.size
         self.min = min(self.min, mn)
         self.max = max(self.max, mx)
+        if not self.has_histogram:
+            return self
         self._grow(_needed_exp(max(-mn, mx), self._log2))
         scale = np.float32(math.ldexp(1.0, -self.exp))
         n = a.size
@@ -187,7 +192,8 @@ class TensorObserver:
         self.count += n
         self.min = min(self.min, 0.0)
         self.max = max(self.max, 0.0)
-        self.hist[0] += n
+        if self.has_histogram:
+            self.hist[0] += n
         return self
 
     def renamed(self, name: str | None) -> "TensorObserver":
@@ -202,9 +208,14 @@ class TensorObserver:
             raise TypeError(f"cannot merge {type(other).__name__} into a TensorObserver")
         if other.bins != self.bins:
             raise ValueError(f"cannot merge observers with {other.bins} and {self.bins} bins")
-        e = max(self.exp, other.exp)
-        self._grow(e)
-        self.hist = self.hist + _coarsen(other.hist, e - other.exp)
+        if self.has_histogram and other.has_histogram:
+            e = max(self.exp, other.exp)
+            self._grow(e)
+            self.hist = self.hist + _coarsen(other.hist, e - other.exp)
+        elif self.has_histogram:   # merging a range-only observer leaves ranges only
+            self.has_histogram = False
+            self.hist = np.zeros(self.bins, dtype=np.int64)
+            self.exp = EXP_MIN
         self.count += other.count
         self.nan_count += other.nan_count
         self.inf_count += other.inf_count
@@ -213,7 +224,7 @@ class TensorObserver:
         return self
 
     def copy(self) -> "TensorObserver":
-        o = TensorObserver(self.name, self.bins)
+        o = TensorObserver(self.name, self.bins, self.has_histogram)
         o.merge(self)
         return o
 
@@ -224,6 +235,11 @@ class TensorObserver:
         With the default 2048 this is TensorRT's entropy histogram: the smallest power-of-two
         bin width whose 2048 bins hold the max. *nbins* must be a power of two <= ``bins``.
         """
+        if not self.has_histogram:
+            from .errors import AlgorithmError
+
+            raise AlgorithmError(f"tensor '{self.name}' was observed without a histogram (range only); "
+                                 f"collect with histogram=True for entropy, percentile or mse")
         if nbins > self.bins or nbins & (nbins - 1) or nbins <= 0:
             raise ValueError(f"nbins must be a power of two <= {self.bins}, got {nbins}")
         f = self.bins // nbins
@@ -234,11 +250,11 @@ class TensorObserver:
         """A picklable / npz-able snapshot (see :meth:`from_state`)."""
         return {"name": self.name, "bins": self.bins, "exp": self.exp, "hist": self.hist.copy(),
                 "count": self.count, "nan_count": self.nan_count, "inf_count": self.inf_count,
-                "min": self.min, "max": self.max}
+                "min": self.min, "max": self.max, "histogram": self.has_histogram}
 
     @classmethod
     def from_state(cls, st: dict[str, Any]) -> "TensorObserver":
-        o = cls(st.get("name"), int(st["bins"]))
+        o = cls(st.get("name"), int(st["bins"]), bool(st.get("histogram", True)))
         hist = np.asarray(st["hist"], dtype=np.int64)
         if hist.shape != (o.bins,):
             raise ValueError(f"histogram has shape {hist.shape}, expected ({o.bins},)")
@@ -260,7 +276,7 @@ class TensorObserver:
 
     def same_as(self, other: "TensorObserver") -> bool:
         """True if both hold bit-identical statistics."""
-        return (self.bins == other.bins and self.exp == other.exp and self.count == other.count
+        return (self.has_histogram == other.has_histogram and self.bins == other.bins and self.exp == other.exp and self.count == other.count
                 and self.nan_count == other.nan_count and self.inf_count == other.inf_count
                 and self.min == other.min and self.max == other.max
                 and np.array_equal(self.hist, other.hist))

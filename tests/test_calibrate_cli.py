@@ -269,3 +269,41 @@ def test_readme_quickstart_command(tmp_path):
     proc2 = subprocess.run([c for c in cmd if c != "--force"], cwd=REPO, capture_output=True, text=True,
                            timeout=300)
     assert proc2.returncode != 0 and "already exists" in _one_error_line(proc2.stderr)
+
+
+def test_plan_keeps_named_layers_out_of_int8(tmp_path, capsys):
+    """SqueezeNet's nodes are unnamed: a plan names them as TensorRT's parser does
+    (node_of_<first output>). The fp32 node gets no Q/DQ; an entry naming no node is reported."""
+    import json
+
+    import onnx
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"format": "calib-precision-plan", "version": 1, "default": "int8",
+                                "layers": {"node_of_conv1_1": "fp32", "node_of_no_such_tensor": "fp16"}}))
+    out = tmp_path / "out"
+    rc = main(_args(out, "--plan", str(plan), "--no-eval"))
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    assert "warning: 1 plan entries match no node: node_of_no_such_tensor" in cap.out
+    summary = json.loads((out / "summary.json").read_text())
+    q = summary["quantization"]
+    assert q["fp32_nodes"] == ["node_of_conv1_1"] and q["unmatched_plan_entries"] == ["node_of_no_such_tensor"]
+    assert summary["plan"]["layers"]["node_of_conv1_1"] == "fp32"
+    g = onnx.load(str(out / f"{STEM}.int8.onnx")).graph
+    producers = {o: n for n in g.node for o in n.output}
+    conv1 = next(n for n in g.node if n.op_type == "Conv" and n.output[0] == "conv1_1")
+    assert all(producers.get(i) is None or producers[i].op_type != "DequantizeLinear" for i in conv1.input)
+    # without the plan the same conv is quantized, so the check above can fail
+    other = next(n for n in g.node if n.op_type == "Conv" and n.output[0] != "conv1_1")
+    assert producers[other.input[1]].op_type == "DequantizeLinear"
+
+
+def test_bad_plan_is_one_line_and_writes_nothing(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"format": "calib-precision-plan", "version": 1, "layers": {"x": "int4"}}')
+    out = tmp_path / "out"
+    rc = main(_args(out, "--plan", str(plan)))
+    line = _one_error_line(capsys.readouterr().err)
+    assert rc != 0 and "int4" in line
+    assert not out.exists()

@@ -171,3 +171,29 @@ def test_renamed_is_an_independent_exact_copy():
     assert r.name == "other" and o.name == "t" and r.same_as(o)
     r.update(np.array([1e6], np.float32))
     assert not r.same_as(o) and o.same_as(_observe([_data(7)]))
+
+
+def test_range_only_observer_matches_ranges_and_refuses_histograms():
+    """histogram=False (max calibration) keeps exactly the same range and counts, holds no
+    histogram, and says so clearly when a histogram algorithm asks for one."""
+    from calib.algorithms import compute_amax
+    from calib.errors import AlgorithmError
+
+    rng = np.random.default_rng(11)
+    parts = [rng.normal(0, s, 5000).astype(np.float32) for s in (0.5, 3.0, 1.0)]
+    parts[1][7] = np.nan
+    full, ranged = TensorObserver("t"), TensorObserver("t", histogram=False)
+    for p in parts:
+        full.update(p)
+        ranged.update(p)
+    for k in ("min", "max", "count", "nan_count", "absmax"):
+        assert getattr(ranged, k) == getattr(full, k), k
+    assert not ranged.hist.any()
+    assert compute_amax(ranged, "max") == compute_amax(full, "max")
+    for alg in ("entropy", "percentile", "mse"):
+        with pytest.raises(AlgorithmError, match="histogram"):
+            compute_amax(ranged, alg)
+    back = TensorObserver.from_state(ranged.state())
+    assert back.same_as(ranged) and not back.has_histogram and not back.same_as(full)
+    mixed = full.copy().merge(ranged)        # a range-only part makes the merge range-only
+    assert not mixed.has_histogram and mixed.count == 2 * full.count and mixed.max == full.max

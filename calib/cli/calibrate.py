@@ -25,6 +25,8 @@ def register(sub) -> None:
                    help="calibration samples drawn from the calibration split (default 500, or all if fewer)")
     p.add_argument("--target", choices=("tensorrt", "onnxruntime"), default="tensorrt",
                    help="Q/DQ placement: as TensorRT fuses it (default), or for ONNX Runtime's integer CPU kernels")
+    p.add_argument("--plan", default=None, metavar="PLAN.json",
+                   help="precision plan: nodes it marks fp32/fp16 stay out of INT8 in the Q/DQ model")
     p.add_argument("--trt-version", type=int, default=None,
                    help="version field of the cache header, e.g. 100900 for TensorRT 10.9")
     p.add_argument("--out", default=None, help="output folder (default: next to the model)")
@@ -49,7 +51,8 @@ def run(args) -> int:
     res = calibrate(model, None, dataset=ds, algorithm=args.algorithm, percentile=args.percentile,
                     samples=args.samples, batch_size=args.batch_size, seed=args.seed, out=args.out,
                     force=args.force, target=args.target, trt_version=args.trt_version,
-                    evaluate=not args.no_eval, threads=args.threads, progress=not args.json)
+                    evaluate=not args.no_eval, threads=args.threads, progress=not args.json,
+                    plan=args.plan)
     if args.json:
         json.dump(res.summary, sys.stdout, indent=2, sort_keys=True, default=str)
         print()

@@ -12,12 +12,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+from ...plan import node_key
 
-def onnx_layer_basename(node) -> str:
-    """The name TensorRT's ONNX parser gives the layer(s) of *node* (a NodeProto)."""
-    if not node.name and len(node.output):
-        return "node_of_" + node.output[0]
-    return node.name
+
+# The name TensorRT's ONNX parser gives the layer(s) of a node is the plan's node key.
+onnx_layer_basename = node_key
 
 
 @dataclass
