@@ -53,19 +53,30 @@ def _preload(ds, batch_size):
     return [(b.feed, b.labels) for b in ds.batches(batch_size=batch_size)]
 
 
-def _top1(model_or_path, eval_batches, threads) -> float:
+def _scores(model_or_path, reference, eval_batches, threads) -> dict:
+    """Held-out top-1 against the labels; for an INT8 model also top-1 agreement with FP32 and
+    the SQNR (dB) of its logits against FP32's, which move less by chance than top-1 does."""
     import numpy as np
 
     from calib.backends.onnxruntime import OrtEngine
 
     eng = OrtEngine(model_or_path, threads=threads)
-    hits = n = 0
+    ref = OrtEngine(reference, threads=threads) if reference is not None else None
+    hits = agree = n = 0
+    sig = noise = 0.0
     for feed, labels in eval_batches:
-        y = eng.run(feed)[eng.output_names[0]]
-        pred = y.reshape(y.shape[0], -1).argmax(1)
-        hits += int((pred == labels).sum())
+        y = eng.run(feed)[eng.output_names[0]].reshape(len(labels), -1)
+        hits += int((y.argmax(1) == labels).sum())
         n += len(labels)
-    return hits / max(n, 1)
+        if ref is not None:
+            r = ref.run(feed)[ref.output_names[0]].reshape(len(labels), -1)
+            agree += int((y.argmax(1) == r.argmax(1)).sum())
+            sig += float((r.astype(np.float64) ** 2).sum())
+            noise += float(((y - r).astype(np.float64) ** 2).sum())
+    out = {"top1": hits / max(n, 1)}
+    if ref is not None:
+        out.update(agreement=agree / max(n, 1), sqnr_db=10 * np.log10(sig / noise) if noise else float("inf"))
+    return out
 
 
 def worker(job: dict) -> dict:
@@ -87,8 +98,9 @@ def worker(job: dict) -> dict:
         res["samples"] = len(ds)
         return res
 
-    model, cal = _open(key, "calib", job.get("samples"))
-    _, ev = _open(key, "eval")
+    cal_split, ev_split = ("eval", "calib") if job.get("swap") else ("calib", "eval")
+    model, cal = _open(key, cal_split, job.get("samples"))
+    _, ev = _open(key, ev_split)
     cal_batches = _preload(cal, bs)
     res["samples"] = len(cal)
     if kind == "fp32":
@@ -98,7 +110,7 @@ def worker(job: dict) -> dict:
         for feed, _ in cal_batches:
             eng.run(feed)
         res["seconds"] = time.perf_counter() - t0
-        res["top1"] = _top1(model, _preload(ev, bs), threads)
+        res.update(_scores(model, None, _preload(ev, bs), threads))
         return res
     if kind == "ours":
         from calib.algorithms import compute_amax
@@ -112,7 +124,7 @@ def worker(job: dict) -> dict:
         amax = {k: float(compute_amax(o, job["algorithm"], **params)) for k, o in obs.items()}
         res["seconds"] = time.perf_counter() - t0
         qdq = quantize_model(model, amax, target="tensorrt")
-        res["top1"] = _top1(qdq, _preload(ev, bs), threads)
+        res.update(_scores(qdq, model, _preload(ev, bs), threads))
         return res
     if kind == "ort":
         import tempfile
@@ -136,7 +148,7 @@ def worker(job: dict) -> dict:
                             per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                             calibrate_method=method, extra_options={"ActivationSymmetric": True})
             res["seconds"] = time.perf_counter() - t0
-            res["top1"] = _top1(out, _preload(ev, bs), threads)
+            res.update(_scores(out, model, _preload(ev, bs), threads))
         return res
     raise ValueError(kind)
 
@@ -153,6 +165,8 @@ def main() -> None:
                          "Entropy/Percentile calibrators stack every batch's outputs and fail on a short last batch")
     ap.add_argument("--quick", action="store_true", help="skip ORT Entropy (the slowest, largest peer) and (b)")
     ap.add_argument("--skip-ort", action="store_true")
+    ap.add_argument("--swap", action="store_true",
+                    help="calibrate on the eval split and score the calib split (the second fold)")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
     ap.add_argument("--latency-repeats", type=int, default=30, help="(d): timed runs per variant (0 skips it)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -164,7 +178,7 @@ def main() -> None:
         return
 
     base = {"model": a.model, "threads": a.threads, "batch_size": a.batch_size}
-    fixed = dict(base, samples=a.samples)
+    fixed = dict(base, samples=a.samples, swap=a.swap)
     jobs = [dict(fixed, name="fp32 pass", kind="fp32")]
     for alg in ("max", "entropy", "percentile", "mse"):
         jobs.append(dict(fixed, name=f"calib {alg}", kind="ours", algorithm=alg, percentile=99.99))
@@ -183,18 +197,22 @@ def main() -> None:
             stream.append(run_job_rss(job))
 
     fp32 = results[0]
-    print(f"\nCalibration benchmark: {a.model}, {fp32.get('samples')} calibration samples, held-out top-1 on "
-          f"the eval split, {a.threads} threads, batch {a.batch_size}")
-    print(f"\n| method | time (s) | time / FP32 pass | peak RSS (MiB) | INT8 top-1 | FP32 top-1 |")
-    print("|---|---:|---:|---:|---:|---:|")
+    cal, ev = ("eval", "calib") if a.swap else ("calib", "eval")
+    print(f"\nCalibration benchmark: {a.model}, {fp32.get('samples')} calibration samples from the {cal} split; "
+          f"top-1, agreement and SQNR on the held-out {ev} split (the fp32 row's top-1 is FP32's); "
+          f"{a.threads} threads, batch {a.batch_size}")
+    print(f"\n| method | time (s) | time / FP32 pass | peak RSS (MiB) | INT8 top-1 | agreement with FP32 | "
+          f"logit SQNR (dB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:
             print(f"| {r['job']} | failed: {r['error']} | | | | |")
             continue
         ratio = r["seconds"] / fp32["seconds"] if fp32.get("seconds") else float("nan")
-        t1 = f"{r['top1'] * 100:.1f}" if "top1" in r and r["job"] != "fp32 pass" else ""
-        print(f"| {r['job']} | {r['seconds']:.2f} | {ratio:.2f} | {r['peak_rss_mib']:.0f} | {t1} | "
-              f"{fp32.get('top1', 0) * 100:.1f} |")
+        t1 = f"{r['top1'] * 100:.1f}" if "top1" in r else ""
+        ag = f"{r['agreement'] * 100:.1f}" if "agreement" in r else ""
+        sq = f"{r['sqnr_db']:.1f}" if "sqnr_db" in r else ""
+        print(f"| {r['job']} | {r['seconds']:.2f} | {ratio:.2f} | {r['peak_rss_mib']:.0f} | {t1} | {ag} | {sq} |")
     if stream:
         print("\n| streaming entropy calibration | samples | time (s) | peak RSS (MiB) |")
         print("|---|---:|---:|---:|")
