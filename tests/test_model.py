@@ -148,3 +148,24 @@ def test_inspect_json_reports_quantized(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["quantized"] is True and info["op_counts"]["QLinearConv"] == 52
     assert info["inputs"][0]["name"] == "input"
+
+
+def test_cli_warnings_are_one_plain_line(tmp_path):
+    """A skipped corrupt image is reported on stderr as one 'warning:' line, without Python's
+    source path and code line; the run still succeeds (only --strict makes it an error)."""
+    import shutil
+    import subprocess
+    import sys
+
+    bundled = Path(__file__).resolve().parents[1] / "datasets"
+    imgs = sorted((bundled / "imagenet-mini").glob("*.JPEG"))[:3]
+    for p in imgs:
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "n09999999_broken.JPEG").write_bytes(imgs[0].read_bytes()[:2000])
+    proc = subprocess.run([sys.executable, "-m", "calib", "inspect", "--model",
+                           str(bundled / "models" / "squeezenet1_1_fp32.onnx"), "--data", str(tmp_path),
+                           "--preset", "caffe"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    warn = [ln for ln in proc.stderr.splitlines() if "could not be decoded" in ln]
+    assert len(warn) == 1 and warn[0].startswith("warning: skipped 1 of 4 images"), proc.stderr
+    assert "n09999999_broken.JPEG" in warn[0] and ".py:" not in proc.stderr

@@ -53,7 +53,14 @@ class _Parser(argparse.ArgumentParser):
     pass
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings reach CLI users as one `warning: ...` line (no source path or code line)."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
     only = argv[0] if argv and argv[0] in COMMANDS else None
     parser = _build_parser(only)
@@ -61,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         rc = args.func(args)
     except CalibError as exc:
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; no output was written", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
     return int(rc or 0)
 
 
