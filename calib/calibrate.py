@@ -172,7 +172,8 @@ def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size,
     cand = OrtEngine(int8, name="int8", threads=threads, precision="int8")
     report = compare(ref, [cand], eval_ds.batches(batch_size=batch_size,
                                                   progress="held-out check" if progress else False))
-    return {"samples": len(eval_ds), "report": report.to_dict(), "line": report.summary_line()}
+    return {"samples": len(eval_ds), "data": eval_ds.describe(), "report": report.to_dict(),
+            "line": report.summary_line()}
 
 
 def _summary_lines(s: Mapping[str, Any]) -> list[str]:
