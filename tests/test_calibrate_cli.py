@@ -307,3 +307,14 @@ def test_bad_plan_is_one_line_and_writes_nothing(tmp_path, capsys):
     line = _one_error_line(capsys.readouterr().err)
     assert rc != 0 and "int4" in line
     assert not out.exists()
+
+
+def test_package_level_api_matches_the_cli(first_run, tmp_path):
+    """calib.calibrate(model, data, ...) (the API the issue names) writes the same cache bytes as
+    the CLI with the same defaults."""
+    import calib
+
+    res = calib.calibrate(MODEL, IMAGES, preprocess="caffe", classes=CLASSES, out=tmp_path, progress=False)
+    assert {p.name for p in res.paths.values()} == OUTPUTS
+    assert (tmp_path / f"{STEM}.cache").read_bytes() == first_run["files"][f"{STEM}.cache"]
+    assert res.summary["held_out"]["samples"] > 0 and res.scales and all(v > 0 for v in res.scales.values())
