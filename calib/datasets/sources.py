@@ -443,6 +443,26 @@ def open_numpy(path: Path, inputs, hdf5_map=None, labels=None, files: list[str] 
     return ArraySource(kind, path, parts, inputs, labels=lab, label_source=src)
 
 
+def _arrays_for_inputs(d: Mapping[str, Any], inputs, where: str) -> tuple[dict[str, np.ndarray], int]:
+    """One array per model input from mapping *d* (a single sample gains a batch axis), checked
+    against the input's shape and dtype; all must hold the same number of samples. *where*
+    prefixes messages (e.g. "item 3 of the data loader: ")."""
+    arrays: dict[str, np.ndarray] = {}
+    n = None
+    for t in inputs:
+        if t.name not in d:
+            raise MissingDatasetKeyError(f"{where}no array for model input '{t.name}'; got: {', '.join(d) or 'none'}")
+        a = np.asarray(d[t.name])
+        if _check_array_for_input(t, a.shape, a.dtype, f"{where}input '{t.name}'"):
+            a = a[None]
+        if n is not None and a.shape[0] != n:
+            raise InputMismatchError(f"{where}arrays hold different sample counts ({n} vs {a.shape[0]} "
+                                     f"for '{t.name}')")
+        n = a.shape[0]
+        arrays[t.name] = a
+    return arrays, n
+
+
 def from_array(arr: np.ndarray, inputs) -> ArraySource:
     if len(inputs) != 1:
         raise InputMismatchError(f"one array feeds one input but the model has {len(inputs)} "
@@ -459,17 +479,7 @@ def from_arrays(d: Mapping[str, Any], inputs, labels=None) -> ArraySource:
     extra = sorted(set(d) - {t.name for t in inputs})
     if extra:
         raise InputMismatchError(f"arrays {', '.join(extra)} are not model inputs ({', '.join(t.name for t in inputs)})")
-    arrays, n = {}, None
-    for t in inputs:
-        if t.name not in d:
-            raise MissingDatasetKeyError(f"no array for model input '{t.name}'; got: {', '.join(d) or 'none'}")
-        a = np.asarray(d[t.name])
-        if _check_array_for_input(t, a.shape, a.dtype, f"array '{t.name}'"):
-            a = a[None]
-        if n is not None and a.shape[0] != n:
-            raise InputMismatchError(f"arrays hold different sample counts ({n} vs {a.shape[0]} for '{t.name}')")
-        n = a.shape[0]
-        arrays[t.name] = a
+    arrays, n = _arrays_for_inputs(d, inputs, "")
     lab, src = _external_labels(lab, n)
     return ArraySource("arrays", None, [_Part("", arrays, n, False)], inputs, labels=lab, label_source=src)
 
@@ -567,18 +577,7 @@ class StreamSource:
             if extra:
                 raise InputMismatchError(f"item {n_item}: {', '.join(repr(e) for e in extra)} not model inputs "
                                          f"({', '.join(sorted(names))})")
-            arrays, count = {}, None
-            for t in self.inputs:
-                if t.name not in item:
-                    raise MissingDatasetKeyError(f"item {n_item} of the data loader has no array for model input "
-                                                 f"'{t.name}' (has: {', '.join(item) or 'nothing'})")
-                a = np.asarray(item[t.name])
-                if _check_array_for_input(t, a.shape, a.dtype, f"item {n_item}, input '{t.name}'"):
-                    a = a[None]
-                if count is not None and a.shape[0] != count:
-                    raise InputMismatchError(f"item {n_item}: inputs hold different sample counts")
-                count = a.shape[0]
-                arrays[t.name] = a
+            arrays, count = _arrays_for_inputs(item, self.inputs, f"item {n_item} of the data loader: ")
             lab = None
             if labels is not None:
                 lab = np.asarray(labels, dtype=np.int64).reshape(-1)
