@@ -102,8 +102,13 @@ def run_build(args) -> int:
                         save_cache=Path(args.save_cache) if args.save_cache else None, verbose=args.verbose,
                         calib_batch=getattr(args, "batch_size", None))
     dataset = _dataset(args, model)
+    def amax_for(ds):   # explicit path with --data: ranges from the GPU-free calibration pipeline
+        from ..calibrate import calibrate
+
+        return calibrate(model, None, dataset=ds, write=False, evaluate=False, progress=False).amax
+
     res = build_engine(model, args.out, cache=args.cache, dataset=dataset, plan=args.plan, options=opts,
-                       overwrite=args.force)
+                       overwrite=args.force, amax_for=amax_for)
     for line in res.lines:
         print(line)
     return 0

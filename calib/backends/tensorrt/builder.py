@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -210,8 +210,14 @@ def _np_dtype(trt, dt):
 
 # --------------------------------------------------------------------------- build
 def build_engine(model, out, *, cache=None, dataset=None, plan=None, options: BuildOptions | None = None,
-                 overwrite: bool = False, log: Callable[[str], None] = print) -> BuildResult:
-    """Build and serialize an engine for *model*; write ``out`` and ``out.json`` atomically."""
+                 overwrite: bool = False, log: Callable[[str], None] = print,
+                 amax_for: Callable[[Any], Mapping[str, float]] | None = None) -> BuildResult:
+    """Build and serialize an engine for *model*; write ``out`` and ``out.json`` atomically.
+
+    *amax_for(dataset)* gives activation ranges for the explicit (Q/DQ) path when it gets data
+    instead of a cache; the caller supplies it (the CLI passes :func:`calib.calibrate`), so this
+    backend never reaches up into the calibration pipeline.
+    """
     from . import import_tensorrt
     from .cuda import device_properties, require_gpu
     from ...plan import load_plan
@@ -255,7 +261,7 @@ def build_engine(model, out, *, cache=None, dataset=None, plan=None, options: Bu
         if options.fp16:
             raise CalibError("--fp16 does nothing in explicit mode (strongly typed networks take precision "
                              "from the graph): mark fp16 layers in the precision plan (--plan) instead")
-        parse_model = _qdq_model(model, cache_path, dataset, plan, lines)
+        parse_model = _qdq_model(model, cache_path, dataset, plan, lines, amax_for)
     elif mode == "explicit" and plan is not None:
         lines.append("warning: the model is already Q/DQ; the precision plan is not applied again")
 
@@ -471,7 +477,7 @@ def _describe(dataset):
         return None
 
 
-def _qdq_model(model: Model, cache_path, dataset, plan, lines) -> Model:
+def _qdq_model(model: Model, cache_path, dataset, plan, lines, amax_for=None) -> Model:
     """The Q/DQ model for the explicit path, from a calib cache (amax = scale * 127) or data."""
     from ...qdq import quantize_model
 
@@ -481,10 +487,8 @@ def _qdq_model(model: Model, cache_path, dataset, plan, lines) -> Model:
         cache = server.load_checked()
         amax = {k: float(v) * 127.0 for k, v in cache.scales.items()}
         lines.append(f"explicit: Q/DQ from cache {cache_path} ({len(amax)} tensors)")
-    elif dataset is not None:
-        from ...calibrate import calibrate
-        res = calibrate(model, None, dataset=dataset, write=False, evaluate=False, progress=False)
-        amax = dict(res.amax)
+    elif dataset is not None and amax_for is not None:
+        amax = dict(amax_for(dataset))
         lines.append(f"explicit: Q/DQ from {len(amax)} amax values calibrated on the CPU")
     else:
         raise CalibError("explicit quantization needs scales: give --cache (from calib calibrate) or --data")
