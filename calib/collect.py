@@ -518,14 +518,4 @@ def _resolve(kept: Sequence[str], direct: dict[str, TensorObserver], plan: Mappi
 def _engine(engine_cls, m: Model, capture: list[str], threads: int | None, spinning: bool):
     """An :class:`OrtEngine` capturing *capture*; with ``spinning=False`` its intra-op threads
     sleep instead of spinning when idle, leaving the cores to the histogram workers."""
-    engine = engine_cls(m, capture=capture, threads=threads)
-    if not spinning:
-        import onnxruntime as ort
-
-        from .backends.onnxruntime import _with_outputs, session_options
-
-        so = session_options(threads, "basic" if capture else "all")
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        data = _with_outputs(m, capture) if capture else m.serialize()
-        engine.session = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
-    return engine
+    return engine_cls(m, capture=capture, threads=threads, spinning=spinning)

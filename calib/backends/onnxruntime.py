@@ -28,10 +28,14 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def session_options(threads: int | None = None, optimize: str = "all"):
+def session_options(threads: int | None = None, optimize: str = "all", spinning: bool = True):
+    """Session options with explicit threads; ``spinning=False`` lets idle intra-op threads sleep
+    instead of spinning (when other threads, e.g. histogram workers, share the cores)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.intra_op_num_threads = threads or default_threads()
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -69,7 +73,7 @@ class OrtEngine(Engine):
 
     def __init__(self, model: "Model | str | os.PathLike", *, name: str | None = None,
                  threads: int | None = None, capture: Sequence[str] = (), optimize: str | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, spinning: bool = True):
         import onnxruntime as ort
 
         self.model = load_model(model)
@@ -85,7 +89,7 @@ class OrtEngine(Engine):
         # With captured tensors, extended fusions could remove them; keep basic optimisation.
         opt = optimize or ("basic" if self.capture else "all")
         try:
-            self.session = ort.InferenceSession(data, sess_options=session_options(threads, opt),
+            self.session = ort.InferenceSession(data, sess_options=session_options(threads, opt, spinning),
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:
             msg = ort_message(exc)
