@@ -80,8 +80,6 @@ def _scores(model_or_path, reference, eval_batches, threads) -> dict:
 
 
 def worker(job: dict) -> dict:
-    import numpy as np
-
     from calib.backends.onnxruntime import OrtEngine
 
     threads, bs, key = job["threads"], job["batch_size"], job["model"]
@@ -201,7 +199,7 @@ def main() -> None:
     print(f"\nCalibration benchmark: {a.model}, {fp32.get('samples')} calibration samples from the {cal} split; "
           f"top-1, agreement and SQNR on the held-out {ev} split (the fp32 row's top-1 is FP32's); "
           f"{a.threads} threads, batch {a.batch_size}")
-    print(f"\n| method | time (s) | time / FP32 pass | peak RSS (MiB) | INT8 top-1 | agreement with FP32 | "
+    print("\n| method | time (s) | time / FP32 pass | peak RSS (MiB) | INT8 top-1 | agreement with FP32 | "
           f"logit SQNR (dB) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:

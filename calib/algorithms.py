@@ -93,7 +93,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -343,14 +343,3 @@ def weight_amax_per_channel(w, axis: int = 0) -> np.ndarray:
     axis = axis % a.ndim
     red = tuple(d for d in range(a.ndim) if d != axis)
     return np.abs(a).max(axis=red).astype(np.float32) if red else np.abs(a).astype(np.float32)
-
-
-def amax_table(observers: Iterable[TensorObserver], algorithms=("max", "entropy")) -> list[dict]:
-    """One row per observer with the amax of each algorithm (for reports)."""
-    rows = []
-    for o in observers:
-        row = {"tensor": o.name, "count": o.count, "min": o.min, "max": o.max}
-        for alg in algorithms:
-            row[alg] = compute_amax(o, alg) if o.count else None
-        rows.append(row)
-    return rows

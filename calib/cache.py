@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import CacheError, CacheMismatchError
-from .utils import atomic_write_bytes, atomic_write_text, check_writable, sha256_bytes
+from .utils import atomic_write_bytes, check_writable, sha256_bytes
 
 DEFAULT_TRT_VERSION = 100900
 SIDECAR_FORMAT = "calib-cache-sidecar"
@@ -286,10 +286,14 @@ def make_sidecar(*, model=None, cache: CalibrationCache | None = None, data=None
     return rec
 
 
+def sidecar_bytes(sidecar: Mapping) -> bytes:
+    """The sidecar as written to disk (sorted keys, indent 2, trailing newline)."""
+    return (json.dumps(_jsonable(sidecar), indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
 def write_sidecar(cache_path: str | os.PathLike, sidecar: Mapping, overwrite: bool = False) -> Path:
     """Write *sidecar* (from :func:`make_sidecar`) beside *cache_path* as ``<cache>.json``."""
-    p = sidecar_path(cache_path)
-    return atomic_write_text(p, json.dumps(_jsonable(sidecar), indent=2, sort_keys=True) + "\n", overwrite=overwrite)
+    return atomic_write_bytes(sidecar_path(cache_path), sidecar_bytes(sidecar), overwrite=overwrite)
 
 
 def write_cache_with_sidecar(path: str | os.PathLike, cache: CalibrationCache, sidecar: Mapping,

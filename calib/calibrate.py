@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
-
 from . import __version__
-from .errors import AlreadyQuantizedError, CalibError, EmptyDatasetError
+from .cache import sidecar_path
+from .errors import CalibError, EmptyDatasetError
 from .model import Model, load_model
 from .utils import atomic_write_all, check_writable
 
@@ -42,7 +41,7 @@ def output_paths(model_path: Path | None, out: str | os.PathLike | None, stem: s
     base = Path(out) if out is not None else (model_path.parent if model_path else Path.cwd())
     return {
         "cache": base / f"{stem}.cache",
-        "sidecar": base / f"{stem}.cache.json",
+        "sidecar": sidecar_path(base / f"{stem}.cache"),
         "qdq": base / f"{stem}.int8.onnx",
         "summary": base / "summary.json",
     }
@@ -66,11 +65,12 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     cache still covers every tensor, since TensorRT applies the plan itself at build time.
     """
     from .algorithms import compute_amax
-    from .cache import CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, trt_algorithm_name
+    from .cache import (CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, sidecar_bytes,
+                        trt_algorithm_name)
     from .collect import collect_statistics
     from .datasets import open_dataset
     from .plan import load_plan
-    from .qdq import quantize_model
+    from .qdq import check_input, quantize_model
 
     t_start = time.perf_counter()
     if algorithm not in ALGORITHMS:
@@ -78,11 +78,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     if target not in ("tensorrt", "onnxruntime"):
         raise CalibError(f"unknown target '{target}'; choose tensorrt or onnxruntime")
     m = load_model(model)
-    if m.is_quantized:
-        qops = sorted({n.op_type for n in m.nodes if n.op_type.startswith(("Q", "Dequant", "Dynamic"))
-                       or n.op_type.endswith("Integer")})
-        raise AlreadyQuantizedError(
-            f"{m.name} is already quantized ({', '.join(qops[:4])}); calibrate the original FP32 model instead")
+    check_input(m, target)   # already quantized or float16: refused before any work
     plan = load_plan(plan)   # a bad plan fails here, before any work
     stem = m.name
     paths = output_paths(m.path, out, stem)
@@ -151,10 +147,9 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     summary["lines"] = _summary_lines(summary)
 
     if write:
-        for p in paths.values():  # re-check: nothing may have appeared meanwhile
-            check_writable(p, force)
-        atomic_write_all([(paths["cache"], cache_bytes),
-                    (paths["sidecar"], (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode("utf-8")),
+        atomic_write_all(   # re-checks every target: nothing may have appeared meanwhile
+                         [(paths["cache"], cache_bytes),
+                    (paths["sidecar"], sidecar_bytes(sidecar)),
                     (paths["qdq"], qdq_bytes),
                     (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))],
                    overwrite=force)

@@ -261,12 +261,7 @@ def _static_nonfloat(model: Model, names: Iterable[str]) -> set[str]:
     They would be dropped at the first batch anyway; not capturing them lets ONNX Runtime
     constant-fold the integer shape/padding arithmetic (and fuse what depends on it).
     """
-    try:
-        import onnx
-
-        proto = onnx.shape_inference.infer_shapes(model.proto)
-    except Exception:
-        return set()
+    proto = model.infer_shapes().proto
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input)
              if vi.type.HasField("tensor_type")}
@@ -408,7 +403,8 @@ def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any
         workers = min(4, cores) if cores > 1 else 0
     if spinning is None:
         spinning = workers == 0
-    engine = _engine(OrtEngine, m, capture, threads, spinning)
+    # with spinning=False ONNX Runtime's idle threads sleep, leaving the cores to the histogram workers
+    engine = OrtEngine(m, capture=capture, threads=threads, spinning=spinning)
     kw = {"bins": bins} if bins else {}
     if not histogram:
         kw["histogram"] = False
@@ -469,10 +465,7 @@ def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any
             bar.close()
         if updater is not None and updater.threads:
             for q in updater.queues:
-                try:
-                    q.put_nowait(_STOP)
-                except queue.Full:
-                    pass
+                q.put_nowait(_STOP)   # unbounded queues: never full
     if observers is None:
         raise EmptyDatasetError("no calibration batches: the data source yielded nothing")
     observers = _resolve(kept, observers, plan, pad_zeros, kw)
@@ -513,9 +506,3 @@ def _resolve(kept: Sequence[str], direct: dict[str, TensorObserver], plan: Mappi
                 o.add_zeros(pad_zeros[k])
         done[k] = o
     return {k: done[k] for k in kept}
-
-
-def _engine(engine_cls, m: Model, capture: list[str], threads: int | None, spinning: bool):
-    """An :class:`OrtEngine` capturing *capture*; with ``spinning=False`` its intra-op threads
-    sleep instead of spinning when idle, leaving the cores to the histogram workers."""
-    return engine_cls(m, capture=capture, threads=threads, spinning=spinning)

@@ -10,7 +10,6 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -95,6 +94,7 @@ class Model:
         self.proto = proto
         self.path = path
         self._bytes: bytes | None = None
+        self._sha256: tuple[bytes, str] | None = None
 
     # -- construction -------------------------------------------------------
     @classmethod
@@ -133,8 +133,11 @@ class Model:
 
     @property
     def sha256(self) -> str:
-        """Content hash of the serialized model (independent of file name and location)."""
-        return hashlib.sha256(self.serialize()).hexdigest()
+        """Content hash of the serialized model (independent of file name and location); cached
+        with the bytes it is computed from."""
+        if self._sha256 is None or self._sha256[0] is not self.serialize():
+            self._sha256 = (self.serialize(), hashlib.sha256(self.serialize()).hexdigest())
+        return self._sha256[1]
 
     # -- description --------------------------------------------------------
     @property
@@ -253,12 +256,6 @@ class Model:
             proto = self.proto
         return Model(proto, self.path)
 
-    def tensor_shapes(self) -> dict[str, tuple]:
-        """Shapes of intermediate tensors known after shape inference."""
-        m = self.infer_shapes()
-        return {vi.name: _value_info_to_tensor_info(vi).shape for vi in
-                list(m.proto.graph.value_info) + list(m.proto.graph.output)}
-
     def describe(self) -> dict:
         """A JSON-able summary (used by `calib inspect --json` and provenance)."""
         return {
@@ -281,7 +278,3 @@ class Model:
 def load_model(model: "str | os.PathLike | Model") -> Model:
     """Accept a path or a :class:`Model` and return a :class:`Model`."""
     return model if isinstance(model, Model) else Model.load(model)
-
-
-def input_names(model: Model) -> Sequence[str]:
-    return [t.name for t in model.inputs]

@@ -235,10 +235,7 @@ def _upgrade_opset(proto, report_name: str):
     import onnx
     from onnx import version_converter
 
-    cur = 0
-    for o in proto.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            cur = int(o.version)
+    cur = onnx_opset(proto)
     if cur >= MIN_OPSET:
         return proto
     try:
@@ -550,7 +547,7 @@ def _non_negative(G: _Graph, t: str) -> bool:
         if len(p.input) == 1:
             return float(_attr(p, "min", -1.0)) >= 0.0
         return lo is not None and float(lo) >= 0.0
-    if p.op_type in ("MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Gather"):
+    if p.op_type in DATA_MOVEMENT_OPS:
         return _non_negative(G, p.input[0])
     return False
 
@@ -754,8 +751,9 @@ def _place(G: _Graph, types: dict[str, int], target: str, plan: PrecisionPlan | 
                 break
             known_q = new_known
         # data-movement nodes: their input edge is quantized
+        int8_ids = {id(x) for x in P.int8_nodes}
         for n in G.g.node:
-            if n.op_type in DATA_MOVEMENT_OPS and n in P.int8_nodes:
+            if n.op_type in DATA_MOVEMENT_OPS and id(n) in int8_ids:
                 P.edges[(id(n), 0)] = n.input[0]
                 P.q_after[n.output[0]] = True
     P.used_amax = list(A.used)
@@ -913,8 +911,9 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
                                           name=_unique(f"{base}_DequantizeLinear", taken), **attrs))
         return out
 
+    edge_tensors = set(edges.values())   # edges is complete here and not changed below
     for t in G.graph_inputs:
-        if t in P.tparams and any(v == t for v in edges.values()):
+        if t in P.tparams and t in edge_tensors:
             emit_q(t)
     for n in list(G.g.node):
         if id(n) in removed:
@@ -940,7 +939,7 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
                     n.input[2] = bdq
         nodes_out.append(n)
         for o in n.output:
-            if o in P.q_after and o in P.tparams and any(v == o for v in edges.values()):
+            if o in P.q_after and o in P.tparams and o in edge_tensors:
                 emit_q(o)
     # Q nodes for tensors whose producer came later than a consumer cannot happen (topological),
     # but a Q emitted lazily before its consumer must follow its producer: reorder.
@@ -1031,7 +1030,8 @@ def _wrap_fp16(G: _Graph, nodes: list, types: dict[str, int]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- public API
-def _check_input(model: Model, target: str):
+def check_input(model: Model, target: str) -> None:
+    """Raise unless *model* can be quantized for *target*: not already quantized, not float16."""
     if target not in TARGETS:
         raise QuantizationError(f"unknown Q/DQ target {target!r} (expected one of {', '.join(TARGETS)})")
     if model.is_quantized:
@@ -1047,7 +1047,7 @@ def required_tensors(model, target: str = "tensorrt", plan=None) -> list[str]:
     """Activation tensors whose amax the placement for *target* (and *plan*) uses, in
     topological order. Calibration may collect only these."""
     model = load_model(model)
-    _check_input(model, target)
+    check_input(model, target)
     plan = load_plan(plan)
     proto, _, _ = _prepare(model, model.name)
     G = _Graph(proto)
@@ -1067,7 +1067,7 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
     initializer names to an amax (scalar or per channel) instead of max |w|.
     """
     model = load_model(model)
-    _check_input(model, target)
+    check_input(model, target)
     plan = load_plan(plan)
     if amax is None or not isinstance(amax, Mapping):
         raise QuantizationError("amax must be a mapping of activation tensor name -> float")

@@ -40,14 +40,14 @@ def _temp_beside(target: Path, suffix: str = ".tmp", data: bytes | None = None) 
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside *path*; on success rename it onto *path*.
+def atomic_path(path: str | os.PathLike, overwrite: bool = False, data: bytes | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside *path* (holding *data*, if given); on success rename it onto *path*.
 
     On any exception the temporary file is removed and *path* is untouched, so a
     crash or Ctrl-C never leaves a half-written artifact.
     """
     target = check_writable(path, overwrite)
-    tmp_path = _temp_beside(target)
+    tmp_path = _temp_beside(target, data=data)
     try:
         yield tmp_path
         if not overwrite and target.exists():
@@ -59,11 +59,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> Path:
-    with atomic_path(path, overwrite) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path, overwrite, data=data):
+        pass
     return Path(path)
 
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from calib.backends.base import Engine, EngineInfo
 from calib.backends.onnxruntime import OrtEngine
 from calib.errors import OutputExistsError
-from calib.harness import (HarnessError, Report, compare, detect_task, engine, evaluate, load_report,
+from calib.harness import (HarnessError, compare, detect_task, engine, evaluate, load_report,
                            map_tensors)
 from calib.model import Model
 

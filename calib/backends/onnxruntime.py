@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -101,6 +101,8 @@ class OrtEngine(Engine):
                 raise CustomOpError(f"{self.model.name}: needs an operator ONNX Runtime does not implement{hint}: {msg}") from None
             raise ModelLoadError(f"{self.model.name}: ONNX Runtime cannot load the model: {msg}") from None
         self._inputs = self.model.inputs
+        fixed = [t.fixed_batch for t in self._inputs if t.fixed_batch is not None]
+        self._step = min(fixed) if fixed else None   # a fixed batch dimension: batches are split to it
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.info = EngineInfo(name=name or self.model.name, backend="onnxruntime",
                                precision=precision or ("int8" if self.model.is_quantized else
@@ -136,13 +138,10 @@ class OrtEngine(Engine):
             out[t.name] = a
         return out
 
-    def _batch_step(self, feed: dict[str, np.ndarray]) -> int | None:
-        fixed = [t.fixed_batch for t in self._inputs if t.fixed_batch is not None]
-        return min(fixed) if fixed else None
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = self._check_feed(feed)
-        step = self._batch_step(feed)
+        step = self._step
         n = next(iter(feed.values())).shape[0] if feed else 0
         if step is None or n == step:
             return self._run_once(feed)
@@ -158,10 +157,3 @@ class OrtEngine(Engine):
             msg = ort_message(exc)
             raise BackendError(f"{self.model.name}: ONNX Runtime failed: {msg}") from None
         return dict(zip(self._outputs, res))
-
-
-def run_model(model, feeds: Iterable[Mapping[str, np.ndarray]], **kw) -> Iterator[dict[str, np.ndarray]]:
-    """Convenience: build an :class:`OrtEngine` and run every feed."""
-    eng = OrtEngine(model, **kw)
-    for f in feeds:
-        yield eng.run(f)

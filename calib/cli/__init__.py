@@ -49,10 +49,6 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-class _Parser(argparse.ArgumentParser):
-    pass
-
-
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings reach CLI users as one `warning: ...` line (no source path or code line)."""
     print(f"warning: {message}", file=file or sys.stderr)

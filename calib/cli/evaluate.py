@@ -10,7 +10,6 @@ Writes report.json, report.md, metrics.png (and layers_<candidate>.png with --at
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 TASK_CHOICES = ["auto", "classification", "embedding", "dense", "ctc", "tensor"]

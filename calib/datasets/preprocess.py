@@ -294,16 +294,8 @@ class ImagePlan:
     size: tuple | None                 # (h, w) target of the resize step (shorter: (s, s))
     crop: tuple | None                 # (h, w) of the centre crop
     pad_to: tuple | None               # (h, w) final padding (height mode with a fixed width)
-    out_hw: tuple | None               # final (h, w) if every sample has it, else None
     gain: np.ndarray = field(repr=False, compare=False, default=None)   # per channel, output order
     bias: np.ndarray = field(repr=False, compare=False, default=None)
-
-    def sample_shape(self, h: int, w: int) -> tuple:
-        if self.layout == "nchw":
-            return (self.channels, h, w)
-        if self.layout == "nhwc":
-            return (h, w, self.channels)
-        return (h, w)
 
 
 def _pair(v):
@@ -436,7 +428,7 @@ def make_plan(pre: Preprocess, tinfo) -> ImagePlan:
     gain = (pre.scale / std).astype(np.float32)
     bias = (-mean / std).astype(np.float32)
     return ImagePlan(pre=pre, channels=channels, layout=layout, dtype=dtype, mode=mode, size=size,
-                     crop=crop, pad_to=pad_to, out_hw=tuple(out) if out else None, gain=gain, bias=bias)
+                     crop=crop, pad_to=pad_to, gain=gain, bias=bias)
 
 
 _RESAMPLE = None
