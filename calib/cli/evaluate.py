@@ -9,13 +9,15 @@ Writes report.json, report.md, metrics.png (and layers_<candidate>.png with --at
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-TASK_CHOICES = ["auto", "classification", "embedding", "dense", "ctc", "tensor"]
 
 
 def register(subparsers) -> None:
+    from ..datasets import add_data_arguments
+    from ..harness.metrics import TASKS
+    from ..harness.stats import DEFAULT_RESAMPLES
+
     p = subparsers.add_parser(
         "evaluate", help="score candidates against the FP32 model (and labels)",
         description="Run the FP32 reference and every candidate over the same data in one pass "
@@ -26,8 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--candidate", action="append", required=True, metavar="MODEL",
                    help="a candidate model (.onnx Q/DQ / mixed precision / FP16; a TensorRT plan with "
                         "TensorRT installed); repeat for several; NAME=PATH names it in the report")
-    _add_data_arguments(p)
-    p.add_argument("--task", choices=TASK_CHOICES, default="auto",
+    add_data_arguments(p)
+    p.add_argument("--task", choices=["auto", *TASKS], default="auto",
                    help="which metrics to compute (default: guessed from the outputs, labels and model metadata)")
     p.add_argument("--metric", action="append", default=[], metavar="NAME|FILE.py:FUNC",
                    help="add a metric: a registered name or a Python function (repeatable)")
@@ -37,21 +39,14 @@ def register(subparsers) -> None:
                    help="per-layer SQNR of every intermediate tensor (ONNX Runtime candidates)")
     p.add_argument("--text-labels", metavar="TSV",
                    help="text labels 'file<TAB>text' per line (OCR / CTC), matched to samples by file name")
-    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
+                   help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.json, report.md and plots")
     p.add_argument("--force", action="store_true", help="overwrite existing report files")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=run)
-
-
-def _add_data_arguments(p: argparse.ArgumentParser) -> None:
-    from ..datasets import add_data_arguments
-
-    add_data_arguments(p)
-    if "--batch-size" not in p._option_string_actions:
-        p.add_argument("--batch-size", type=int, default=16, help="samples per batch (default 16)")
 
 
 def _candidate_spec(spec: str):
@@ -83,7 +78,7 @@ def run(args) -> int:
         raise HarnessError("--only-metrics needs at least one --metric")
     rep = evaluate(ref, cands, ds, task=args.task, attribute=args.attribute, out=args.out, force=args.force,
                    metrics=metrics, extra_metrics=[] if args.only_metrics else args.metric,
-                   labels=args.text_labels, batch_size=getattr(args, "batch_size", 16) or 16,
+                   labels=args.text_labels, batch_size=args.batch_size,
                    progress=progress, resamples=args.resamples, seed=args.bootstrap_seed,
                    plots=not args.no_plots)
     if args.json:

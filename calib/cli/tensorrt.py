@@ -5,24 +5,18 @@ non-zero (:class:`calib.errors.TensorRTUnavailableError`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from ..errors import CalibError, TensorRTUnavailableError
 
 
-def _data_arguments(p: argparse.ArgumentParser) -> None:
-    try:
-        from ..datasets import add_data_arguments
-    except ImportError:  # the readers are not part of this build
-        p.add_argument("--data", help="calibration / timing data (folder, HDF5, NumPy)")
-        return
-    add_data_arguments(p)
+def _has_data(args) -> bool:
+    return bool(args.data or args.data_loader_script)
 
 
 def _dataset(args, model):
-    if not getattr(args, "data", None):
+    if not _has_data(args):
         return None
     from ..datasets import dataset_from_args
     return dataset_from_args(args, model)
@@ -42,12 +36,14 @@ def _require(command: str):
 
 
 def register(sub) -> None:
+    from ..datasets import add_data_arguments
+
     b = sub.add_parser("build", help="build a TensorRT engine (needs TensorRT and a GPU)",
                        description="Build a TensorRT engine from an ONNX model with INT8 scales from a "
                                    "calib cache (computed on any machine) or from data.")
     b.add_argument("--model", required=True, help="ONNX model")
     b.add_argument("--cache", help="calibration cache from calib calibrate (its sidecar is checked)")
-    _data_arguments(b)
+    add_data_arguments(b)
     b.add_argument("--plan", help="precision plan JSON (ONNX node name -> fp32/fp16/int8)")
     b.add_argument("--fp16", action="store_true", help="also allow fp16 kernels (implicit mode)")
     mode = b.add_mutually_exclusive_group()
@@ -76,7 +72,7 @@ def register(sub) -> None:
                                    "throughput per batch size, with one or more execution contexts.")
     r.add_argument("--engine", required=True, help="engine file from calib build")
     r.add_argument("--model", help="ONNX model for reading --data (default: the one in the engine's sidecar)")
-    _data_arguments(r)
+    add_data_arguments(r)
     r.add_argument("--batch-sizes", help="comma-separated batch sizes within the engine's profile (default: max)")
     r.add_argument("--contexts", type=int, default=1, help="concurrent execution contexts (default 1)")
     r.add_argument("--iterations", type=int, default=200, help="timed iterations per context (default 200)")
@@ -100,7 +96,7 @@ def run_build(args) -> int:
                         precision_constraints="prefer" if args.prefer else "obey",
                         profiles=args.profiles, calibrator=args.calibrator,
                         save_cache=Path(args.save_cache) if args.save_cache else None, verbose=args.verbose,
-                        calib_batch=getattr(args, "batch_size", None))
+                        calib_batch=args.batch_size)
     dataset = _dataset(args, model)
     def amax_for(ds):   # explicit path with --data: ranges from the GPU-free calibration pipeline
         from ..calibrate import calibrate
@@ -129,7 +125,7 @@ def run_run(args) -> int:
             raise CalibError(f"--batch-sizes: expected comma-separated integers, got {args.batch_sizes!r}") from None
     with TrtEngine(args.engine, contexts=args.contexts, log=print) as eng:
         feed = None
-        if getattr(args, "data", None):
+        if _has_data(args):
             from ..model import load_model
             mpath = args.model or ((eng.sidecar or {}).get("model") or {}).get("path")
             if not mpath:

@@ -253,7 +253,8 @@ class SQNR(Metric):
 
     def update(self, ref, cand, labels):
         r, c = _flat(self.select(ref)), _flat(self.select(cand))
-        return (np.einsum("ij,ij->i", r, r), np.einsum("ij,ij->i", c - r, c - r))
+        e = c - r
+        return (np.einsum("ij,ij->i", r, r), np.einsum("ij,ij->i", e, e))
 
 
 class MaxAbsError(Metric):

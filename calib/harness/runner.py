@@ -28,7 +28,7 @@ from .attribution import LayerAccumulator, float_activations, map_tensors
 from .stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, Series, bootstrap_ci, mcnemar_exact,
                     paired_bootstrap_diff)
 
-TASK_NAMES = ("classification", "embedding", "dense", "ctc", "tensor")
+TASK_NAMES = tuple(M.TASKS)   # one list of tasks: the metric registry's
 
 
 class HarnessError(CalibError):

@@ -21,7 +21,7 @@ from ... import __version__ as calib_version
 from ...errors import (BackendError, CalibError, EngineMismatchError, InputMismatchError,
                        ModelLoadError)
 from ...model import Model, load_model
-from ...utils import atomic_write_bytes, atomic_write_text, check_writable, sha256_bytes, sha256_file
+from ...utils import atomic_write_bytes, atomic_write_all, check_writable, sha256_bytes, sha256_file
 from .matching import LayerAssignment, assign_plan, onnx_layer_basename
 from .versions import Capabilities, TrtVersion
 
@@ -384,9 +384,11 @@ def build_engine(model, out, *, cache=None, dataset=None, plan=None, options: Bu
                                   cache_sha256=cache_sha, profiles=profile_shapes, num_profiles=num_profiles,
                                   options=options, assignment=assignment, build_seconds=seconds,
                                   engine_bytes=engine_bytes)
-    atomic_write_bytes(out, engine_bytes, overwrite=overwrite)
-    side = atomic_write_text(engine_sidecar_path(out), json.dumps(sidecar, indent=2, sort_keys=True) + "\n",
-                             overwrite=overwrite)
+    side = engine_sidecar_path(out)
+    # the engine and its sidecar belong together: both or neither
+    atomic_write_all([(out, engine_bytes),
+                      (side, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode("utf-8"))],
+                     overwrite=overwrite)
     lines.append(f"engine: {out} ({len(engine_bytes) / 1e6:.1f} MB, {precision}) built in {seconds:.1f} s on "
                  f"{gpu['name']} (sm {gpu['compute_capability']}); sidecar {side}")
     return BuildResult(out, side, sidecar, lines)
@@ -439,7 +441,7 @@ def _network_tensor_names(network) -> set[str]:
 
 
 def _implicit_calibrator(trt, caps, model, network, cache_path, dataset, options, profile_shapes, overwrite, lines):
-    from .cache_serving import CacheServer, calibrator_for_cache
+    from .cache_serving import TRT_ALGORITHMS, CacheServer, calibrator_for_cache
     from .calibrator import make_calibrator
     from .cuda import InputSpec
 
@@ -451,18 +453,18 @@ def _implicit_calibrator(trt, caps, model, network, cache_path, dataset, options
     batch = specs[0].shape[0] if specs and specs[0].shape else 1
     algo = options.calibrator
     if dataset is None:
-        server = CacheServer(cache_path, model, TrtVersion.parse(trt.__version__).cache_version,
+        server = CacheServer(cache_path, model, caps.version.cache_version,
                              calibrator="entropy", overwrite=overwrite)
         cache = server.load_checked()  # raises CacheMismatchError before any GPU work
         algo = algo or calibrator_for_cache(cache.algorithm)
-        server.algorithm = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration"}[algo]
+        server.algorithm = TRT_ALGORITHMS[algo]
         covered = set(cache.scales) & _network_tensor_names(network)
         lines.append(f"cache {cache_path}: {len(cache.scales)} scales ({cache.algorithm}), "
                      f"{len(covered)} name network tensors; served through {algo} calibrator")
         calibrator = make_calibrator(trt, algo, specs, None, batch, server)
     else:
         algo = algo or "entropy"
-        server = CacheServer(options.save_cache, model, TrtVersion.parse(trt.__version__).cache_version,
+        server = CacheServer(options.save_cache, model, caps.version.cache_version,
                              calibrator=algo, overwrite=overwrite,
                              data_description=_describe(dataset), serve=False)
         batches = dataset.batches(batch_size=batch)
@@ -485,7 +487,7 @@ def _qdq_model(model: Model, cache_path, dataset, plan, lines, amax_for=None) ->
         from .cache_serving import CacheServer
         server = CacheServer(cache_path, model, 0)
         cache = server.load_checked()
-        amax = {k: float(v) * 127.0 for k, v in cache.scales.items()}
+        amax = cache.amax
         lines.append(f"explicit: Q/DQ from cache {cache_path} ({len(amax)} tensors)")
     elif dataset is not None and amax_for is not None:
         amax = dict(amax_for(dataset))
