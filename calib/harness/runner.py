@@ -349,11 +349,12 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
 
     t0 = time.perf_counter()
     ref_series = [a.series() if a is not None else None for a in ref_accs]
+    ref_ci: dict[int, dict] = {}   # the reference's interval is the same for every candidate
     results = []
     for j, c in enumerate(cands):
         rs = []
         for k, m in enumerate(metric_list):
-            rs.append(_summarise(m, cand_accs[j][k], ref_series[k], resamples, seed))
+            rs.append(_summarise(m, cand_accs[j][k], ref_series[k], resamples, seed, ref_ci, k))
         results.append(rs)
     attributions = {cands[j].info.name: accs[j].result(top_layers) for j in accs}
     timing["statistics_s"] = time.perf_counter() - t0
@@ -396,7 +397,9 @@ def _engine_dict(e: Engine) -> dict:
     return d
 
 
-def _summarise(m: M.Metric, acc: _Acc, ref_series: Series | None, resamples: int, seed: int) -> MetricResult:
+def _summarise(m: M.Metric, acc: _Acc, ref_series: Series | None, resamples: int, seed: int,
+               ref_ci: dict, key: int) -> MetricResult:
+    """One candidate's result for metric *m*; *ref_ci* caches the reference's interval by *key*."""
     metric = acc.metric
     series = acc.series()
     spec = metric.spec()
@@ -408,7 +411,9 @@ def _summarise(m: M.Metric, acc: _Acc, ref_series: Series | None, resamples: int
     t = metric.transform
     res.candidate = bootstrap_ci(series, transform=t, resamples=resamples, seed=seed).to_dict()
     if metric.kind == "engine" and ref_series is not None:
-        res.reference = bootstrap_ci(ref_series, transform=t, resamples=resamples, seed=seed).to_dict()
+        if key not in ref_ci:
+            ref_ci[key] = bootstrap_ci(ref_series, transform=t, resamples=resamples, seed=seed).to_dict()
+        res.reference = dict(ref_ci[key])
         res.difference = paired_bootstrap_diff(series, ref_series, transform=t, resamples=resamples,
                                                seed=seed).to_dict()
         if metric.binary and series.den is None and ref_series.den is None:
