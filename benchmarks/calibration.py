@@ -24,8 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from _common import ROOT, SHARED, peak_rss_mib
 MODELS = {
     "efficientnet_lite0": ("efficientnet_lite0.onnx", "efficientnet-lite"),
     "squeezenet1_1": ("squeezenet1_1_fp32.onnx", "caffe"),
@@ -171,7 +170,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker:
         res = worker(json.loads(a.worker))
-        res["peak_rss_mib"] = _vmhwm_mib()
+        res["peak_rss_mib"] = peak_rss_mib()
         print(json.dumps(res))
         return
 
@@ -200,7 +199,7 @@ def main() -> None:
           f"top-1, agreement and SQNR on the held-out {ev} split (the fp32 row's top-1 is FP32's); "
           f"{a.threads} threads, batch {a.batch_size}")
     print("\n| method | time (s) | time / FP32 pass | peak RSS (MiB) | INT8 top-1 | agreement with FP32 | "
-          f"logit SQNR (dB) |")
+          "logit SQNR (dB) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:
@@ -231,17 +230,6 @@ def main() -> None:
 
         print("\n(d) INT8 / FP32 latency in ONNX Runtime on this CPU")
         latency.main(["--repeats", str(a.latency_repeats), "--threads", str(a.threads)])
-
-
-def _vmhwm_mib() -> float:
-    """This process's peak resident set size (VmHWM) in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_job_rss(job: dict) -> dict:

@@ -31,18 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CALIB_SHARED", ROOT.parent / "shared"))
+from _common import ROOT, SHARED, peak_rss_mib
 MODEL = SHARED / "models" / "efficientnet_lite0.onnx"
 IMAGES = SHARED / "data" / "imagenet-sample"
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def worker(cfg: dict) -> dict:
@@ -68,7 +59,7 @@ def worker(cfg: dict) -> dict:
         tensors = len(obs)
     wall = time.perf_counter() - t0
     c1 = os.times()
-    return {"wall": wall, "cpu": (c1.user + c1.system) - (c0.user + c0.system), "rss_mb": _peak_rss_mb(),
+    return {"wall": wall, "cpu": (c1.user + c1.system) - (c0.user + c0.system), "rss_mb": peak_rss_mib(),
             "tensors": tensors}
 
 

@@ -19,9 +19,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-SHARED = Path(os.environ.get("CALIB_SHARED", Path(__file__).resolve().parents[1].parent / "shared")).resolve()
+from _common import SHARED
 
 
 def plain_pass(engine, ds, batch_size: int) -> float:

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CALIB_SHARED", ROOT.parent / "shared"))
+from _common import SHARED
 
 # model key -> (file, preset, fixed batch of 1)
 MODELS = {

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, SHARED
+
 sys.path.insert(0, str(ROOT))
 
 from calib.datasets import Preprocess, open_dataset  # noqa: E402
@@ -70,7 +71,7 @@ def best_rate(fn, repeat: int) -> tuple[float, int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "imagenet-sample"))
+    p.add_argument("--data", default=str(SHARED / "data" / "imagenet-sample"))
     p.add_argument("--preset", default="efficientnet-lite")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
