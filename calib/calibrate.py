@@ -20,6 +20,7 @@ from .model import Model, load_model
 from .utils import atomic_write_all, check_writable
 
 ALGORITHMS = ("entropy", "max", "percentile", "mse")
+SMOOTH_PROBE_SAMPLES = 64     # samples whose per-channel ranges decide the smoothing factors
 
 
 @dataclass
@@ -32,6 +33,7 @@ class CalibrationResult:
     summary: dict[str, Any]
     qdq_model: Model | None = None
     observers: dict = field(default_factory=dict, repr=False)
+    smoothing: dict = field(default_factory=dict, repr=False)   # tensor -> per-channel factors
 
     def summary_lines(self) -> list[str]:
         return list(self.summary.get("lines", []))
@@ -52,7 +54,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
               target: str = "tensorrt", trt_version: int | None = None, evaluate: bool = True,
               eval_samples: int | None = 500, threads: int | None = None, progress: bool = True,
               classes=None, labels=None, strict: bool = False, write: bool = True,
-              dataset=None, plan=None) -> CalibrationResult:
+              dataset=None, plan=None, smooth: float | None = 0.75) -> CalibrationResult:
     """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
 
     *data* is anything :func:`calib.datasets.open_dataset` accepts (a folder, HDF5/NumPy file, an
@@ -63,6 +65,13 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     *plan* (a :class:`calib.plan.PrecisionPlan`, a path to one, or a dict) keeps the layers it
     marks ``fp32`` / ``fp16`` out of INT8 in the Q/DQ model (and in the held-out comparison); the
     cache still covers every tensor, since TensorRT applies the plan itself at build time.
+
+    *smooth* (SmoothQuant's alpha, default 0.75; ``None`` or ``False`` turns it off) evens out the
+    channels of the tensors :mod:`calib.smooth` can rescale exactly, in the Q/DQ model only: a
+    short pass over up to ``SMOOTH_PROBE_SAMPLES`` calibration samples measures each such
+    tensor's per-channel range, and the statistics pass then observes both the original tensors
+    (for the cache, which describes the unmodified model TensorRT parses) and their smoothed
+    values (for the Q/DQ model, whose constants carry the factors).
     """
     from .algorithms import compute_amax
     from .cache import (CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, sidecar_bytes,
@@ -97,17 +106,30 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     if len(calib_ds) == 0:
         raise EmptyDatasetError(f"no samples left for calibration in {data}")
 
+    # 0. channel smoothing factors (Q/DQ model only), from a short per-channel range pass
+    t0 = time.perf_counter()
+    factors, observed_names, smooth_info = {}, {}, None
+    obs_model = m
+    if smooth is not None and smooth is not False:
+        factors, obs_model, observed_names, smooth_info = _smoothing(
+            m, calib_ds, float(smooth), seed, batch_size, threads, progress)
+    t_smooth = time.perf_counter() - t0
+
     # 1. statistics over every float activation tensor (TensorRT's cache covers all of them)
     t0 = time.perf_counter()
-    observers = collect_statistics(m, calib_ds.batches(batch_size=batch_size,
-                                                       progress="calibrating" if progress else False),
+    observers = collect_statistics(obs_model, calib_ds.batches(batch_size=batch_size,
+                                                               progress="calibrating" if progress else False),
                                    threads=threads, progress=False, histogram=algorithm != "max")
+    smoothed_obs = {x: observers.pop(name) for x, name in observed_names.items() if name in observers}
     t_collect = time.perf_counter() - t0
 
     # 2. amax per tensor
     t0 = time.perf_counter()
     params = {"percentile": percentile} if algorithm == "percentile" else {}
     amax = {name: float(compute_amax(obs, algorithm, **params)) for name, obs in observers.items()}
+    amax_q = dict(amax)
+    amax_q.update({x: float(compute_amax(obs, algorithm, **params)) for x, obs in smoothed_obs.items()})
+    factors = {x: f for x, f in factors.items() if x in smoothed_obs}
     t_amax = time.perf_counter() - t0
     # A tensor that was all zeros over the data has no range: TensorRT rejects a zero dynamic
     # range, so it is left out of the cache (TensorRT keeps it in higher precision) and named
@@ -123,7 +145,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     cache_bytes = format_cache(cache)
     sidecar = make_sidecar(model=m, cache=cache, data=calib_ds.describe(),
                            algorithm=algorithm, params=params, samples=len(calib_ds), seed=seed)
-    qdq = quantize_model(m, amax, target=target, plan=plan)
+    qdq = quantize_model(m, amax_q, target=target, plan=plan, smooth=factors)
     qreport = qdq.quant_report
     qdq_bytes = qdq.serialize()
 
@@ -133,12 +155,13 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
         "model": str(m.path) if m.path else m.name, "model_sha256": m.sha256,
         "algorithm": algorithm, "params": params, "target": target,
         "plan": plan.to_dict() if plan is not None else None,
+        "smoothing": smooth_info,
         "quantization": {"summary": qreport.summary(), "int8_nodes": len(qreport.int8_nodes),
                          "fp16_nodes": qreport.fp16_nodes, "fp32_nodes": qreport.fp32_nodes,
                          "left_float": qreport.float_fallback,
                          "unmatched_plan_entries": qreport.unmatched_plan_entries},
         "calibration_samples": len(calib_ds), "tensors": len(amax), "unranged_tensors": unranged,
-        "timing_s": {"collect": round(t_collect, 3), "amax": round(t_amax, 3)},
+        "timing_s": {"smooth": round(t_smooth, 3), "collect": round(t_collect, 3), "amax": round(t_amax, 3)},
         "outputs": {k: str(v) for k, v in paths.items()} if write else {},
     }
     if evaluate and eval_ds is not None and len(eval_ds) > 0:
@@ -154,7 +177,37 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
                     (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))],
                    overwrite=force)
     return CalibrationResult(amax=amax, scales=scales, paths=paths if write else {}, summary=summary,
-                             qdq_model=qdq, observers=observers)
+                             qdq_model=qdq, observers=observers, smoothing=factors)
+
+
+def _smoothing(m: Model, calib_ds, alpha: float, seed: int, batch_size: int, threads, progress):
+    """(factors, model to observe, {tensor: its smoothed twin}, summary entry) for :func:`calibrate`."""
+    import numpy as np
+
+    from .backends.onnxruntime import OrtEngine
+    from .smooth import channel_absmax, factors as smooth_factors, find_sites, observed, range_probe
+
+    if not 0.0 <= alpha <= 1.0:
+        raise CalibError(f"smoothing alpha must be within [0, 1], got {alpha}")
+    sites = find_sites(m)
+    info = {"alpha": alpha, "sites": len(sites), "tensors": [], "probe_samples": 0}
+    if not sites:
+        return {}, m, {}, info
+    probe_ds = calib_ds.subset(limit=SMOOTH_PROBE_SAMPLES, seed=seed) \
+        if len(calib_ds) > SMOOTH_PROBE_SAMPLES else calib_ds
+    probe, names = range_probe(m, sites)
+    engine = OrtEngine(probe, threads=threads)
+    channels = {st.tensor: st.channels for st in sites}
+    ranges: dict[str, np.ndarray] = {}
+    for b in probe_ds.batches(batch_size=batch_size, progress="channel ranges" if progress else False):
+        outs = engine.run(b.feed)
+        for x, (lo, hi) in names.items():
+            r = channel_absmax(outs[lo], outs[hi], channels[x])
+            ranges[x] = np.maximum(ranges[x], r) if x in ranges else r
+    facs = smooth_factors(sites, ranges, alpha)
+    obs_model, twins = observed(m, sites, facs)
+    info.update(tensors=sorted(facs), probe_samples=len(probe_ds))
+    return facs, obs_model, twins, info
 
 
 def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size, threads, progress) -> dict:
@@ -175,6 +228,10 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
     lines = [f"calibrated {s['tensors']} tensors on {s['calibration_samples']} samples "
              f"({s['algorithm']}) in {s['timing_s']['collect'] + s['timing_s']['amax']:.1f} s"]
     q = s.get("quantization")
+    sm = s.get("smoothing")
+    if sm and sm["tensors"]:
+        lines.append(f"Q/DQ model: channels of {len(sm['tensors'])} tensors smoothed (alpha {sm['alpha']:g}; "
+                     f"the cache describes the unmodified model)")
     if q and (s.get("plan") or q["left_float"]):
         lines.append(f"Q/DQ model: {q['summary']}")
     if q and q["unmatched_plan_entries"]:

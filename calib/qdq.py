@@ -100,6 +100,7 @@ class QuantReport:
     propagated_amax: dict[str, str] = field(default_factory=dict)  # tensor -> tensor it took amax from
     folded: list[str] = field(default_factory=list)
     unmatched_plan_entries: list[str] = field(default_factory=list)
+    smoothed: list[str] = field(default_factory=list)              # tensors smoothed (calib.smooth)
 
     def to_dict(self) -> dict:
         return {k: (sorted(v) if isinstance(v, set) else v) for k, v in self.__dict__.items()}
@@ -108,6 +109,8 @@ class QuantReport:
         s = (f"{self.target}: {len(self.int8_nodes)} int8 nodes, {len(self.quantized_tensors)} quantized "
              f"activations, {len(self.fp16_nodes)} fp16, {len(self.fp32_nodes)} fp32 by plan, "
              f"{len(self.float_fallback)} left float")
+        if self.smoothed:
+            s += f", {len(self.smoothed)} tensors smoothed"
         if self.missing_amax:
             s += f", no amax for {len(self.missing_amax)} tensor(s): {', '.join(self.missing_amax[:3])}"
             s += "..." if len(self.missing_amax) > 3 else ""
@@ -1058,13 +1061,17 @@ def required_tensors(model, target: str = "tensorrt", plan=None) -> list[str]:
 
 
 def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt", plan=None,
-                   per_channel: bool = True, weight_amax: Mapping[str, object] | None = None) -> Model:
+                   per_channel: bool = True, weight_amax: Mapping[str, object] | None = None,
+                   smooth: Mapping[str, object] | None = None) -> Model:
     """Return a new :class:`Model` with Q/DQ nodes placed for *target* (see module docs).
 
     *amax* maps activation tensor names to their calibrated absolute maximum. Tensors the
     placement needs but *amax* lacks take the amax of a data-movement neighbour, else the op
     stays float; ``result.quant_report`` lists both. *weight_amax* optionally maps weight
-    initializer names to an amax (scalar or per channel) instead of max |w|.
+    initializer names to an amax (scalar or per channel) instead of max |w|. *smooth* maps
+    tensors to per-channel smoothing factors (:mod:`calib.smooth`), applied exactly to the float
+    graph before placement; the *amax* of a smoothed tensor must then be that of its smoothed
+    values.
     """
     model = load_model(model)
     check_input(model, target)
@@ -1074,10 +1081,19 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
     names = {node_key(n) for n in model.proto.graph.node}
     proto, folded, before = _prepare(model, model.name)
     G = _Graph(proto)
+    smoothed = []
+    if smooth:
+        from .smooth import _apply
+
+        try:
+            smoothed = _apply(G, smooth)
+        except ValueError as exc:
+            raise QuantizationError(f"{model.name}: {exc}") from None
     types = _tensor_types(proto)
     P = _place(G, types, target, plan, amax)
     report = QuantReport(target=target, opset_before=before, opset_after=G.opset)
     report.int8_nodes = [node_key(n) for n in P.int8_nodes]
+    report.smoothed = smoothed
     report.quantized_tensors = sorted(P.tparams)
     report.float_fallback = dict(P.float_fallback)
     report.missing_amax = list(P.missing)

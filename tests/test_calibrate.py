@@ -230,13 +230,13 @@ DET_SAMPLES = 48
 DET_CALIB_BATCH = 1
 
 
-@pytest.fixture(scope="module")
-def ppocr_det_run(tmp_path_factory, shared_model, ocr_lines_dir):
+def _det_run(tmp_path_factory, shared_model, ocr_lines_dir, algorithm: str, smooth=0.75) -> dict:
     model = Model.load(shared_model("ppocrv4_det"))
     pre = Preprocess.preset("paddleocr-det", resize=DET_RESIZE)
     ds = open_dataset(ocr_lines_dir, model, pre)
     res = calibrate(model, None, dataset=ds, samples=DET_SAMPLES, batch_size=DET_CALIB_BATCH, evaluate=False,
-                    out=tmp_path_factory.mktemp("det"), progress=False)
+                    out=tmp_path_factory.mktemp(f"det_{algorithm}_{smooth}"), progress=False, algorithm=algorithm,
+                    smooth=smooth)
     eval_ds = ds.split("eval").subset(limit=DET_SAMPLES, seed=0)
     fp32 = OrtEngine(model, name="fp32")
     int8 = OrtEngine(res.paths["qdq"], name="int8", precision="int8")
@@ -250,6 +250,18 @@ def ppocr_det_run(tmp_path_factory, shared_model, ocr_lines_dir):
     return dict(result=res, ds=ds, eval_ids=eval_ds.ids, cos=np.array(cos))
 
 
+@pytest.fixture(scope="module")
+def ppocr_det_run(tmp_path_factory, shared_model, ocr_lines_dir):
+    """The default algorithm (entropy), channel smoothing on (the default)."""
+    return _det_run(tmp_path_factory, shared_model, ocr_lines_dir, "entropy")
+
+
+@pytest.fixture(scope="module")
+def ppocr_det_max_runs(tmp_path_factory, shared_model, ocr_lines_dir):
+    """max calibration with and without channel smoothing."""
+    return {sm: _det_run(tmp_path_factory, shared_model, ocr_lines_dir, "max", smooth=sm) for sm in (0.75, None)}
+
+
 @pytest.mark.slow
 def test_ppocr_det_calibrates_on_held_out_lines(ppocr_det_run):
     r = ppocr_det_run
@@ -258,25 +270,35 @@ def test_ppocr_det_calibrates_on_held_out_lines(ppocr_det_run):
     assert not set(r["eval_ids"]) & set(r["ds"].split("calib").ids)
     assert len(r["cos"]) == DET_SAMPLES and np.all(np.isfinite(r["cos"]))
     assert read_cache(res.paths["cache"]).scales.keys() == res.scales.keys()
-    print(f"PP-OCRv4 det INT8 vs FP32 probability-map cosine on {len(r['cos'])} held-out lines: "
+    print(f"PP-OCRv4 det INT8 (entropy) vs FP32 probability-map cosine on {len(r['cos'])} held-out lines: "
           f"mean {r['cos'].mean():.4f}, min {r['cos'].min():.4f}")
     # regression floor for entropy's spike protection: the literal search clipped whole channels'
-    # background responses here (mean 0.69 at 160 px, 0.00 at the preset's 736); protected 0.95
-    assert r["cos"].mean() >= 0.93 and r["cos"].min() >= 0.85, (r["cos"].mean(), r["cos"].min())
+    # background responses here (mean 0.69 at 160 px, 0.00 at the preset's 736); protected 0.95,
+    # with channel smoothing 0.97
+    assert r["cos"].mean() >= 0.95 and r["cos"].min() >= 0.85, (r["cos"].mean(), r["cos"].min())
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "per-tensor INT8 (TensorRT Q/DQ placement) of PP-OCRv4 det does not reach 0.99 on rendered lines: "
-    "entropy (spike-protected) 0.95 here, 0.96 at the preset's 736; the error comes from the first "
-    "backbone blocks (single-op sensitivity: p2o.Add.15, Add.35, Add.43 alone cost up to 0.17), where one "
-    "outlier channel (|x| up to 46) sets the per-tensor scale and the other channels' small responses round "
-    "by up to half a step. Empirical bias correction (per-channel mean error folded into biases, Nagel et "
-    "al. 2019) was measured and does not help (best 0.958; the error is not mainly a per-channel shift). "
-    "mse reads 0.987 but +-1% jitter of its "
-    "ranges gives 0.79-0.99 (mean 0.88): not a stable result. Keeping the first 8/32/48 of 71 quantized "
-    "ops in float: entropy 0.972/0.983/0.997, mse 0.993/0.998/0.9996: a mixed-precision search's job "
-    "(later issue). Reported; threshold kept."))
-def test_ppocr_det_probability_map_cosine_at_least_0_99(ppocr_det_run):
-    cos = ppocr_det_run["cos"]
+def test_ppocr_det_probability_map_cosine_at_least_0_99(ppocr_det_max_runs):
+    """The acceptance bar, met by max calibration of the channel-smoothed Q/DQ model.
+
+    Entropy keeps 0.97 here (above): on this detector its KL search clips the strong, rare
+    responses that mark text (thresholds at 0.3-0.6 of the range on the sensitive tensors).
+    Across other calibration subsets (seeds 1-3, 32 lines) max + smoothing gave 0.992-0.993,
+    and 0.994 at the preset's 736 px (16 lines)."""
+    cos = ppocr_det_max_runs[0.75]["cos"]
+    res = ppocr_det_max_runs[0.75]["result"]
+    assert res.summary["smoothing"]["tensors"] and len(res.smoothing) == 27
     assert cos.mean() >= 0.99, f"mean cosine {cos.mean():.4f} (min {cos.min():.4f}) over {len(cos)} lines"
+
+
+@pytest.mark.slow
+def test_ppocr_det_smoothing_is_what_makes_max_work_and_leaves_the_cache_alone(ppocr_det_max_runs):
+    on, off = ppocr_det_max_runs[0.75], ppocr_det_max_runs[None]
+    # without smoothing one channel sets each tensor's scale (0.81 measured)
+    assert off["cos"].mean() < 0.9 < on["cos"].mean()
+    assert off["result"].summary["smoothing"] is None and not off["result"].smoothing
+    # the cache describes the unmodified model TensorRT parses: byte for byte the same
+    assert on["result"].paths["cache"].read_bytes() == off["result"].paths["cache"].read_bytes()
+    assert on["result"].paths["qdq"].read_bytes() != off["result"].paths["qdq"].read_bytes()
+    assert "tensors smoothed" in on["result"].qdq_model.quant_report.summary()

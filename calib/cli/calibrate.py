@@ -27,6 +27,12 @@ def register(sub) -> None:
                    help="Q/DQ placement: as TensorRT fuses it (default), or for ONNX Runtime's integer CPU kernels")
     p.add_argument("--plan", default=None, metavar="PLAN.json",
                    help="precision plan: nodes it marks fp32/fp16 stay out of INT8 in the Q/DQ model")
+    sm = p.add_mutually_exclusive_group()
+    sm.add_argument("--smooth", type=float, default=0.75, metavar="ALPHA",
+                    help="channel smoothing of the Q/DQ model (SmoothQuant's alpha in [0, 1], default 0.75): "
+                         "evens out the channels of tensors an affine op (Mul/Add, BatchNorm) produces, exactly")
+    sm.add_argument("--no-smooth", dest="smooth", action="store_const", const=None,
+                    help="no channel smoothing: the Q/DQ model keeps the model's own constants")
     p.add_argument("--trt-version", type=int, default=None,
                    help="version field of the cache header, e.g. 100900 for TensorRT 10.9")
     p.add_argument("--out", default=None, help="output folder (default: next to the model)")
@@ -46,13 +52,15 @@ def run(args) -> int:
 
     if args.samples is not None and args.samples < 1:
         raise CalibError("--samples must be at least 1")
+    if args.smooth is not None and not 0.0 <= args.smooth <= 1.0:
+        raise CalibError(f"--smooth must be within [0, 1], got {args.smooth:g}")
     model = Model.load(args.model)
     ds = dataset_from_args(args, model)
     res = calibrate(model, None, dataset=ds, algorithm=args.algorithm, percentile=args.percentile,
                     samples=args.samples, batch_size=args.batch_size, seed=args.seed, out=args.out,
                     force=args.force, target=args.target, trt_version=args.trt_version,
                     evaluate=not args.no_eval, threads=args.threads, progress=not args.json,
-                    plan=args.plan)
+                    plan=args.plan, smooth=args.smooth)
     if args.json:
         json.dump(res.summary, sys.stdout, indent=2, sort_keys=True, default=str)
         print()
