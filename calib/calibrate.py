@@ -220,8 +220,35 @@ def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size,
     cand = OrtEngine(int8, name="int8", threads=threads, precision="int8")
     report = compare(ref, [cand], eval_ds.batches(batch_size=batch_size,
                                                   progress="held-out check" if progress else False))
-    return {"samples": len(eval_ds), "data": eval_ds.describe(), "report": report.to_dict(),
-            "line": report.summary_line()}
+    out = {"samples": len(eval_ds), "data": eval_ds.describe(), "report": report.to_dict(),
+           "line": report.summary_line()}
+    low = _low_fidelity(out["report"])
+    if low:
+        out["warning"] = low
+    return out
+
+
+# Held-out fidelity below which the summary suggests another algorithm (agreement; cosine).
+FIDELITY_FLOORS = {"top1_agreement": 0.85, "ctc_agreement": 0.85, "cosine": 0.98}
+
+
+def _low_fidelity(report: Mapping[str, Any]) -> str | None:
+    """A one-line hint when INT8 follows FP32 poorly on the held-out split, else None."""
+    (cand,) = report["candidates"][:1] or [None]
+    if cand is None:
+        return None
+    by_name = {m["name"]: m for m in cand["metrics"]}
+    for name, floor in FIDELITY_FLOORS.items():
+        m = by_name.get(name)
+        if m is None:
+            continue
+        got = (m.get("candidate") or {}).get("estimate")
+        if got is not None and got < floor:
+            return (f"INT8 follows FP32 poorly on the held-out split ({name} {got:.3g} < {floor:g}): compare "
+                    f"--algorithm max / percentile (entropy can clip rare large activations a model depends on) "
+                    f"and see `calib evaluate` for the layers that lose most")
+        return None
+    return None
 
 
 def _summary_lines(s: Mapping[str, Any]) -> list[str]:
@@ -245,6 +272,8 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
     ho = s.get("held_out")
     if ho:
         lines.append(f"held-out ({ho['samples']} samples): {ho['line']}")
+        if ho.get("warning"):
+            lines.append(f"warning: {ho['warning']}")
     for k, v in s.get("outputs", {}).items():
         lines.append(f"wrote {v}")
     return lines
