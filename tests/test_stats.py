@@ -197,3 +197,59 @@ def test_range_only_observer_matches_ranges_and_refuses_histograms():
     assert back.same_as(ranged) and not back.has_histogram and not back.same_as(full)
     mixed = full.copy().merge(ranged)        # a range-only part makes the merge range-only
     assert not mixed.has_histogram and mixed.count == 2 * full.count and mixed.max == full.max
+
+
+# -- binning backends: the optional numba kernel counts exactly what NumPy counts -------------
+def _kernel_data(seed):
+    rng = np.random.default_rng(seed)
+    n = 300_000
+    x = (rng.standard_normal(n) * rng.choice([1e-3, 1.0, 50.0])).astype(np.float32)
+    x[rng.random(n) < 0.3] = 0.0                                   # ReLU-like zeros
+    x[rng.random(n) < 0.05] = np.float32(6.0)                      # saturated ReLU6 values
+    x[:7] = [-0.0, 1e-42, -1e-38, 3e38 / 1e30, np.float32(2.0) ** -120, 1.0, -1.0]   # subnormal, tiny
+    return x
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_numba_kernel_counts_exactly_what_numpy_counts(seed, monkeypatch):
+    import calib.stats as st
+
+    pytest.importorskip("numba")
+    monkeypatch.delenv("CALIB_NUMBA", raising=False)
+    monkeypatch.setattr(st, "_kernel", None)
+    assert st._binning_kernel() is not None
+    x = _kernel_data(seed)
+    parts = [x[:70_000], x[70_000:71_000], x[71_000:], x * np.float32(8.0), x[::3].copy()]   # exp grows
+    fast = _observe(parts)
+    monkeypatch.setattr(st, "_kernel", False)                      # the NumPy path
+    slow = _observe(parts)
+    assert fast.same_as(slow) and fast.hist.sum() == fast.count
+    monkeypatch.setattr(st, "_NUMBA_SLICE", 4099)                  # many kernel calls per update
+    monkeypatch.setattr(st, "_kernel", None)
+    assert _observe(parts).same_as(slow)
+
+
+def test_numba_can_be_turned_off(monkeypatch):
+    import calib.stats as st
+
+    monkeypatch.setenv("CALIB_NUMBA", "0")
+    monkeypatch.setattr(st, "_kernel", None)
+    assert st._binning_kernel() is None
+    x = _kernel_data(5)
+    assert _observe([x]).same_as(_observe(np.array_split(x, 3)))
+
+
+def test_add_range_equals_update_for_finite_values():
+    x = _data(8)
+    a = _observe(np.array_split(x, 4), histogram=False)
+    b = TensorObserver("t", histogram=False)
+    for c in np.array_split(x, 4):
+        b.add_range(c.min(), c.max(), c.size)
+    b.add_range(1.0, -1.0 + 3.0, 0)                                # nothing
+    assert a.same_as(b)
+    with pytest.raises(ValueError):
+        b.add_range(np.nan, 1.0, 3)
+    with pytest.raises(ValueError):
+        b.add_range(2.0, 1.0, 3)
+    with pytest.raises(ValueError):
+        TensorObserver("h").add_range(0.0, 1.0, 3)                 # a histogram needs the values
