@@ -7,7 +7,8 @@ Prints, in one run on the same data and thread count:
       side with ours: time, peak RSS, INT8 top-1 on the held-out split;
   (d) INT8 over FP32 latency at batch 1 and 16 for both Q/DQ placements (see latency.py).
 
-Every configuration runs in its own subprocess, which reports its own peak RSS (VmHWM).
+Every configuration runs in its own subprocess, which reports its own peak RSS (VmHWM), once
+the machine's CPUs are idle (``_quiet.wait_quiet``, up to 2 minutes).
 Samples for (a) and (c) are decoded once into memory by each worker before its clock starts,
 so the times compare calibration work, not JPEG decoding.
 
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from _common import ROOT, SHARED, peak_rss_mib
+from _quiet import wait_quiet
 MODELS = {
     "efficientnet_lite0": ("efficientnet_lite0.onnx", "efficientnet-lite"),
     "squeezenet1_1": ("squeezenet1_1_fp32.onnx", "caffe"),
@@ -233,6 +235,9 @@ def main() -> None:
 
 
 def run_job_rss(job: dict) -> dict:
+    # another process's load moves these timings by 2-4x on a shared 2-core machine: start on quiet
+    if wait_quiet() > 0.15:
+        print(f"  (machine busy before {job['name']}: its time is unreliable)", file=sys.stderr, flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", CALIB_THREADS=str(job["threads"]))
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
                           capture_output=True, env=env, cwd=ROOT)

@@ -69,6 +69,16 @@ class OrtEngine(Engine):
 
     ``capture`` names intermediate tensors to return alongside the outputs (for
     statistics and per-layer comparison). Only the current batch of them is ever held.
+
+    Optimisation level (``optimize``): ``all`` without captures, ``basic`` with them. ONNX
+    Runtime keeps every captured tensor at any level (it fuses no node whose output is a graph
+    output), but at ``all`` it computes most convolutions in its blocked NCHWc layout, whose
+    different summation order changes the values in their last bits (relative differences up
+    to ~1e-4 on EfficientNet-Lite0, SqueezeNet 1.1 and PP-OCRv4 det/rec) and so the statistics;
+    at ``extended`` the values are bit-identical to ``basic``, and no faster. ``basic`` is what
+    makes capturing slow: without any capture it already takes ~2.7-3x the time of ``all`` on
+    EfficientNet-Lite0 (NCHW depthwise convolutions), the captures themselves add ~10%. See
+    ``benchmarks/capture_levels.py``.
     """
 
     def __init__(self, model: "Model | str | os.PathLike", *, name: str | None = None,
@@ -86,7 +96,8 @@ class OrtEngine(Engine):
             data = _with_outputs(self.model, self.capture)
         else:
             data = self.model.serialize()
-        # With captured tensors, extended fusions could remove them; keep basic optimisation.
+        # Captured values are today's (and bit-identical between runs) at basic optimisation;
+        # the NCHWc layout of ``all`` changes their last bits (see the class docstring).
         opt = optimize or ("basic" if self.capture else "all")
         try:
             self.session = ort.InferenceSession(data, sess_options=session_options(threads, opt, spinning),
