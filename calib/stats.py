@@ -33,8 +33,8 @@ power-of-two bin width whose 2048 bins cover the max (so the max falls in bins 1
 Cost per update of ``n`` values (one core of this project's 2-core machine): a min and a max
 pass (~0.2 ns/value), then the binning. With NumPy: ``abs``, a scaling multiply, a float->int
 conversion and ``np.bincount`` (~1.9 ns/value in total, bincount alone ~1.3, done in chunks that
-stay in cache). When `numba <https://numba.pydata.org>`_ is installed (optional, not a
-dependency), updates of at least ``_NUMBA_MIN`` values bin in one compiled pass instead
+stay in cache). When `numba <https://numba.pydata.org>`_ is importable (a dependency; the NumPy
+path stays for when it is missing or fails), updates of at least ``_NUMBA_MIN`` values bin in one compiled pass instead
 (``|x| * 2**-exp`` in float32, truncated, counted into four interleaved int32 sub-histograms;
 ~0.65 ns/value; it releases the GIL, so worker threads bin in parallel). Both give the same
 counts: the index of every value is the same float32 product truncated to an integer, and
