@@ -17,6 +17,7 @@ from . import __version__
 from .cache import sidecar_path
 from .errors import CalibError, EmptyDatasetError
 from .model import Model, load_model
+from .smooth import DEFAULT_ALPHA
 from .utils import atomic_write_all, check_writable
 
 ALGORITHMS = ("entropy", "max", "percentile", "mse")
@@ -54,7 +55,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
               target: str = "tensorrt", trt_version: int | None = None, evaluate: bool = True,
               eval_samples: int | None = 500, threads: int | None = None, progress: bool = True,
               classes=None, labels=None, strict: bool = False, write: bool = True,
-              dataset=None, plan=None, smooth: float | None = 0.75) -> CalibrationResult:
+              dataset=None, plan=None, smooth: float | None = DEFAULT_ALPHA) -> CalibrationResult:
     """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
 
     *data* is anything :func:`calib.datasets.open_dataset` accepts (a folder, HDF5/NumPy file, an
@@ -233,22 +234,20 @@ FIDELITY_FLOORS = {"top1_agreement": 0.85, "ctc_agreement": 0.85, "cosine": 0.98
 
 
 def _low_fidelity(report: Mapping[str, Any]) -> str | None:
-    """A one-line hint when INT8 follows FP32 poorly on the held-out split, else None."""
-    (cand,) = report["candidates"][:1] or [None]
-    if cand is None:
+    """A one-line hint when INT8 follows FP32 poorly on the held-out split, else None. Judged
+    on the first of ``FIDELITY_FLOORS``' metrics the report has."""
+    if not report["candidates"]:
         return None
-    by_name = {m["name"]: m for m in cand["metrics"]}
-    for name, floor in FIDELITY_FLOORS.items():
-        m = by_name.get(name)
-        if m is None:
-            continue
-        got = (m.get("candidate") or {}).get("estimate")
-        if got is not None and got < floor:
-            return (f"INT8 follows FP32 poorly on the held-out split ({name} {got:.3g} < {floor:g}): compare "
-                    f"--algorithm max / percentile (entropy can clip rare large activations a model depends on) "
-                    f"and see `calib evaluate` for the layers that lose most")
+    by_name = {m["name"]: m for m in report["candidates"][0]["metrics"]}
+    name = next((k for k in FIDELITY_FLOORS if k in by_name), None)
+    if name is None:
         return None
-    return None
+    got, floor = (by_name[name].get("candidate") or {}).get("estimate"), FIDELITY_FLOORS[name]
+    if got is None or got >= floor:
+        return None
+    return (f"INT8 follows FP32 poorly on the held-out split ({name} {got:.3g} < {floor:g}): compare "
+            f"--algorithm max / percentile (entropy can clip rare large activations a model depends on) "
+            f"and see `calib evaluate` for the layers that lose most")
 
 
 def _summary_lines(s: Mapping[str, Any]) -> list[str]:

@@ -85,10 +85,23 @@ def _attr(node, name, default=None):
     return default
 
 
-def _conv_columns(W: np.ndarray, group: int) -> np.ndarray:
-    """Conv weight [O, C/g, k...] viewed as [g, O/g, C/g, k]: input channel c = gi * C/g + j."""
-    O, cpg = W.shape[0], W.shape[1]
-    return W.reshape(group, O // group, cpg, -1)
+def _input_columns(n, W: np.ndarray):
+    """(*W* as [C, -1] with one row per input channel, function mapping such rows back to
+    *W*'s layout) for a consumer *n*, or None when *W* does not fit *n*."""
+    op = n.op_type
+    if op == "Conv":
+        g = int(_attr(n, "group", 1))
+        if W.ndim < 3 or W.shape[0] % g:
+            return None
+        O, cpg = W.shape[0], W.shape[1]
+        # [O, C/g, k..] = [g, O/g, C/g, k]; input channel c = gi * C/g + j  ->  [g, C/g, O/g, k]
+        rows = W.reshape(g, O // g, cpg, -1).transpose(0, 2, 1, 3).reshape(g * cpg, -1)
+        return rows, lambda r: r.reshape(g, cpg, O // g, -1).transpose(0, 2, 1, 3).reshape(W.shape)
+    if (W.ndim < 3) if op == "ConvTranspose" else (W.ndim != 2):
+        return None
+    if op == "Gemm" and _attr(n, "transB", 0):
+        return W.T, lambda r: r.T
+    return W.reshape(W.shape[0], -1), lambda r: r.reshape(W.shape)   # ConvTranspose [C, ...], B [C, N]
 
 
 def _consumer_info(G, n, x: str):
@@ -98,30 +111,17 @@ def _consumer_info(G, n, x: str):
     op = n.op_type
     if op not in WEIGHTED or len(n.input) < 2 or not G.is_const(n.input[1]):
         return None
+    if op == "Gemm" and _attr(n, "transA", 0):
+        return None
     W = G.const(n.input[1])
     if W is None or W.dtype.kind != "f":
         return None
-    Wa = np.abs(W.astype(np.float64))
-    if op == "Conv":
-        g = int(_attr(n, "group", 1))
-        if W.ndim < 3 or W.shape[0] % g:
-            return None
-        col = _conv_columns(Wa, g).max(axis=(1, 3)).reshape(-1)
-        return "conv", W.shape[1] * g, W.ndim, col
-    if op == "ConvTranspose":
-        if W.ndim < 3:
-            return None
-        return "conv", W.shape[0], W.ndim, Wa.reshape(W.shape[0], -1).max(axis=1)
-    if op == "MatMul":
-        if W.ndim != 2:
-            return None
-        return "last", W.shape[0], None, Wa.max(axis=1)
-    # Gemm
-    if _attr(n, "transA", 0) or W.ndim != 2:
+    cols = _input_columns(n, W)
+    if cols is None:
         return None
-    if _attr(n, "transB", 0):
-        return "last", W.shape[1], None, Wa.max(axis=0)
-    return "last", W.shape[0], None, Wa.max(axis=1)
+    rows = np.abs(cols[0].astype(np.float64))
+    kind, rank = ("conv", W.ndim) if op in ("Conv", "ConvTranspose") else ("last", None)
+    return kind, rows.shape[0], rank, rows.max(axis=1)
 
 
 def _broadcastable(c: np.ndarray, site: SmoothSite) -> bool:
@@ -135,7 +135,8 @@ def _broadcastable(c: np.ndarray, site: SmoothSite) -> bool:
 
 
 def _producer_chain(G, site: SmoothSite):
-    """[(node, input index or None, how)] to absorb 1/s where *site*'s tensor is produced, or None.
+    """(producer kind, [(node, input index or None, how)]) to absorb 1/s where *site*'s tensor
+    is produced, or None. The kind is ``"affine"``, ``"batchnorm"`` or ``"weights"``.
 
     ``how``: ``"div"`` (constant / s), ``"mul"`` (constant * s, for a Div's divisor),
     ``"bn"`` (BatchNormalization scale and bias / s) or ``"rows"`` (weighted op's output
@@ -162,8 +163,7 @@ def _producer_chain(G, site: SmoothSite):
                 return None
             edits.append((n, k, "mul" if op == "Div" else "div"))
             if op in ("Mul", "Div"):
-                site.producer = "affine"
-                return edits
+                return "affine", edits
             t = n.input[1 - k]
             continue
         if op in _HOMOGENEOUS:
@@ -177,8 +177,7 @@ def _producer_chain(G, site: SmoothSite):
             if len(n.input) < 5 or not all(G.is_const(i) for i in n.input[1:3]) or any(n.output[1:]):
                 return None
             edits.append((n, None, "bn"))
-            site.producer = "batchnorm"
-            return edits
+            return "batchnorm", edits
         if op in WEIGHTED and len(n.input) >= 2 and G.is_const(n.input[1]) and not G.is_const(n.input[0]):
             W = G.const(n.input[1])
             if W is None or W.dtype.kind != "f":
@@ -200,8 +199,7 @@ def _producer_chain(G, site: SmoothSite):
                 if b is None or b.size not in (1, site.channels):
                     return None
             edits.append((n, None, "rows"))
-            site.producer = "weights"
-            return edits
+            return "weights", edits
         return None
 
 
@@ -230,8 +228,10 @@ def _sites(G, producers=("affine", "batchnorm", "weights")) -> list[SmoothSite]:
         site = SmoothSite(tensor=x, kind=kind, channels=channels, rank=rank, producer="",
                           consumers=[n.name or n.output[0] for n in users],
                           weight_colmax=np.max([i[3] for i in infos], axis=0))
-        if _producer_chain(G, site) is None or site.producer not in producers:
+        chain = _producer_chain(G, site)
+        if chain is None or chain[0] not in producers:
             continue
+        site.producer = chain[0]
         sites.append(site)
     order = {o: k for k, n in enumerate(G.g.node) for o in n.output}
     return sorted(sites, key=lambda s: order[s.tensor])
@@ -274,10 +274,12 @@ def factors(sites: list[SmoothSite], ranges: Mapping[str, np.ndarray], alpha: fl
 
 def _apply(G, factors_: Mapping[str, np.ndarray]) -> list[str]:
     """Rewrite prepared graph *G* in place; returns the smoothed tensors."""
-    from .qdq import _unique
+    from .qdq import _unique, _weight_axis
 
-    sites = {s.tensor: s for s in _sites(G)}
-    unknown = sorted(set(factors_) - set(sites))
+    found = _sites(G)
+    order = {site.tensor: k for k, site in enumerate(found)}
+    sites = {site.tensor: site for site in found}
+    unknown = sorted(set(factors_) - set(order))
     if unknown:
         raise ValueError(f"cannot smooth {', '.join(unknown[:3])}: not a smoothing site of this model")
     taken = G.all_names()
@@ -288,11 +290,11 @@ def _apply(G, factors_: Mapping[str, np.ndarray]) -> list[str]:
         node.input[idx] = name
 
     done = []
-    for x in sorted(factors_, key=lambda t: list(sites).index(t)):
+    for x in sorted(factors_, key=order.__getitem__):
         site = sites[x]
         s = np.asarray(factors_[x], np.float64).reshape(-1)
         sh = site.shape_of(s)
-        for n, k, how in _producer_chain(G, site):
+        for n, k, how in _producer_chain(G, site)[1]:
             if how in ("div", "mul"):
                 c = G.const(n.input[k])
                 put(n, k, c.astype(np.float64) / sh if how == "div" else c.astype(np.float64) * sh, c.dtype)
@@ -300,35 +302,17 @@ def _apply(G, factors_: Mapping[str, np.ndarray]) -> list[str]:
                 for i in (1, 2):
                     c = G.const(n.input[i])
                     put(n, i, c.astype(np.float64) / s, c.dtype)
-            else:   # rows of the producing weighted op
+            else:   # output-channel rows (and bias) of the producing weighted op
                 W = G.const(n.input[1])
-                Wd = W.astype(np.float64)
-                if n.op_type == "Conv":
-                    Wd = Wd / s.reshape(-1, *([1] * (W.ndim - 1)))
-                elif n.op_type == "ConvTranspose":
-                    Wd = Wd / s.reshape(1, -1, *([1] * (W.ndim - 2)))
-                elif n.op_type == "Gemm" and _attr(n, "transB", 0):
-                    Wd = Wd / s[:, None]
-                else:
-                    Wd = Wd / s[None, :]
-                put(n, 1, Wd, W.dtype)
+                axis = _weight_axis(G, n, 1)
+                put(n, 1, W.astype(np.float64) / s.reshape([-1 if d == axis else 1 for d in range(W.ndim)]), W.dtype)
                 if len(n.input) > 2 and n.input[2]:
                     b = G.const(n.input[2])
                     put(n, 2, np.broadcast_to(b.astype(np.float64), s.shape) / s, b.dtype)
         for n in G.consumers.get(x, []):
             W = G.const(n.input[1])
-            Wd = W.astype(np.float64)
-            if n.op_type == "Conv":
-                g = int(_attr(n, "group", 1))
-                cols = _conv_columns(Wd, g) * s.reshape(g, 1, W.shape[1], 1)
-                Wd = cols.reshape(W.shape)
-            elif n.op_type == "ConvTranspose":
-                Wd = Wd * s.reshape(-1, *([1] * (W.ndim - 1)))
-            elif n.op_type == "Gemm" and _attr(n, "transB", 0):
-                Wd = Wd * s[None, :]
-            else:
-                Wd = Wd * s[:, None]
-            put(n, 1, Wd, W.dtype)
+            rows, back = _input_columns(n, W.astype(np.float64))
+            put(n, 1, back(rows * s[:, None]), W.dtype)
         G.refresh()
         done.append(x)
     return done
@@ -358,6 +342,20 @@ def _reduce(op: str, x: str, axes: list[int], out: str, opset: int, extra_inits:
     return oh.make_node(op, [x], [out], axes=axes, keepdims=0, name=out)
 
 
+def _extend(model):
+    """(model, a graph view of a copy of it to append to, fresh(name) giving unused names)."""
+    import onnx
+
+    from .qdq import _Graph, _unique
+
+    m = load_model(model)
+    proto = onnx.ModelProto()
+    proto.CopyFrom(m.proto)
+    G = _Graph(proto)
+    taken = G.all_names()
+    return m, G, lambda base: _unique(base, taken)
+
+
 def range_probe(model, sites: list[SmoothSite]) -> tuple[Model, dict[str, tuple[str, str]]]:
     """*model* plus per-sample, per-channel ReduceMin / ReduceMax outputs of every site's tensor.
 
@@ -365,27 +363,14 @@ def range_probe(model, sites: list[SmoothSite]) -> tuple[Model, dict[str, tuple[
     (one row per sample, so batches split into runs concatenate correctly). Tensors the
     (unprepared) model lacks are skipped.
     """
-    import onnx
     import onnx.helper as oh
     from onnx import numpy_helper
 
-    m = load_model(model)
-    proto = onnx.ModelProto()
-    proto.CopyFrom(m.proto)
-    g = proto.graph
+    m, G, fresh = _extend(model)
+    g = G.g
     have = set(m.activation_tensors()) | {t.name for t in m.inputs}
-    taken = {o for n in g.node for o in n.output} | {i.name for i in g.initializer} | \
-        {i.name for i in g.input} | {n.name for n in g.node}
-    opset = onnx_opset(proto)
+    opset = onnx_opset(G.proto)
     names, inits = {}, []
-
-    def fresh(base):
-        out, k = base, 1
-        while out in taken:
-            out, k = f"{base}_{k}", k + 1
-        taken.add(out)
-        return out
-
     for site in sites:
         x = site.tensor
         if x not in have:
@@ -403,7 +388,7 @@ def range_probe(model, sites: list[SmoothSite]) -> tuple[Model, dict[str, tuple[
         g.output.extend([oh.make_empty_tensor_value_info(lo), oh.make_empty_tensor_value_info(hi)])
         names[x] = (lo, hi)
     g.initializer.extend(inits)
-    return Model.from_proto(proto, m.path), names
+    return Model.from_proto(G.proto, m.path), names
 
 
 def channel_absmax(lo: np.ndarray, hi: np.ndarray, channels: int) -> np.ndarray:
@@ -417,26 +402,18 @@ def observed(model, sites: list[SmoothSite], factors_: Mapping[str, np.ndarray])
     """*model* plus, for each smoothed tensor ``X``, a tensor ``X * (1/s)`` (the values the
     smoothed model will hold there), so one statistics pass observes the original tensors (for
     the cache) and the smoothed ones (for the Q/DQ model). Returns it and ``{X: smoothed name}``."""
-    import onnx
     import onnx.helper as oh
     from onnx import numpy_helper
 
-    m = load_model(model)
-    proto = onnx.ModelProto()
-    proto.CopyFrom(m.proto)
-    g = proto.graph
-    taken = {o for n in g.node for o in n.output} | {i.name for i in g.initializer} | \
-        {i.name for i in g.input} | {n.name for n in g.node}
+    m, G, fresh = _extend(model)
+    g = G.g
     by_name = {s.tensor: s for s in sites}
     names = {}
     for x, s in factors_.items():
         site = by_name[x]
-        out, k = f"{x}.smoothed", 1
-        while out in taken:
-            out, k = f"{x}.smoothed_{k}", k + 1
-        taken.add(out)
-        inv = f"{out}_inverse_factors"
+        out = fresh(f"{x}.smoothed")
+        inv = fresh(f"{out}_inverse_factors")
         g.initializer.append(numpy_helper.from_array(site.shape_of(1.0 / np.asarray(s, np.float64)).astype(np.float32), inv))
         g.node.append(oh.make_node("Mul", [x, inv], [out], name=out))
         names[x] = out
-    return Model.from_proto(proto, m.path), names
+    return Model.from_proto(G.proto, m.path), names

@@ -5,6 +5,7 @@ import json
 import sys
 
 from ..calibrate import ALGORITHMS
+from ..smooth import DEFAULT_ALPHA
 
 
 def register(sub) -> None:
@@ -28,8 +29,8 @@ def register(sub) -> None:
     p.add_argument("--plan", default=None, metavar="PLAN.json",
                    help="precision plan: nodes it marks fp32/fp16 stay out of INT8 in the Q/DQ model")
     sm = p.add_mutually_exclusive_group()
-    sm.add_argument("--smooth", type=float, default=0.75, metavar="ALPHA",
-                    help="channel smoothing of the Q/DQ model (SmoothQuant's alpha in [0, 1], default 0.75): "
+    sm.add_argument("--smooth", type=float, default=DEFAULT_ALPHA, metavar="ALPHA",
+                    help=f"channel smoothing of the Q/DQ model (SmoothQuant's alpha in [0, 1], default {DEFAULT_ALPHA:g}): "
                          "evens out the channels of tensors an affine op (Mul/Add, BatchNorm) produces, exactly")
     sm.add_argument("--no-smooth", dest="smooth", action="store_const", const=None,
                     help="no channel smoothing: the Q/DQ model keeps the model's own constants")
