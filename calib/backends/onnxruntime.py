@@ -28,12 +28,15 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def session_options(threads: int | None = None, optimize: str = "all", spinning: bool = True):
+def session_options(threads: int | None = None, optimize: str = "all", spinning: bool = True,
+                    arena: bool = True):
     """Session options with explicit threads; ``spinning=False`` lets idle intra-op threads sleep
-    instead of spinning (when other threads, e.g. histogram workers, share the cores)."""
+    instead of spinning (when other threads, e.g. histogram workers, share the cores);
+    ``arena=False`` turns off ONNX Runtime's CPU memory arena (see :class:`OrtEngine`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    so.enable_cpu_mem_arena = arena
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.intra_op_num_threads = threads or default_threads()
@@ -79,6 +82,14 @@ class OrtEngine(Engine):
     makes capturing slow: without any capture it already takes ~2.7-3x the time of ``all`` on
     EfficientNet-Lite0 (NCHW depthwise convolutions), the captures themselves add ~10%. See
     ``benchmarks/capture_levels.py``.
+
+    Memory: a capturing session runs without ONNX Runtime's CPU arena. Captured tensors
+    outlive their run (histogram workers read one run while the next is computed), and with
+    the arena they pin its chunks, so it grows by power-of-two extensions whenever the timing
+    of the threads happens to keep more of them alive, up to a peak that depends on how
+    long the calibration runs (EfficientNet-Lite0, streaming entropy: 761, 877, 880 MiB with 64,
+    256, 500 samples). Without it the buffers go back to malloc: 694, 707, 719 MiB, at the
+    same speed (``benchmarks/calibration.py``).
     """
 
     def __init__(self, model: "Model | str | os.PathLike", *, name: str | None = None,
@@ -100,8 +111,9 @@ class OrtEngine(Engine):
         # the NCHWc layout of ``all`` changes their last bits (see the class docstring).
         opt = optimize or ("basic" if self.capture else "all")
         try:
-            self.session = ort.InferenceSession(data, sess_options=session_options(threads, opt, spinning),
-                                                providers=["CPUExecutionProvider"])
+            # no CPU arena while capturing: see "Memory" in the class docstring
+            so = session_options(threads, opt, spinning, arena=not self.capture)
+            self.session = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             msg = ort_message(exc)
             if any(k in msg for k in ("not a registered function/op", "No opset import for domain",
