@@ -488,6 +488,78 @@ def test_describe_is_json_provenance(tmp_path):
     assert ds.describe()["skipped"] == 0
 
 
+def _documented_selection(ids, steps):
+    """The module docstring's rules, written out independently: ``("split", part, fraction)`` keeps the
+    ids whose ``sha256("calib-split\\0<id>")`` falls in that part; ``("limit", n, seed)`` keeps the n
+    ids with the smallest ``sha256("<seed>\\0<id>")``. Ids stay in sorted order."""
+    import hashlib
+
+    def h(text):
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    kept = sorted(ids)
+    for kind, a, b in steps:
+        if kind == "split":
+            kept = [i for i in kept if ("eval" if int(h("calib-split\0" + i)[:16], 16) / 2 ** 64 < b else "calib") == a]
+        else:
+            chosen = set(sorted(kept, key=lambda i: h(f"{b}\0{i}"))[:a])
+            kept = [i for i in kept if i in chosen]
+    return kept
+
+
+def test_split_and_subset_compose_on_the_real_image_folder(imagenet_dir, monkeypatch):
+    import hashlib
+
+    import calib.datasets.dataset as dsmod
+
+    base = open_dataset(imagenet_dir, rgb_model(), RAW_EXACT)
+    assert len(base) == 500
+    chains = [
+        [("limit", 40, 3), ("split", "calib", 0.5)],                       # split of a subset
+        [("split", "calib", 0.5), ("limit", 40, 3)],                       # subset of a split
+        [("limit", 120, 5), ("split", "eval", 0.5), ("limit", 30, 9)],
+        [("split", "eval", 0.5), ("limit", 100, 0), ("split", "calib", 0.3)],
+        [("limit", 20, 1), ("limit", 60, 2)],                              # a larger limit keeps all
+    ]
+    for steps in chains:
+        ds = base
+        for kind, a, b in steps:
+            ds = ds.split(a, b) if kind == "split" else ds.subset(a, b)
+        assert ds.ids == _documented_selection(base.ids, steps), steps
+        assert ds.describe()["selection"] == [list(st) for st in steps]
+    # the same ids as before derivation composed on the parent's ids (digests taken then)
+    sub_split = base.subset(40, 3).split("calib")
+    split_sub = base.split("calib").subset(40, 3)
+    assert (len(sub_split), len(split_sub)) == (20, 40)
+    assert sub_split.describe()["ids_sha256"] == "4e5b1a583a177eb6673fa830aa71775d3d26d30f0d3fbde469af5a4371f3b9be"
+    assert split_sub.describe()["ids_sha256"] == "5c4ba70ed6afb94b29371e12293bf3f0a31ad436bd0c37cc4f076882e613b948"
+    assert hashlib.sha256("\n".join(split_sub.ids).encode()).hexdigest() == split_sub.describe()["ids_sha256"]
+    # deriving works on the parent's selected ids only: no earlier step is run again
+    calls = {"split": 0, "limit": 0}
+
+    def counting(name, fn):
+        def wrapped(*args):
+            calls[name] += 1
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(dsmod, "split_of", counting("split", dsmod.split_of))
+    monkeypatch.setattr(dsmod, "_sample_key", counting("limit", dsmod._sample_key))
+    cal = base.split("calib")
+    assert calls == {"split": 500, "limit": 0}
+    cal.subset(40, 3).subset(10, 4)
+    assert calls == {"split": 500, "limit": len(cal) + 40}
+
+
+def test_derived_streaming_selection_is_unchanged():
+    feeds = [{"input": np.full((3, 3, 8, 8), k, np.float32)} for k in range(7)]     # 21 samples, ids "0".."20"
+    ds = open_dataset(feeds, rgb_model())
+    ev_first5 = [i for i in map(str, range(21)) if split_of(i) == "eval"][:5]
+    assert ds.split("eval").subset(5).ids == ev_first5                # iterables: limit keeps the first N
+    assert [i for b in ds.split("eval").subset(5).batches(2) for i in b.ids] == ev_first5
+    assert ds.subset(9).split("calib").ids == [str(i) for i in range(9) if split_of(str(i)) == "calib"]
+
+
 # ---------------------------------------------------------------------------
 # HDF5, NumPy, iterables, loader scripts
 # ---------------------------------------------------------------------------

@@ -91,6 +91,11 @@ def default_workers() -> int:
     return max(2, min(8, os.cpu_count() or 1))
 
 
+def _check_split(part) -> None:
+    if part not in SPLITS:
+        raise DataError(f"split must be 'calib' or 'eval', got {part!r}")
+
+
 def _check_fraction(f) -> float:
     try:
         f = float(f)
@@ -147,7 +152,7 @@ _END = object()
 class Dataset:
     """Samples shaped for one model. Build with :func:`open_dataset`."""
 
-    def __init__(self, source, inputs, *, ops=(), strict=False, workers=None, preprocess=None,
+    def __init__(self, source, inputs, *, ops=(), indices=None, strict=False, workers=None, preprocess=None,
                  seed=0, limit=None, split=None, eval_fraction=0.5, extra=None):
         self.source = source
         self.inputs = list(inputs)
@@ -165,36 +170,42 @@ class Dataset:
         self._indices: list[int] | None = None
         self._len: int | None = None
         if not source.streaming:
-            self._indices = self._select(range(len(source.ids)))
+            if indices is None:
+                indices = range(len(source.ids))
+                for op in self._ops:
+                    indices = self._apply(op, indices)
+            self._indices = list(indices)
 
     # -- selection ------------------------------------------------------------
-    def _select(self, indices) -> list[int]:
+    def _apply(self, op: tuple, indices: Sequence[int]) -> list[int]:
+        """The source *indices* (in id order) that selection step *op* keeps, in id order."""
         ids = self.source.ids
         idx = list(indices)
-        for op in self._ops:
-            if op[0] == "split":
-                _, part, frac = op
-                idx = [i for i in idx if split_of(ids[i], frac) == part]
-            elif op[0] == "limit":
-                _, n, seed = op
-                if n is not None and n < len(idx):
-                    keep = set(sorted(idx, key=lambda i: _sample_key(seed, ids[i]))[:n])
-                    idx = [i for i in idx if i in keep]
+        if op[0] == "split":
+            _, part, frac = op
+            idx = [i for i in idx if split_of(ids[i], frac) == part]
+        elif op[0] == "limit":
+            _, n, seed = op
+            if n is not None and n < len(idx):
+                keep = set(sorted(idx, key=lambda i: _sample_key(seed, ids[i]))[:n])
+                idx = [i for i in idx if i in keep]
         return idx
 
-    def _derive(self, op, **changes) -> "Dataset":
+    def _derive(self, op: tuple, **changes) -> "Dataset":
+        """This dataset narrowed by one more selection step *op*, applied to the ids already selected
+        here (streaming sources apply every step while reading: see :meth:`_admit`)."""
         kw = dict(strict=self.strict, workers=self.workers, preprocess=self.preprocess, seed=self.seed,
                   limit=self.limit, split=self.split_name, eval_fraction=self.eval_fraction, extra=self._extra)
         kw.update(changes)
-        return Dataset(self.source, self.inputs, ops=self._ops + (op,), **kw)
+        indices = None if self._indices is None else self._apply(op, self._indices)
+        return Dataset(self.source, self.inputs, ops=self._ops + (op,), indices=indices, **kw)
 
     def split(self, part: str, eval_fraction: float = 0.5) -> "Dataset":
         """The ``"calib"`` or ``"eval"`` part of this dataset (see the module docstring for the rule).
 
         The two parts are disjoint, cover this dataset, and a sample's part depends only on its id.
         """
-        if part not in SPLITS:
-            raise DataError(f"split must be 'calib' or 'eval', got {part!r}")
+        _check_split(part)
         frac = _check_fraction(eval_fraction)
         return self._derive(("split", part, frac), split=part, eval_fraction=frac)
 
@@ -249,27 +260,23 @@ class Dataset:
                 counts[k] += 1
         return True
 
-    def _stream(self) -> Iterator[tuple[str, dict, int | None]]:
-        """Streaming sources: samples after the split/limit ops."""
+    def _admitted(self, items: Iterable, id_of) -> Iterator:
+        """The *items* (in position order) that the split/limit ops keep; *id_of(item)* is its id."""
         counts = [0] * len(self._ops)
-        for sid, feed, lab in self.source.samples():
-            ok = self._admit(sid, counts)
+        for item in items:
+            ok = self._admit(id_of(item), counts)
             if ok is None:
                 return
             if ok:
-                yield sid, feed, lab
+                yield item
+
+    def _stream(self) -> Iterator[tuple[str, dict, int | None]]:
+        """Streaming sources: samples after the split/limit ops."""
+        yield from self._admitted(self.source.samples(), lambda sample: sample[0])
 
     def _stream_ids(self) -> list[str]:
         """Ids of a streaming dataset (positions), from the source's sample count alone."""
-        counts = [0] * len(self._ops)
-        out = []
-        for k in range(self.source.count()):
-            ok = self._admit(str(k), counts)
-            if ok is None:
-                break
-            if ok:
-                out.append(str(k))
-        return out
+        return list(self._admitted((str(k) for k in range(self.source.count())), lambda sid: sid))
 
     def _samples(self, skipped: list) -> Iterator[tuple[str, dict, int | None]]:
         """Per-sample iteration for image (threaded) sources."""
@@ -339,31 +346,11 @@ class Dataset:
         read = 0
         done = False
         try:
-            if self._indices is not None and not self.source.threaded:
-                for b in self._array_batches(batch_size, drop_last):
-                    read += len(b)
-                    if bar is not None:
-                        bar.update(len(b))
-                    yield b
-            else:
-                self._batch_hint = batch_size
-                it = self._samples(skipped) if self._indices is not None else self._stream()
-                buf: list = []
-                for sid, feed, lab in it:
-                    buf.append((sid, feed, lab))
-                    if len(buf) == batch_size:
-                        b = self._make_batch(buf)
-                        buf = []
-                        read += len(b)
-                        if bar is not None:
-                            bar.update(len(b))
-                        yield b
-                if buf and not drop_last:
-                    b = self._make_batch(buf)
-                    read += len(b)
-                    if bar is not None:
-                        bar.update(len(b))
-                    yield b
+            for b in self._batches(batch_size, drop_last, skipped):
+                read += len(b)
+                if bar is not None:
+                    bar.update(len(b))
+                yield b
             done = True
         finally:
             if bar is not None:
@@ -377,6 +364,23 @@ class Dataset:
                 raise EmptyDatasetError(f"none of the {len(skipped)} images could be decoded (first: {first_reason})")
             warnings.warn(f"skipped {len(skipped)} of {len(skipped) + read} images that could not be decoded "
                           f"(first: {first_reason}); strict=True / --strict stops on them", DataWarning, stacklevel=2)
+
+    def _batches(self, batch_size: int, drop_last: bool, skipped: list) -> Iterator[Batch]:
+        """The batches of one pass: HDF5/NumPy read per batch, other sources grouped sample by sample
+        (images decoded in worker threads, undecodable ones appended to *skipped*)."""
+        if self._indices is not None and not self.source.threaded:
+            yield from self._array_batches(batch_size, drop_last)
+            return
+        self._batch_hint = batch_size
+        it = self._samples(skipped) if self._indices is not None else self._stream()
+        buf: list = []
+        for sample in it:
+            buf.append(sample)
+            if len(buf) == batch_size:
+                yield self._make_batch(buf)
+                buf = []
+        if buf and not drop_last:
+            yield self._make_batch(buf)
 
     def _make_batch(self, buf: list) -> Batch:
         ids = [s for s, _, _ in buf]
@@ -482,8 +486,8 @@ def open_dataset(source, model, preprocess=None, *, limit: int | None = None, se
     pre = resolve_preprocess(preprocess)
     if limit is not None and (isinstance(limit, bool) or int(limit) < 1):
         raise DataError(f"limit must be >= 1, got {limit!r}")
-    if split is not None and split not in SPLITS:
-        raise DataError(f"split must be 'calib' or 'eval', got {split!r}")
+    if split is not None:
+        _check_split(split)
     frac = _check_fraction(eval_fraction)
     try:
         seed = int(seed)

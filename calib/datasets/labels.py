@@ -25,6 +25,7 @@ def _split(line: str) -> list[str]:
 
 
 def _read_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The lines of a *what* file that hold something (blank lines and ``#`` comments dropped)."""
     p = Path(path)
     if not p.exists():
         raise DataNotFoundError(f"{what} file not found: {p}")
@@ -34,12 +35,12 @@ def _read_lines(path: str | os.PathLike, what: str) -> list[str]:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise LabelError(f"{what} file {p} is not UTF-8 text") from None
-    return text.splitlines()
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 def read_classes(path: str | os.PathLike) -> dict[str, int]:
     """Read a class list; returns ``{class_id: index}``. Raises :class:`LabelError`."""
-    lines = [ln for ln in _read_lines(path, "classes") if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = _read_lines(path, "classes")
     if not lines:
         raise LabelError(f"classes file {path} is empty")
     out: dict[str, int] = {}
@@ -65,7 +66,7 @@ def read_classes(path: str | os.PathLike) -> dict[str, int]:
 def read_labels(path: str | os.PathLike, classes: dict[str, int] | None = None) -> dict[str, int]:
     """Read a labels file; returns ``{file_name: index}``. Raises :class:`LabelError`."""
     out: dict[str, int] = {}
-    lines = [ln for ln in _read_lines(path, "labels") if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = _read_lines(path, "labels")
     for n, line in enumerate(lines):
         fields = _split(line)
         if len(fields) < 2:
