@@ -24,15 +24,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def classification_hits(outputs: np.ndarray, labels: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample top-1 and top-k hits for a [N, C, ...] score output (unknown labels, -1, excluded)."""
-    scores = outputs.reshape(outputs.shape[0], -1)
-    topk = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    top1 = topk[:, 0] == labels
-    topk_hit = (topk == labels[:, None]).any(axis=1)
-    return top1, topk_hit
-
-
 def _looks_like_classifier(out: np.ndarray) -> bool:
     flat = out.reshape(out.shape[0], -1)
     return out.ndim >= 2 and flat.shape[1] >= 2 and int(np.prod(out.shape[2:], dtype=np.int64) or 1) == 1
@@ -40,6 +31,7 @@ def _looks_like_classifier(out: np.ndarray) -> bool:
 
 def run(args) -> int:
     from ..backends.onnxruntime import OrtEngine
+    from ..harness.metrics import TopK
 
     model = Model.load(args.model)
     info = model.describe()
@@ -49,6 +41,7 @@ def run(args) -> int:
         ds = dataset_from_args(args, model)
         engine = OrtEngine(model, threads=args.threads)
         out_name = engine.output_names[0]
+        top1, top5 = TopK(1, output=out_name), TopK(5, output=out_name)
         n = 0
         hits1, hits5 = [], []
         infer_s = 0.0
@@ -62,9 +55,9 @@ def run(args) -> int:
             if batch.labels is not None and _looks_like_classifier(y):
                 known = batch.labels >= 0
                 if known.any():
-                    h1, h5 = classification_hits(y[known], batch.labels[known])
-                    hits1.append(h1)
-                    hits5.append(h5)
+                    scores, labels = {out_name: y[known]}, batch.labels[known]
+                    hits1.append(top1.update(scores, labels))
+                    hits5.append(top5.update(scores, labels))
         wall = time.perf_counter() - t0
         run_info = {"samples": n, "wall_s": round(wall, 3), "inference_s": round(infer_s, 3),
                     "samples_per_s": round(n / wall, 2) if wall else None,

@@ -202,10 +202,27 @@ def choose_mode(caps: Capabilities, requested: str | None, model: Model) -> str:
     return caps.default_mode()
 
 
-def _np_dtype(trt, dt):
+#: TensorRT types with no NumPy dtype (calib does not depend on ml_dtypes): DataType member -> what it holds.
+NO_NUMPY_DTYPE = {"BF16": "bfloat16", "FP8": "8-bit floats, E4M3", "INT4": "packed 4-bit integers",
+                  "FP4": "packed 4-bit floats, E2M1", "E8M0": "8-bit power-of-two scales"}
+
+
+def numpy_dtype(trt, dt, tensor: str) -> np.dtype:
+    """The NumPy dtype of input/output *tensor* of TensorRT type *dt*. INT64 exists from 10.0 and is
+    looked up with getattr, so this works on 8.6 as on 11.x. A type with no NumPy dtype (BF16, FP8,
+    INT4, ...) raises :class:`BackendError`: calib feeds and reads tensors as NumPy arrays."""
     table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT8: np.int8,
              trt.DataType.INT32: np.int32, trt.DataType.BOOL: np.bool_, trt.DataType.UINT8: np.uint8}
-    return np.dtype(table.get(dt, np.float32))
+    int64 = getattr(trt.DataType, "INT64", None)
+    if int64 is not None:
+        table[int64] = np.int64
+    if dt in table:
+        return np.dtype(table[dt])
+    member = getattr(dt, "name", None) or str(dt).rsplit(".", 1)[-1]
+    what = NO_NUMPY_DTYPE.get(member, "a type calib does not know")
+    raise BackendError(f"tensor '{tensor}' has TensorRT type {member} ({what}), which has no NumPy dtype; "
+                       f"calib feeds and reads inputs and outputs as NumPy arrays: export the model with "
+                       f"float32/float16 (or integer) inputs and outputs")
 
 
 # --------------------------------------------------------------------------- build
@@ -449,7 +466,7 @@ def _implicit_calibrator(trt, caps, model, network, cache_path, dataset, options
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         opt = profile_shapes[tensor.name][1]
-        specs.append(InputSpec(tensor.name, opt, _np_dtype(trt, tensor.dtype)))
+        specs.append(InputSpec(tensor.name, opt, numpy_dtype(trt, tensor.dtype, tensor.name)))
     batch = specs[0].shape[0] if specs and specs[0].shape else 1
     algo = options.calibrator
     if dataset is None:

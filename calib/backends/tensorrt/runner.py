@@ -18,21 +18,8 @@ import numpy as np
 from ...errors import BackendError, InputMismatchError, ModelLoadError
 from ...model import TensorInfo
 from ..base import Engine, EngineInfo
-from .builder import check_engine_sidecar, read_engine_sidecar
+from .builder import check_engine_sidecar, numpy_dtype, read_engine_sidecar
 from .versions import Capabilities, TrtVersion
-
-
-def _dtype_table(trt, caps: Capabilities) -> dict:
-    table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT8: np.int8,
-             trt.DataType.INT32: np.int32, trt.DataType.BOOL: np.bool_, trt.DataType.UINT8: np.uint8}
-    if caps.version >= TrtVersion(10, 0):
-        table[trt.DataType.INT64] = np.int64
-        try:
-            import ml_dtypes  # bfloat16 as NumPy dtype when available
-            table[trt.DataType.BF16] = ml_dtypes.bfloat16
-        except ImportError:
-            pass
-    return table
 
 
 @dataclass
@@ -82,11 +69,10 @@ class TrtEngine(Engine):
             raise _load_error(self.path)
         self._runtime = runtime
         self._engine = engine
-        self._dtypes = _dtype_table(trt, self.caps)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._in = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._out = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._np = {n: np.dtype(self._dtypes.get(engine.get_tensor_dtype(n), np.float32)) for n in names}
+        self._np = {n: numpy_dtype(trt, engine.get_tensor_dtype(n), n) for n in names}
         self._shape = {n: tuple(engine.get_tensor_shape(n)) for n in names}
         self.num_profiles = max(1, int(engine.num_optimization_profiles))
         self.dynamic = any(d < 0 for n in self._in for d in self._shape[n])

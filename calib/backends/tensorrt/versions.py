@@ -81,7 +81,7 @@ FEATURES: dict[str, tuple[TrtVersion, TrtVersion | None]] = {
     "strongly_typed": (V(10, 0), None),
     # IParserError.node_name() / node_operator()
     "parser_error_node_name": (V(10, 0), None),
-    # DataType.INT64 / BF16 as engine I/O types
+    # DataType.INT64 / BF16 as engine I/O types (BF16 has no NumPy dtype: named in the error refusing it)
     "int64_bf16_io": (V(10, 0), None),
     # everything else this package uses (execute_async_v3, set_tensor_address, ...)
     "core": (V(8, 6), None),
