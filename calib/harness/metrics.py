@@ -173,9 +173,14 @@ class TopK(Metric):
         y = _labels_array(labels, s.shape[0]).astype(np.int64)
         if self.k == 1:
             return (np.argmax(s, axis=1) == y).astype(np.float64)
-        k = min(self.k, s.shape[1])
-        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        return (top == y[:, None]).any(axis=1).astype(np.float64)
+        # the label's rank in (score descending, class index ascending) order: ties go to the
+        # lower class index, as argmax breaks them, whatever the NumPy version
+        n, c = s.shape
+        valid = (y >= 0) & (y < c)
+        cols = np.arange(c)
+        mine = s[np.arange(n), np.where(valid, y, 0)][:, None]
+        rank = (s > mine).sum(axis=1) + ((s == mine) & (cols[None, :] < y[:, None])).sum(axis=1)
+        return (valid & (rank < self.k)).astype(np.float64)
 
 
 class Top1Agreement(Metric):
