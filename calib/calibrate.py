@@ -80,7 +80,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     from .collect import collect_statistics
     from .datasets import open_dataset
     from .plan import load_plan
-    from .qdq import check_input, quantize_model
+    from .qdq import check_input, prepare, quantize_model
 
     t_start = time.perf_counter()
     if algorithm not in ALGORITHMS:
@@ -108,12 +108,13 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
         raise EmptyDatasetError(f"no samples left for calibration in {data}")
 
     # 0. channel smoothing factors (Q/DQ model only), from a short per-channel range pass
+    prepared = prepare(m)    # once, for the smoothing sites and the Q/DQ model
     t0 = time.perf_counter()
     factors, observed_names, smooth_info = {}, {}, None
     obs_model = m
     if smooth is not None and smooth is not False:
         factors, obs_model, observed_names, smooth_info = _smoothing(
-            m, calib_ds, float(smooth), seed, batch_size, threads, progress)
+            m, prepared, calib_ds, float(smooth), seed, batch_size, threads, progress)
     t_smooth = time.perf_counter() - t0
 
     # 1. statistics over every float activation tensor (TensorRT's cache covers all of them)
@@ -146,7 +147,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     cache_bytes = format_cache(cache)
     sidecar = make_sidecar(model=m, cache=cache, data=calib_ds.describe(),
                            algorithm=algorithm, params=params, samples=len(calib_ds), seed=seed)
-    qdq = quantize_model(m, amax_q, target=target, plan=plan, smooth=factors)
+    qdq = quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors)
     qreport = qdq.quant_report
     qdq_bytes = qdq.serialize()
 
@@ -181,8 +182,9 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
                              qdq_model=qdq, observers=observers, smoothing=factors)
 
 
-def _smoothing(m: Model, calib_ds, alpha: float, seed: int, batch_size: int, threads, progress):
-    """(factors, model to observe, {tensor: its smoothed twin}, summary entry) for :func:`calibrate`."""
+def _smoothing(m: Model, prepared: Model, calib_ds, alpha: float, seed: int, batch_size: int, threads, progress):
+    """(factors, model to observe, {tensor: its smoothed twin}, summary entry) for :func:`calibrate`;
+    *prepared* is ``calib.qdq.prepare(m)``, where the sites are found."""
     import numpy as np
 
     from .backends.onnxruntime import OrtEngine
@@ -190,7 +192,7 @@ def _smoothing(m: Model, calib_ds, alpha: float, seed: int, batch_size: int, thr
 
     if not 0.0 <= alpha <= 1.0:
         raise CalibError(f"smoothing alpha must be within [0, 1], got {alpha}")
-    sites = find_sites(m)
+    sites = find_sites(prepared)
     info = {"alpha": alpha, "sites": len(sites), "tensors": [], "probe_samples": 0}
     if not sites:
         return {}, m, {}, info

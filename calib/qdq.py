@@ -156,6 +156,7 @@ class _Graph:
     def __init__(self, proto):
         self.proto = proto
         self.g = proto.graph
+        self.arrays: dict[str, np.ndarray] = {}   # constant tensor -> its value, decoded once
         self.refresh()
 
     def refresh(self):
@@ -181,14 +182,19 @@ class _Graph:
         return name in self.inits or name in self.const_nodes
 
     def const(self, name: str) -> np.ndarray | None:
+        """Value of initializer or Constant output *name* (read-only: decoded once and shared
+        by every pass over this graph), else None."""
+        v = self.arrays.get(name)
+        if v is not None:
+            return v
         if name in self.inits:
-            return self._np.to_array(self.inits[name])
-        n = self.const_nodes.get(name)
-        if n is not None:
-            for a in n.attribute:
-                if a.name == "value":
-                    return self._np.to_array(a.t)
-        return None
+            v = self._np.to_array(self.inits[name])
+        elif name in self.const_nodes:
+            v = next((self._np.to_array(a.t) for a in self.const_nodes[name].attribute if a.name == "value"), None)
+        if v is not None:
+            v.flags.writeable = False
+            self.arrays[name] = v
+        return v
 
     def all_names(self) -> set[str]:
         s = set(self.inits) | {i.name for i in self.g.input} | {o.name for o in self.g.output}
@@ -221,6 +227,8 @@ class _Graph:
         del self.g.value_info[:]
         self.g.value_info.extend(vi)
         self.refresh()
+        # a later pass may give a removed constant's name to a new one
+        self.arrays = {k: v for k, v in self.arrays.items() if k in self.inits or k in self.const_nodes}
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -384,29 +392,49 @@ def _fold_batchnorm(G: _Graph) -> list[str]:
     return folded
 
 
-def _prepare(model: Model, name: str):
-    """Copy, upgrade opset, simplify exactly. Returns (proto, folded names, opset before)."""
+@dataclass(frozen=True)
+class Preparation:
+    """What :func:`prepare` did to a model (``prepare(model).preparation``)."""
+
+    name: str                    # the original model's name, for messages
+    opset_before: int
+    folded: tuple[str, ...]      # nodes removed or folded
+    node_keys: frozenset[str]    # the original nodes, which precision plans name
+
+
+def _prepare(model: Model):
+    """Copy, upgrade opset, simplify exactly; a model from :func:`prepare` is only copied.
+    Returns (proto, :class:`Preparation`)."""
     import onnx
 
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
-    before = model.opset
-    proto = _upgrade_opset(proto, name)
+    done = getattr(model, "preparation", None)
+    if isinstance(done, Preparation):
+        return proto, done
+    proto = _upgrade_opset(proto, model.name)
     G = _Graph(proto)
     folded = _remove_identities(G)
     folded += _fold_pads(G)
     folded += _fold_batchnorm(G)
     G.remove_dead()
-    return proto, folded, before
+    return proto, Preparation(model.name, model.opset, tuple(folded),
+                              frozenset(node_key(n) for n in model.proto.graph.node))
 
 
 def prepare(model) -> Model:
     """The float model as :func:`quantize_model` rewrites it before placing Q/DQ: opset raised
     to 13 where lower, Identity/Dropout removed, zero Pads and BatchNorms folded into Convs.
-    Computes the same function as *model* (up to float rounding of the BN fold)."""
+    Computes the same function as *model* (up to float rounding of the BN fold).
+
+    Its ``preparation`` (a :class:`Preparation`) lets :func:`quantize_model`,
+    :func:`required_tensors` and :func:`calib.smooth.find_sites` take it without preparing it
+    again, with the same result (and report) as for *model*."""
     model = load_model(model)
-    proto, _, _ = _prepare(model, model.name)
-    return Model.from_proto(proto)
+    proto, done = _prepare(model)
+    out = Model.from_proto(proto)
+    out.preparation = done
+    return out
 
 
 def _tensor_types(proto) -> dict[str, int]:
@@ -1052,7 +1080,7 @@ def required_tensors(model, target: str = "tensorrt", plan=None) -> list[str]:
     model = load_model(model)
     check_input(model, target)
     plan = load_plan(plan)
-    proto, _, _ = _prepare(model, model.name)
+    proto, _ = _prepare(model)
     G = _Graph(proto)
     types = _tensor_types(proto)
     P = _place(G, types, target, plan, None)
@@ -1078,8 +1106,7 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
     plan = load_plan(plan)
     if amax is None or not isinstance(amax, Mapping):
         raise QuantizationError("amax must be a mapping of activation tensor name -> float")
-    names = {node_key(n) for n in model.proto.graph.node}
-    proto, folded, before = _prepare(model, model.name)
+    proto, done = _prepare(model)
     G = _Graph(proto)
     smoothed = []
     if smooth:
@@ -1088,10 +1115,10 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
         try:
             smoothed = _apply(G, smooth)
         except ValueError as exc:
-            raise QuantizationError(f"{model.name}: {exc}") from None
+            raise QuantizationError(f"{done.name}: {exc}") from None
     types = _tensor_types(proto)
     P = _place(G, types, target, plan, amax)
-    report = QuantReport(target=target, opset_before=before, opset_after=G.opset)
+    report = QuantReport(target=target, opset_before=done.opset_before, opset_after=G.opset)
     report.int8_nodes = [node_key(n) for n in P.int8_nodes]
     report.smoothed = smoothed
     report.quantized_tensors = sorted(P.tparams)
@@ -1100,8 +1127,8 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
     report.propagated_amax = dict(P.propagated)
     report.fp32_nodes = [node_key(n) for n in P.fp32]
     if plan is not None:
-        report.unmatched_plan_entries = plan.match(names)[1]
-    report.folded = folded + _rewrite(G, P, target, per_channel, weight_amax or {}, types)
+        report.unmatched_plan_entries = plan.match(done.node_keys)[1]
+    report.folded = list(done.folded) + _rewrite(G, P, target, per_channel, weight_amax or {}, types)
     if P.fp16:
         fp16 = [(n.op_type, tuple(n.output)) for n in P.fp16]
         report.fp16_nodes = _wrap_fp16(G, fp16, types)
@@ -1119,12 +1146,12 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
 
         onnx.checker.check_model(proto)
     except Exception as exc:  # a bug here, not a user error; still say which model
-        raise QuantizationError(f"{model.name}: Q/DQ model fails the ONNX checker: "
+        raise QuantizationError(f"{done.name}: Q/DQ model fails the ONNX checker: "
                                 f"{str(exc).strip().splitlines()[0]}") from None
     out = Model.from_proto(proto)
     out.quant_report = report
     if report.missing_amax or report.float_fallback:
-        log.warning("%s: %s", model.name, report.summary())
+        log.warning("%s: %s", done.name, report.summary())
     return out
 
 

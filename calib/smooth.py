@@ -205,11 +205,11 @@ def _producer_chain(G, site: SmoothSite):
 
 def find_sites(model, producers=PRODUCERS) -> list[SmoothSite]:
     """Every tensor of the prepared *model* that :func:`apply` can smooth exactly, absorbing
-    ``1/s`` in one of *producers* (``"affine"``, ``"batchnorm"``, ``"weights"``)."""
+    ``1/s`` in one of *producers* (``"affine"``, ``"batchnorm"``, ``"weights"``). *model* may
+    already be prepared (:func:`calib.qdq.prepare`)."""
     from .qdq import _Graph, _prepare
 
-    m = load_model(model)
-    proto, _, _ = _prepare(m, m.name)
+    proto, _ = _prepare(load_model(model))
     return _sites(_Graph(proto), producers)
 
 
@@ -322,8 +322,7 @@ def apply(model, factors_: Mapping[str, np.ndarray]) -> Model:
     """The prepared *model* with *factors_* applied (computes the same function up to rounding)."""
     from .qdq import _Graph, _prepare
 
-    m = load_model(model)
-    proto, _, _ = _prepare(m, m.name)
+    proto, _ = _prepare(load_model(model))
     G = _Graph(proto)
     _apply(G, factors_)
     G.remove_dead()

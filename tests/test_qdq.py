@@ -387,6 +387,68 @@ def test_required_tensors_suffice(effnet, effnet_amax, effnet_q, target):
     assert quantize_model(effnet, sub, target=target).serialize() == effnet_q[target].serialize()
 
 
+@pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
+def test_a_prepared_model_quantizes_as_the_original(squeezenet, squeezenet_amax, target):
+    """prepare() once, then quantize: the same bytes and report as from the original model (opset
+    7 before, the Dropout it removed, plan entries matched against the original nodes)."""
+    p = prepare(squeezenet)
+    assert p.preparation.opset_before == 7 and p.preparation.folded == ("fire9/concat_2",)
+    assert prepare(p).serialize() == p.serialize()
+    plan = PrecisionPlan({"node_of_fire9/concat_2": "fp32", "/no/such/node": "fp16"})
+    a = quantize_model(squeezenet, squeezenet_amax, target=target, plan=plan)
+    b = quantize_model(p, squeezenet_amax, target=target, plan=plan)
+    assert b.serialize() == a.serialize()
+    assert b.quant_report.to_dict() == a.quant_report.to_dict()
+    assert a.quant_report.unmatched_plan_entries == ["/no/such/node"] and a.quant_report.opset_before == 7
+    assert required_tensors(p, target) == required_tensors(squeezenet, target)
+    assert p.serialize() == prepare(squeezenet).serialize()    # quantizing did not touch it
+
+
+@pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
+def test_each_constant_is_decoded_once_per_call(monkeypatch, target):
+    """PP-OCRv4 rec (weights in Constant nodes, MatMul weights, smoothing sites): placement,
+    smoothing and the weight / bias quantization share one decoded array per constant."""
+    from calib.smooth import find_sites
+
+    p = prepare(MODELS / "ppocrv4_rec.onnx")
+    for n in p.proto.graph.node:         # name the Constant nodes' tensors to count by name
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                a.t.name = n.output[0]
+    amax = {t: 1.0 for t in [i.name for i in p.inputs] + p.activation_tensors()}
+    factors = {s.tensor: np.linspace(0.5, 2.0, s.channels).astype(np.float32) for s in find_sites(p)}
+    decoded = collections.Counter()
+    to_array = onnx.numpy_helper.to_array
+
+    def counting(t, *args, **kwargs):
+        decoded[t.name] += 1
+        return to_array(t, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.numpy_helper, "to_array", counting)
+    q = quantize_model(p, amax, target=target, smooth=factors)
+    assert len(q.quant_report.smoothed) == len(factors) > 0
+    assert len(decoded) > 100 and decoded.most_common(1)[0][1] == 1
+
+
+def test_decoded_constants_are_read_only_and_forgotten_with_their_tensor():
+    from calib.qdq import _Graph
+
+    w = onnx.numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
+    g = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "w"], ["y"]),
+                                onnx.helper.make_node("Relu", ["x"], ["z"])], "g",
+                               [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2, 2])],
+                               [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
+                                onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
+                               initializer=[w])
+    G = _Graph(onnx.helper.make_model(g))
+    v = G.const("w")
+    assert G.const("w") is v and not v.flags.writeable
+    G.g.output.pop(0)                    # y, so the MatMul and w become dead
+    G.refresh()
+    G.remove_dead()
+    assert "w" not in G.arrays and G.const("w") is None
+
+
 def test_missing_amax_falls_back_and_reports(effnet, effnet_amax, effnet_eval):
     # drop the amax of a Conv input (TensorRT) and of a Reshape output (ORT: propagated)
     amax = dict(effnet_amax)

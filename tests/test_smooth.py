@@ -45,6 +45,33 @@ def test_sites_of_the_shared_models(shared_model):
     assert len(sq) == 8 and all(s.producer == "weights" for s in sq)   # squeeze conv -> Relu -> expands
 
 
+def test_a_prepared_model_has_the_same_sites_and_rewrite(shared_model):
+    m = Model.load(shared_model("ppocrv4_rec"))
+    p = prepare(m)
+    sites = smooth.find_sites(m)
+    again = smooth.find_sites(p)
+    assert [s.weight_colmax.tobytes() for s in again] == [s.weight_colmax.tobytes() for s in sites]
+    assert [(s.tensor, s.kind, s.channels, s.rank, s.producer, s.consumers) for s in again] == \
+        [(s.tensor, s.kind, s.channels, s.rank, s.producer, s.consumers) for s in sites]
+    factors = _random_factors(sites)
+    assert smooth.apply(p, factors).serialize() == smooth.apply(m, factors).serialize()
+    assert p.serialize() == prepare(m).serialize()      # applying did not touch it
+
+
+def test_calibrate_prepares_the_model_once(monkeypatch, shared_model, ocr_lines_dir):
+    import calib.qdq
+    from calib.calibrate import calibrate
+
+    calls = []
+    fold = calib.qdq._fold_batchnorm
+    monkeypatch.setattr(calib.qdq, "_fold_batchnorm", lambda G: calls.append(1) or fold(G))
+    m = Model.load(shared_model("ppocrv4_det"))
+    ds = open_dataset(ocr_lines_dir, m, Preprocess.preset("paddleocr-det", resize=96))
+    res = calibrate(m, None, dataset=ds, samples=2, batch_size=1, algorithm="max", evaluate=False,
+                    progress=False, write=False)
+    assert len(res.smoothing) == 27 and len(calls) == 1
+
+
 @pytest.mark.parametrize("name,preset,all_producers", [
     ("ppocrv4_det", "paddleocr-det", True),
     ("ppocrv4_rec", "paddleocr-rec", True),
