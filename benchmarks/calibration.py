@@ -80,6 +80,28 @@ def _scores(model_or_path, reference, eval_batches, threads) -> dict:
     return out
 
 
+def ort_quantize(model, cal_batches, method: str, out: Path) -> Path:
+    """ONNX Runtime's ``quantize_static`` as the benchmarks run it: QDQ, int8 symmetric
+    activations, per-channel int8 weights, *method* (MinMax, Entropy, Percentile) over the
+    preloaded ``(feed, labels)`` batches; writes *out* and returns it."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(cal_batches)
+
+        def get_next(self):
+            nxt = next(self.it, None)
+            return None if nxt is None else dict(nxt[0])
+
+    quantize_static(str(model.path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=getattr(CalibrationMethod, method),
+                    extra_options={"ActivationSymmetric": True})
+    return out
+
+
 def worker(job: dict) -> dict:
     from calib.backends.onnxruntime import OrtEngine
 
@@ -128,24 +150,9 @@ def worker(job: dict) -> dict:
     if kind == "ort":
         import tempfile
 
-        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                              QuantType, quantize_static)
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self.it = iter(cal_batches)
-
-            def get_next(self):
-                nxt = next(self.it, None)
-                return None if nxt is None else dict(nxt[0])
-
-        method = getattr(CalibrationMethod, job["method"])
         with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "ort_int8.onnx"
             t0 = time.perf_counter()
-            quantize_static(str(model.path), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=method, extra_options={"ActivationSymmetric": True})
+            out = ort_quantize(model, cal_batches, job["method"], Path(tmp) / "ort_int8.onnx")
             res["seconds"] = time.perf_counter() - t0
             res.update(_scores(out, model, _preload(ev, bs), threads))
         return res
