@@ -10,7 +10,11 @@ Part 2 (EfficientNet-Lite0, the calibration benchmark's 240 samples): what colle
 ``all`` instead of ``basic`` would change in the calibration cache: how many of the scales
 (float32 ``amax / 127``, the cache's hex) differ, and by how much, per algorithm.
 
-    python benchmarks/capture_levels.py                  # both parts
+Part 3 (EfficientNet-Lite0, the same samples): the floor of max calibration if ONNX Runtime did
+all of it itself: a ReduceMin and a ReduceMax on every tensor range-only collection captures,
+only scalars coming out, against a bare pass, at ``all`` and at ``basic``.
+
+    python benchmarks/capture_levels.py                  # all three parts
     python benchmarks/capture_levels.py --part 1 --models efficientnet_lite0
 """
 from __future__ import annotations
@@ -135,17 +139,61 @@ def part2(threads, samples):
         print(f"| {alg} | {len(rel)}/{len(obs['basic'])} | {med} | {mx} |", flush=True)
 
 
+def part3(threads, samples):
+    import onnx
+    import onnxruntime as ort
+
+    from calibration import _open      # this folder is on sys.path
+
+    from calib.backends.onnxruntime import OrtEngine, session_options
+    from calib.collect import plan_ranges
+
+    model, cal = _open("efficientnet_lite0", "calib", samples)
+    feeds = [b.feed for b in cal.batches(batch_size=16, progress=False)]
+    direct = _captured(model)
+    ranged = plan_ranges(model, direct)           # Relu/Clip outputs follow from their inputs
+    cap = [t for t in direct if t not in ranged]
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    for i, t in enumerate(cap):
+        for op in ("ReduceMin", "ReduceMax"):     # no axes: the whole tensor, keepdims=0: a scalar
+            proto.graph.node.append(onnx.helper.make_node(op, [t], [f"__{op}_{i}"], keepdims=0))
+            proto.graph.output.append(onnx.ValueInfoProto(name=f"__{op}_{i}"))
+    times = {}
+    bare = OrtEngine(model, optimize="all", threads=threads)
+    bare.run(feeds[0])
+    times["bare"] = _time(bare, feeds)
+    for lvl in ("all", "basic"):
+        sess = ort.InferenceSession(proto.SerializeToString(), sess_options=session_options(threads, lvl),
+                                    providers=["CPUExecutionProvider"])
+
+        class _Run:                                 # _time's engine interface
+            run = staticmethod(lambda f, s=sess: s.run(None, f))
+        _Run.run(feeds[0])
+        times[lvl] = _time(_Run, feeds)
+    print(f"\nMax calibration done inside ONNX Runtime (EfficientNet-Lite0, {len(cal)} samples, "
+          f"{len(cap)} tensors reduced to their min and max), time over a bare pass at 'all'")
+    print("| level | s | / bare pass |")
+    print("|---|---:|---:|")
+    print(f"| bare pass, all | {times['bare']:.2f} | 1.00 |")
+    for lvl in ("all", "basic"):
+        print(f"| in-graph ReduceMin/ReduceMax, {lvl} | {times[lvl]:.2f} | {times[lvl] / times['bare']:.2f} |",
+              flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=240)
-    ap.add_argument("--part", choices=["1", "2", "both"], default="both")
+    ap.add_argument("--part", choices=["1", "2", "3", "all"], default="all")
     a = ap.parse_args()
-    if a.part in ("1", "both"):
+    if a.part in ("1", "all"):
         part1([m for m in a.models.split(",") if m], a.threads)
-    if a.part in ("2", "both"):
+    if a.part in ("2", "all"):
         part2(a.threads, a.samples)
+    if a.part in ("3", "all"):
+        part3(a.threads, a.samples)
 
 
 if __name__ == "__main__":
