@@ -58,7 +58,16 @@ def test_8_6_without_int64_or_bf16_still_works():
     assert numpy_dtype(trt, trt.DataType.UINT8, "x") == np.uint8
 
 
-@pytest.mark.parametrize("member,what", [("BF16", "bfloat16"), ("FP8", "E4M3"), ("INT4", "packed 4-bit"),
+def test_bf16_is_ml_dtypes_bfloat16_and_refused_by_name_without_it(monkeypatch):
+    ml_dtypes = pytest.importorskip("ml_dtypes")       # installed with onnx
+    trt = _trt("10.16.1.11")
+    assert numpy_dtype(trt, trt.DataType.BF16, "y") == np.dtype(ml_dtypes.bfloat16)
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)     # import fails
+    with pytest.raises(BackendError, match="tensor 'y' has TensorRT type BF16 \\(bfloat16, and ml_dtypes is missing\\)"):
+        numpy_dtype(trt, trt.DataType.BF16, "y")
+
+
+@pytest.mark.parametrize("member,what", [("FP8", "E4M3"), ("INT4", "packed 4-bit"),
                                          ("FP4", "packed 4-bit"), ("E8M0", "8-bit")])
 def test_types_without_a_numpy_dtype_are_refused_by_name(member, what):
     trt = _trt("11.4.0.106")
@@ -75,11 +84,11 @@ def test_an_unknown_type_is_refused_not_read_as_float32():
         numpy_dtype(trt, trt.DataType.FP6, "x")
 
 
-def test_engine_with_bf16_output_is_refused_at_load(tmp_path, monkeypatch):
-    """TrtEngine asks for the NumPy dtype of every I/O tensor before allocating anything: a BF16
+def test_engine_with_fp8_output_is_refused_at_load(tmp_path, monkeypatch):
+    """TrtEngine asks for the NumPy dtype of every I/O tensor before allocating anything: an FP8
     output is a clear error instead of being read back as float32 (the old fallback)."""
     trt = _trt("10.16.1.11")
-    io = {"x": ("INPUT", trt.DataType.FLOAT), "y": ("OUTPUT", trt.DataType.BF16)}
+    io = {"x": ("INPUT", trt.DataType.FLOAT), "y": ("OUTPUT", trt.DataType.FP8)}
 
     class Engine:
         num_io_tensors = len(io)
@@ -114,5 +123,5 @@ def test_engine_with_bf16_output_is_refused_at_load(tmp_path, monkeypatch):
     (tmp_path / "m.engine").write_bytes(b"engine")
     from calib.backends.tensorrt.runner import TrtEngine
 
-    with pytest.raises(BackendError, match="tensor 'y' has TensorRT type BF16 \\(bfloat16\\)"):
+    with pytest.raises(BackendError, match="tensor 'y' has TensorRT type FP8 \\(8-bit floats, E4M3\\)"):
         TrtEngine(tmp_path / "m.engine")

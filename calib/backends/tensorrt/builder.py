@@ -202,20 +202,29 @@ def choose_mode(caps: Capabilities, requested: str | None, model: Model) -> str:
     return caps.default_mode()
 
 
-#: TensorRT types with no NumPy dtype (calib does not depend on ml_dtypes): DataType member -> what it holds.
-NO_NUMPY_DTYPE = {"BF16": "bfloat16", "FP8": "8-bit floats, E4M3", "INT4": "packed 4-bit integers",
+#: TensorRT types with no NumPy dtype (BF16 has one through ml_dtypes, which onnx installs, when it
+#: imports): DataType member -> what it holds.
+NO_NUMPY_DTYPE = {"BF16": "bfloat16, and ml_dtypes is missing", "FP8": "8-bit floats, E4M3", "INT4": "packed 4-bit integers",
                   "FP4": "packed 4-bit floats, E2M1", "E8M0": "8-bit power-of-two scales"}
 
 
 def numpy_dtype(trt, dt, tensor: str) -> np.dtype:
-    """The NumPy dtype of input/output *tensor* of TensorRT type *dt*. INT64 exists from 10.0 and is
-    looked up with getattr, so this works on 8.6 as on 11.x. A type with no NumPy dtype (BF16, FP8,
-    INT4, ...) raises :class:`BackendError`: calib feeds and reads tensors as NumPy arrays."""
+    """The NumPy dtype of input/output *tensor* of TensorRT type *dt*. INT64 and BF16 exist from 10.0
+    and are looked up with getattr, so this works on 8.6 as on 11.x; BF16 is ``ml_dtypes.bfloat16``.
+    A type with no NumPy dtype (FP8, INT4, ...) raises :class:`BackendError`: calib feeds and reads
+    tensors as NumPy arrays."""
     table = {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16, trt.DataType.INT8: np.int8,
              trt.DataType.INT32: np.int32, trt.DataType.BOOL: np.bool_, trt.DataType.UINT8: np.uint8}
     int64 = getattr(trt.DataType, "INT64", None)
     if int64 is not None:
         table[int64] = np.int64
+    bf16 = getattr(trt.DataType, "BF16", None)
+    if bf16 is not None:
+        try:
+            import ml_dtypes  # a dependency of onnx
+            table[bf16] = ml_dtypes.bfloat16
+        except ImportError:
+            pass
     if dt in table:
         return np.dtype(table[dt])
     member = getattr(dt, "name", None) or str(dt).rsplit(".", 1)[-1]
