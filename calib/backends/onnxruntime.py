@@ -87,9 +87,9 @@ class OrtEngine(Engine):
     outlive their run (histogram workers read one run while the next is computed), and with
     the arena they pin its chunks, so it grows by power-of-two extensions whenever the timing
     of the threads happens to keep more of them alive, up to a peak that depends on how
-    long the calibration runs (EfficientNet-Lite0, streaming entropy: 761, 877, 880 MiB with 64,
-    256, 500 samples). Without it the buffers go back to malloc: 694, 707, 719 MiB, at the
-    same speed (``benchmarks/calibration.py``).
+    long the calibration runs (EfficientNet-Lite0, streaming entropy in ``benchmarks/calibration.py``:
+    766, 875, 880 MiB with 64, 256, 500 samples). Without it the buffers go back to malloc:
+    737, 752, 762 MiB, at the same speed.
     """
 
     def __init__(self, model: "Model | str | os.PathLike", *, name: str | None = None,
