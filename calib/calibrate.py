@@ -20,8 +20,13 @@ from .model import Model, load_model
 from .smooth import DEFAULT_ALPHA
 from .utils import atomic_write_all, check_writable
 
-ALGORITHMS = ("entropy", "max", "percentile", "mse")
+ALGORITHMS = ("entropy", "max", "percentile", "mse", "auto")
 SMOOTH_PROBE_SAMPLES = 64     # samples whose per-channel ranges decide the smoothing factors
+# --algorithm auto: the candidates, in the order that wins ties (TensorRT's default first), the
+# calibration samples they are scored on, and the metric per task (else SQNR of the outputs)
+AUTO_CANDIDATES = ("entropy", "percentile", "mse", "max")
+AUTO_SAMPLES = 64
+AUTO_METRICS = {"classification": "kl_divergence", "ctc": "ctc_agreement"}
 
 
 @dataclass
@@ -74,7 +79,6 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     (for the cache, which describes the unmodified model TensorRT parses) and their smoothed
     values (for the Q/DQ model, whose constants carry the factors).
     """
-    from .algorithms import compute_amax
     from .cache import (CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, sidecar_bytes,
                         trt_algorithm_name)
     from .collect import collect_statistics
@@ -123,16 +127,25 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
                                                                progress="calibrating" if progress else False),
                                    threads=threads, progress=False, histogram=algorithm != "max")
     smoothed_obs = {x: observers.pop(name) for x, name in observed_names.items() if name in observers}
+    factors = {x: f for x, f in factors.items() if x in smoothed_obs}
     t_collect = time.perf_counter() - t0
+
+    # 1b. --algorithm auto: every algorithm's Q/DQ model against FP32 on calibration samples
+    t0 = time.perf_counter()
+    requested, selection, qdq = algorithm, None, None
+    if algorithm == "auto":
+        algorithm, qdq, selection = _select_algorithm(m, prepared, observers, smoothed_obs, factors, calib_ds,
+                                                      percentile=percentile, target=target, plan=plan, seed=seed,
+                                                      batch_size=batch_size, threads=threads, progress=progress)
+    t_select = time.perf_counter() - t0
 
     # 2. amax per tensor
     t0 = time.perf_counter()
     params = {"percentile": percentile} if algorithm == "percentile" else {}
-    amax = {name: float(compute_amax(obs, algorithm, **params)) for name, obs in observers.items()}
-    amax_q = dict(amax)
-    amax_q.update({x: float(compute_amax(obs, algorithm, **params)) for x, obs in smoothed_obs.items()})
-    factors = {x: f for x, f in factors.items() if x in smoothed_obs}
+    amax, amax_q = _amax(observers, smoothed_obs, algorithm, params)
     t_amax = time.perf_counter() - t0
+    if selection is not None:
+        params = dict(params, selection=selection)
     # A tensor that was all zeros over the data has no range: TensorRT rejects a zero dynamic
     # range, so it is left out of the cache (TensorRT keeps it in higher precision) and named
     # in the summary. The Q/DQ model quantizes it with scale 1 (zeros are exact).
@@ -147,7 +160,8 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     cache_bytes = format_cache(cache)
     sidecar = make_sidecar(model=m, cache=cache, data=calib_ds.describe(),
                            algorithm=algorithm, params=params, samples=len(calib_ds), seed=seed)
-    qdq = quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors)
+    if qdq is None:
+        qdq = quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors)
     qreport = qdq.quant_report
     qdq_bytes = qdq.serialize()
 
@@ -155,7 +169,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     summary: dict[str, Any] = {
         "schema": "calib-calibrate-summary", "version": 1, "calib_version": __version__,
         "model": str(m.path) if m.path else m.name, "model_sha256": m.sha256,
-        "algorithm": algorithm, "params": params, "target": target,
+        "algorithm": algorithm, "requested_algorithm": requested, "params": params, "target": target,
         "plan": plan.to_dict() if plan is not None else None,
         "smoothing": smooth_info,
         "quantization": {"summary": qreport.summary(), "int8_nodes": len(qreport.int8_nodes),
@@ -163,11 +177,13 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
                          "left_float": qreport.float_fallback,
                          "unmatched_plan_entries": qreport.unmatched_plan_entries},
         "calibration_samples": len(calib_ds), "tensors": len(amax), "unranged_tensors": unranged,
-        "timing_s": {"smooth": round(t_smooth, 3), "collect": round(t_collect, 3), "amax": round(t_amax, 3)},
+        "timing_s": {"smooth": round(t_smooth, 3), "collect": round(t_collect, 3), "select": round(t_select, 3),
+                     "amax": round(t_amax, 3)},
         "outputs": {k: str(v) for k, v in paths.items()} if write else {},
     }
     if evaluate and eval_ds is not None and len(eval_ds) > 0:
-        summary["held_out"] = _held_out(m, qdq, eval_ds, eval_samples, seed, batch_size, threads, progress)
+        summary["held_out"] = _held_out(m, qdq, eval_ds, eval_samples, seed, batch_size, threads, progress,
+                                        auto=selection is not None)
     summary["timing_s"]["total"] = round(time.perf_counter() - t_start, 3)
     summary["lines"] = _summary_lines(summary)
 
@@ -180,6 +196,76 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
                    overwrite=force)
     return CalibrationResult(amax=amax, scales=scales, paths=paths if write else {}, summary=summary,
                              qdq_model=qdq, observers=observers, smoothing=factors)
+
+
+def _amax(observers, smoothed_obs, algorithm: str, params: Mapping[str, Any]):
+    """(amax for the cache, amax for the Q/DQ model: smoothed tensors' twins included)."""
+    from .algorithms import compute_amax
+
+    amax = {name: float(compute_amax(obs, algorithm, **params)) for name, obs in observers.items()}
+    amax_q = dict(amax)
+    amax_q.update({x: float(compute_amax(obs, algorithm, **params)) for x, obs in smoothed_obs.items()})
+    return amax, amax_q
+
+
+def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factors, calib_ds, *, percentile: float,
+                      target: str, plan, seed: int, batch_size: int, threads, progress):
+    """``--algorithm auto``: (chosen algorithm, its Q/DQ model, a record of the choice).
+
+    Every algorithm of ``AUTO_CANDIDATES`` gives ranges from the same statistics (no second
+    pass over the data); each one's Q/DQ model runs against FP32 on up to ``AUTO_SAMPLES`` of
+    the calibration samples (the seeded hash rule, so independent of order and batch size),
+    and the best by the task's fidelity metric wins: KL(FP32 || INT8) of the class
+    probabilities for classifiers, greedy-decode agreement for CTC models (SQNR breaks its
+    ties), output SQNR otherwise. Scores are rounded to 4 significant digits before comparing,
+    and ties go to the earlier candidate (entropy first), so the choice, hence the cache, is
+    byte-stable. The samples are calibration samples: ranges are a few numbers per tensor
+    fitted to many samples, so the in-sample bias is small, and the held-out summary checks
+    the choice on data none of them saw.
+    """
+    import math
+
+    from .backends.onnxruntime import OrtEngine
+    from .harness import compare
+    from .qdq import quantize_model
+
+    models = {}
+    for alg in AUTO_CANDIDATES:
+        params = {"percentile": percentile} if alg == "percentile" else {}
+        _, amax_q = _amax(observers, smoothed_obs, alg, params)
+        models[alg] = quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors)
+    sel_ds = calib_ds.subset(limit=AUTO_SAMPLES, seed=seed) if len(calib_ds) > AUTO_SAMPLES else calib_ds
+    ref = OrtEngine(m, name="fp32", threads=threads)
+    engines = [OrtEngine(q, name=alg, threads=threads, precision="int8") for alg, q in models.items()]
+    report = compare(ref, engines, sel_ds.batches(batch_size=batch_size,
+                                                  progress="choosing the algorithm" if progress else False),
+                     resamples=1).to_dict()
+    metric = AUTO_METRICS.get(report["task"], "sqnr")
+
+    def value(cand, name):
+        for mt in cand["metrics"]:
+            if mt["name"] == name:
+                v = (mt.get("candidate") or {}).get("estimate")
+                v = float(v) if v is not None else math.nan    # "inf" (identical outputs) parses
+                return v, mt["spec"].get("higher_is_better", True)
+        return math.nan, True
+
+    def rounded(v: float) -> float:
+        return float(f"{v:.4g}") if math.isfinite(v) else v
+
+    scores, keys = {}, {}
+    for alg, cand in zip(models, report["candidates"]):
+        key = []
+        for name in dict.fromkeys((metric, "sqnr")):
+            v, higher = value(cand, name)
+            scores.setdefault(alg, {})[name] = v
+            key.append(-math.inf if math.isnan(v) else rounded(v) if higher else -rounded(v))
+        keys[alg] = tuple(key)
+    best = max(AUTO_CANDIDATES, key=lambda a: (keys[a], -AUTO_CANDIDATES.index(a)))
+    info = {"rule": "auto", "metric": metric, "samples": len(sel_ds), "task": report["task"],
+            "scores": {a: {k: (v if math.isfinite(v) else str(v)) for k, v in sc.items()} for a, sc in scores.items()},
+            "chosen": best}
+    return best, models[best], info
 
 
 def _smoothing(m: Model, prepared: Model, calib_ds, alpha: float, seed: int, batch_size: int, threads, progress):
@@ -213,7 +299,8 @@ def _smoothing(m: Model, prepared: Model, calib_ds, alpha: float, seed: int, bat
     return facs, obs_model, twins, info
 
 
-def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size, threads, progress) -> dict:
+def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size, threads, progress,
+              auto: bool = False) -> dict:
     from .backends.onnxruntime import OrtEngine
     from .harness import compare
 
@@ -225,7 +312,7 @@ def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size,
                                                   progress="held-out check" if progress else False))
     out = {"samples": len(eval_ds), "data": eval_ds.describe(), "report": report.to_dict(),
            "line": report.summary_line()}
-    low = _low_fidelity(out["report"])
+    low = _low_fidelity(out["report"], auto=auto)
     if low:
         out["warning"] = low
     return out
@@ -235,7 +322,7 @@ def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size,
 FIDELITY_FLOORS = {"top1_agreement": 0.85, "ctc_agreement": 0.85, "cosine": 0.98}
 
 
-def _low_fidelity(report: Mapping[str, Any]) -> str | None:
+def _low_fidelity(report: Mapping[str, Any], auto: bool = False) -> str | None:
     """A one-line hint when INT8 follows FP32 poorly on the held-out split, else None. Judged
     on the first of ``FIDELITY_FLOORS``' metrics the report has."""
     if not report["candidates"]:
@@ -247,14 +334,27 @@ def _low_fidelity(report: Mapping[str, Any]) -> str | None:
     got, floor = (by_name[name].get("candidate") or {}).get("estimate"), FIDELITY_FLOORS[name]
     if got is None or got >= floor:
         return None
-    return (f"INT8 follows FP32 poorly on the held-out split ({name} {got:.3g} < {floor:g}): compare "
-            f"--algorithm max / percentile (entropy can clip rare large activations a model depends on) "
-            f"and see `calib evaluate` for the layers that lose most")
+    if auto:
+        return (f"INT8 follows FP32 poorly on the held-out split ({name} {got:.3g} < {floor:g}) with the best of "
+                f"the algorithms: see `calib evaluate --attribute` for the layers that lose most, and keep them "
+                f"out of INT8 with --plan")
+    return (f"INT8 follows FP32 poorly on the held-out split ({name} {got:.3g} < {floor:g}): try "
+            f"--algorithm auto, or compare max / percentile (entropy can clip rare large activations a "
+            f"model depends on), and see `calib evaluate` for the layers that lose most")
 
 
 def _summary_lines(s: Mapping[str, Any]) -> list[str]:
+    alg = s["algorithm"] if s.get("requested_algorithm", s["algorithm"]) == s["algorithm"] \
+        else f"{s['requested_algorithm']}: {s['algorithm']}"
     lines = [f"calibrated {s['tensors']} tensors on {s['calibration_samples']} samples "
-             f"({s['algorithm']}) in {s['timing_s']['collect'] + s['timing_s']['amax']:.1f} s"]
+             f"({alg}) in {s['timing_s']['collect'] + s['timing_s'].get('select', 0) + s['timing_s']['amax']:.1f} s"]
+    sel = (s.get("params") or {}).get("selection")
+    if sel:
+        def fmt(v):
+            return f"{v:.4g}" if isinstance(v, float) else str(v)
+        scores = ", ".join(f"{a} {fmt(v[sel['metric']])}" for a, v in sel["scores"].items())
+        lines.append(f"auto chose {sel['chosen']} by {sel['metric']} against FP32 on {sel['samples']} calibration "
+                     f"samples: {scores}")
     q = s.get("quantization")
     sm = s.get("smoothing")
     if sm and sm["tensors"]:

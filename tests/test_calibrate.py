@@ -315,5 +315,5 @@ def test_poor_held_out_fidelity_is_called_out_with_what_to_try(tmp_path, shared_
     agree = _metric(res.summary, "ctc_agreement")["candidate"]["estimate"]
     assert agree < 0.85
     warn = [ln for ln in res.summary["lines"] if ln.startswith("warning:")]
-    assert len(warn) == 1 and "ctc_agreement" in warn[0] and "--algorithm max" in warn[0]
+    assert len(warn) == 1 and "ctc_agreement" in warn[0] and "--algorithm auto" in warn[0]
     assert res.summary["held_out"]["warning"] in warn[0]

@@ -155,6 +155,19 @@ def test_algorithms_and_onnxruntime_target(tmp_path, capsys):
         assert any(amax[alg][t] < amax["max"][t] * 0.99 for t in amax[alg]), alg
     assert json.loads((outs["percentile"] / "summary.json").read_text())["params"] == {"percentile": 99.99}
 
+    # --algorithm auto: the same artifacts as the algorithm it chose, byte for byte; the choice is recorded
+    auto = tmp_path / "auto"
+    rc = main(_args(auto, "--algorithm", "auto", "--no-eval", "--limit", "24"))
+    cap = capsys.readouterr()
+    assert rc == 0, cap.err
+    s = json.loads((auto / "summary.json").read_text())
+    chosen = s["algorithm"]
+    assert s["requested_algorithm"] == "auto" and chosen in outs and s["params"]["selection"]["chosen"] == chosen
+    assert read_sidecar(auto / f"{STEM}.cache")["algorithm"]["params"]["selection"]["chosen"] == chosen
+    for f in (f"{STEM}.cache", f"{STEM}.int8.onnx"):
+        assert (auto / f).read_bytes() == (outs[chosen] / f).read_bytes(), f
+    assert any(ln.startswith(f"auto chose {chosen} by kl_divergence") for ln in cap.out.splitlines())
+
     # --target onnxruntime: another placement, still a runnable Q/DQ model, and the cache is the same
     ort = tmp_path / "ort"
     rc = main(_args(ort, "--target", "onnxruntime", "--limit", "24"))

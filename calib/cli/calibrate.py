@@ -19,7 +19,8 @@ def register(sub) -> None:
                     "FP32 on a held-out split of the data.")
     p.add_argument("--model", required=True, help="FP32 ONNX model")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="entropy",
-                   help="how activation ranges are chosen (default: entropy, as TensorRT's EntropyCalibration2)")
+                   help="how activation ranges are chosen (default: entropy, as TensorRT's EntropyCalibration2); "
+                        "auto scores every algorithm's INT8 model against FP32 on calibration samples and keeps the best")
     p.add_argument("--percentile", type=float, default=99.99,
                    help="with --algorithm percentile: the percentile of |x| kept (default 99.99)")
     p.add_argument("--samples", type=int, default=500,
