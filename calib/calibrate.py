@@ -68,6 +68,10 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     are drawn from the dataset's stable ``calib`` split and the summary is computed on its
     disjoint ``eval`` split, so the held-out numbers are honest.
 
+    *algorithm*: ``entropy`` (TensorRT's default), ``max``, ``percentile``, ``mse``, or ``auto``: every
+    one of those four from the same statistics, scored against FP32 on calibration samples, the
+    best kept (see :func:`_select_algorithm`; the result's ``summary["algorithm"]`` is the choice).
+
     *plan* (a :class:`calib.plan.PrecisionPlan`, a path to one, or a dict) keeps the layers it
     marks ``fp32`` / ``fp16`` out of INT8 in the Q/DQ model (and in the held-out comparison); the
     cache still covers every tensor, since TensorRT applies the plan itself at build time.
