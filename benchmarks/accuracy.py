@@ -1,4 +1,5 @@
-"""INT8 accuracy against the labels, ours against ONNX Runtime's quantize_static, with its noise.
+"""INT8 accuracy against the labels, ours against ONNX Runtime's quantize_static and NVIDIA Model
+Optimizer's ONNX PTQ, with its noise.
 
 The acceptance protocol (calibrate on 250 of the 500 ImageNet photos, score on the other 250)
 leaves about 250 labelled predictions per model, and INT8 models differ from each other on a
@@ -16,7 +17,13 @@ thing with as much of the data as there is, and says how large chance is:
 
 Every method calibrates on the same 240 photos per fold, as ``calibration.py`` does (ORT's
 Entropy/Percentile calibrators need equal batches). ONNX Runtime's Entropy and Percentile peak
-near 20 GB of RAM each. Takes about 6 minutes on this 2-core machine.
+near 20 GB of RAM each. "MO entropy" and "MO max" are Model Optimizer's
+``modelopt.onnx.quantization.quantize`` (int8, CPU execution provider, its own Q/DQ placement,
+FP32 elsewhere), run by ``modelopt_worker.py`` in its own virtual environment
+(``--modelopt-python``, default ``.venv-modelopt`` at the repo root; skipped, with a line saying
+how to make it, when missing) on the same preloaded batches, and scored here like the others.
+Takes about 6 minutes on this 2-core machine, plus about 1.5 for Model Optimizer's two methods;
+about 3 minutes in all with ``--skip-ort-heavy`` (1.2 without Model Optimizer either).
 
     python benchmarks/accuracy.py [--model efficientnet_lite0] [--skip-ort-heavy] [--json FILE]
 """
@@ -30,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration import MODELS, _open, _preload, ort_quantize
+from calibration import (MODELOPT_METHODS, MODELS, _open, _preload, modelopt_python, modelopt_quantize,
+                         ort_quantize)
 
 OURS = ("entropy", "max", "percentile", "mse")
 
@@ -56,7 +64,7 @@ def _outputs(model, batches, threads: int) -> np.ndarray:
     return np.stack(views)
 
 
-def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_methods) -> dict:
+def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_methods, mo_python=None) -> dict:
     """``{method: log-softmax [2, N, C]}`` plus ``labels`` and ``fp32`` for one fold."""
     from calib.algorithms import compute_amax
     from calib.collect import collect_statistics
@@ -76,6 +84,11 @@ def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_metho
             print(f"  ORT quantize_static {m} ...", file=sys.stderr, flush=True)
             path = ort_quantize(model, cal_b, m, Path(tmp) / f"{m}.onnx")
             res[f"ORT {m}"] = _outputs(path, ev_b, threads)
+        for m in MODELOPT_METHODS if mo_python is not None else ():
+            print(f"  Model Optimizer {m} ...", file=sys.stderr, flush=True)
+            path = Path(tmp) / f"modelopt_{m}.onnx"
+            modelopt_quantize(model, cal_b, m, path, mo_python, threads)
+            res[f"MO {m}"] = _outputs(path, ev_b, threads)
     return res
 
 
@@ -86,15 +99,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-ort-heavy", action="store_true", help="ORT MinMax only (Entropy/Percentile need ~20 GB)")
+    ap.add_argument("--modelopt-python", default=None, metavar="PATH",
+                    help="Python of Model Optimizer's virtual environment (default: .venv-modelopt at the repo root)")
+    ap.add_argument("--skip-modelopt", action="store_true")
     ap.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     ort_methods = ["MinMax"] if a.skip_ort_heavy else ["MinMax", "Entropy", "Percentile"]
+    mo_python = None if a.skip_modelopt else modelopt_python(a.modelopt_python)
 
     folds = []
     for swap in (False, True):
         print(f"fold {'2 (swapped)' if swap else 1} ...", file=sys.stderr, flush=True)
-        folds.append(fold(a.model, swap, a.samples, a.batch_size, a.threads, ort_methods))
+        folds.append(fold(a.model, swap, a.samples, a.batch_size, a.threads, ort_methods, mo_python))
     labels = np.concatenate([f["labels"] for f in folds])               # [N] over both folds
     out = {k: np.concatenate([f[k] for f in folds], axis=1) for k in folds[0] if k != "labels"}
     n_views, n = out["fp32"].shape[:2]

@@ -1,16 +1,28 @@
-"""Calibration benchmark: our GPU-free calibration against ONNX Runtime's quantize_static.
+"""Calibration benchmark: our GPU-free calibration against ONNX Runtime's quantize_static and
+NVIDIA Model Optimizer's ONNX PTQ.
 
 Prints, in one run on the same data and thread count:
   (a) calibration wall time over one bare FP32 pass over the same samples (max, entropy, ...);
   (b) peak RSS of a streaming calibration with 64, 256 and 500 samples (should be flat);
-  (c) ONNX Runtime's quantize_static (MinMax, Entropy, Percentile; QDQ, per-channel) side by
-      side with ours: time, peak RSS, INT8 top-1 on the held-out split;
+  (c) the peers side by side with ours: time, peak RSS, INT8 top-1, agreement and logit SQNR
+      against FP32 on the held-out split, for ONNX Runtime's quantize_static (MinMax, Entropy,
+      Percentile; QDQ, per-channel) and Model Optimizer's ``modelopt.onnx.quantization.quantize``
+      (int8, entropy and max, CPU execution provider, its own Q/DQ placement; see
+      ``modelopt_worker.py``);
   (d) INT8 over FP32 latency at batch 1 and 16 for both Q/DQ placements (see latency.py).
 
 Every configuration runs in its own subprocess, which reports its own peak RSS (VmHWM), once
 the machine's CPUs are idle (``_quiet.wait_quiet``, up to 2 minutes).
 Samples for (a) and (c) are decoded once into memory by each worker before its clock starts,
-so the times compare calibration work, not JPEG decoding.
+so the times compare calibration work, not JPEG decoding. Model Optimizer needs torch and runs
+in its own virtual environment (``--modelopt-python``, default ``.venv-modelopt`` at the repo
+root; its rows are skipped, with a line saying how to make it, when it is missing): our worker
+hands it the same preloaded calibration batches as an ``.npz``, it times its ``quantize`` call
+and reports the peak RSS of its own process (calibration only: unlike the other rows' workers
+it never holds the held-out split; importing torch and Model Optimizer adds about 0.35 GB to
+it), and our worker scores the model it wrote exactly as it scores quantize_static's. Its two
+rows add about a minute to a run (its entropy calibration alone takes about 30 s here);
+``--quick --skip-ort --latency-repeats 0`` took 4 minutes on this 2-core machine.
 
     python benchmarks/calibration.py                 # EfficientNet-Lite0, calib/eval split of 500 images
     python benchmarks/calibration.py --quick         # fewer configurations, for a smoke run
@@ -27,6 +39,7 @@ from pathlib import Path
 
 from _common import ROOT, SHARED, peak_rss_mib
 from _quiet import wait_quiet
+
 MODELS = {
     "efficientnet_lite0": ("efficientnet_lite0.onnx", "efficientnet-lite"),
     "squeezenet1_1": ("squeezenet1_1_fp32.onnx", "caffe"),
@@ -102,6 +115,50 @@ def ort_quantize(model, cal_batches, method: str, out: Path) -> Path:
     return out
 
 
+# Model Optimizer's environment: torch (CPU build) + nvidia-modelopt + the [onnx] extra less its GPU
+# packages (onnxruntime-gpu -> onnxruntime of the same version, no cupy); see modelopt_worker.py
+MODELOPT_PYTHON = ROOT / ".venv-modelopt" / "bin" / "python"
+MODELOPT_SETUP = ("python3 -m venv .venv-modelopt && .venv-modelopt/bin/pip install 'torch==2.13.0+cpu' "
+                  "nvidia-modelopt==0.47.0 'onnx~=1.21.0' 'onnxruntime~=1.24.2' 'onnx-graphsurgeon>=0.6.1' "
+                  "'onnxslim>=0.1.76' 'onnxconverter-common~=1.16.0' 'polygraphy>=0.53.4' ml_dtypes lief "
+                  "cppimport onnxscript")
+MODELOPT_METHODS = ("entropy", "max")
+
+
+def modelopt_python(path: str | None) -> Path | None:
+    """The Python of Model Optimizer's environment, or None (after one line saying how to make it)."""
+    # absolute (the worker runs elsewhere) but not resolve()d: a venv's python is a symlink to the
+    # base interpreter, and following it would lose the environment
+    p = Path(os.path.abspath(os.path.expanduser(path))) if path else MODELOPT_PYTHON
+    if p.exists():
+        return p
+    print(f"Model Optimizer rows skipped: no {p}; make it at the repo root with: {MODELOPT_SETUP}",
+          file=sys.stderr, flush=True)
+    return None
+
+
+def modelopt_quantize(model, cal_batches, method: str, out: Path, python, threads: int) -> dict:
+    """Model Optimizer's ONNX INT8 PTQ (``modelopt_worker.py``, run by *python*) on the preloaded
+    ``(feed, labels)`` batches, calibration *method* ``entropy`` or ``max``; writes *out* and returns
+    the worker's report (``seconds`` of its quantize call, ``peak_rss_mib`` of its process, ...)."""
+    import numpy as np
+
+    names = list(cal_batches[0][0])
+    npz = out.with_suffix(".calib.npz")
+    np.savez(npz, **{k: np.concatenate([f[k] for f, _ in cal_batches]) for k in names})
+    try:
+        proc = subprocess.run([str(python), "-I", str(Path(__file__).resolve().parent / "modelopt_worker.py"),
+                               str(model.path), str(npz), str(out), "--method", method,
+                               "--threads", str(threads), "--batch-size", str(len(cal_batches[0][1]))],
+                              capture_output=True, cwd=out.parent)
+    finally:
+        npz.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+        raise RuntimeError(f"modelopt_worker.py exited {proc.returncode}: {last}")
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
 def worker(job: dict) -> dict:
     from calib.backends.onnxruntime import OrtEngine
 
@@ -156,6 +213,17 @@ def worker(job: dict) -> dict:
             res["seconds"] = time.perf_counter() - t0
             res.update(_scores(out, model, _preload(ev, bs), threads))
         return res
+    if kind == "modelopt":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rep = modelopt_quantize(model, cal_batches, job["method"], Path(tmp) / "modelopt_int8.onnx",
+                                    job["python"], threads)
+            # its time and peak RSS are those of Model Optimizer's process; the scoring is ours
+            res.update(seconds=rep["seconds"], peak_rss_mib=rep["peak_rss_mib"], modelopt=rep["modelopt"],
+                       quantized_ops=rep["quantized_ops"])
+            res.update(_scores(Path(tmp) / "modelopt_int8.onnx", model, _preload(ev, bs), threads))
+        return res
     raise ValueError(kind)
 
 
@@ -171,6 +239,10 @@ def main() -> None:
                          "Entropy/Percentile calibrators stack every batch's outputs and fail on a short last batch")
     ap.add_argument("--quick", action="store_true", help="skip ORT Entropy (the slowest, largest peer) and (b)")
     ap.add_argument("--skip-ort", action="store_true")
+    ap.add_argument("--modelopt-python", default=None, metavar="PATH",
+                    help=f"Python of Model Optimizer's virtual environment (default: "
+                         f"{MODELOPT_PYTHON.relative_to(ROOT)} at the repo root; its rows are skipped when missing)")
+    ap.add_argument("--skip-modelopt", action="store_true")
     ap.add_argument("--swap", action="store_true",
                     help="calibrate on the eval split and score the calib split (the second fold)")
     ap.add_argument("--json", default=None, help="also write all results to this JSON file")
@@ -179,7 +251,7 @@ def main() -> None:
     a = ap.parse_args()
     if a.worker:
         res = worker(json.loads(a.worker))
-        res["peak_rss_mib"] = peak_rss_mib()
+        res.setdefault("peak_rss_mib", peak_rss_mib())
         print(json.dumps(res))
         return
 
@@ -191,6 +263,10 @@ def main() -> None:
     if not a.skip_ort:
         for m in (["MinMax", "Percentile"] if a.quick else ["MinMax", "Entropy", "Percentile"]):
             jobs.append(dict(fixed, name=f"ORT quantize_static {m}", kind="ort", method=m))
+    mo_python = None if a.skip_modelopt else modelopt_python(a.modelopt_python)
+    if mo_python is not None:
+        for m in MODELOPT_METHODS:
+            jobs.append(dict(fixed, name=f"Model Optimizer {m}", kind="modelopt", method=m, python=str(mo_python)))
     results = []
     for job in jobs:
         print(f"running {job['name']} ...", file=sys.stderr, flush=True)
@@ -212,7 +288,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in results:
         if "error" in r:
-            print(f"| {r['job']} | failed: {r['error']} | | | | |")
+            print(f"| {r['job']} | failed: {r['error']} | | | | | |")
             continue
         ratio = r["seconds"] / fp32["seconds"] if fp32.get("seconds") else float("nan")
         t1 = f"{r['top1'] * 100:.1f}" if "top1" in r else ""
