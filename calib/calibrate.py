@@ -136,17 +136,19 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
 
     # 1b. --algorithm auto: every algorithm's Q/DQ model against FP32 on calibration samples
     t0 = time.perf_counter()
-    requested, selection, qdq = algorithm, None, None
+    requested, selection, qdq, ranges = algorithm, None, None, None
     if algorithm == "auto":
-        algorithm, qdq, selection = _select_algorithm(m, prepared, observers, smoothed_obs, factors, calib_ds,
-                                                      percentile=percentile, target=target, plan=plan, seed=seed,
-                                                      batch_size=batch_size, threads=threads, progress=progress)
+        algorithm, qdq, ranges, selection = _select_algorithm(m, prepared, observers, smoothed_obs, factors, calib_ds,
+                                                              percentile=percentile, target=target, plan=plan,
+                                                              seed=seed, batch_size=batch_size, threads=threads,
+                                                              progress=progress)
     t_select = time.perf_counter() - t0
 
     # 2. amax per tensor
     t0 = time.perf_counter()
     params = {"percentile": percentile} if algorithm == "percentile" else {}
-    amax, amax_q = _amax(observers, smoothed_obs, algorithm, params)
+    # (auto computed the chosen algorithm's ranges already)
+    amax, amax_q = ranges if ranges is not None else _amax(observers, smoothed_obs, algorithm, params)
     t_amax = time.perf_counter() - t0
     if selection is not None:
         params = dict(params, selection=selection)
@@ -214,7 +216,8 @@ def _amax(observers, smoothed_obs, algorithm: str, params: Mapping[str, Any]):
 
 def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factors, calib_ds, *, percentile: float,
                       target: str, plan, seed: int, batch_size: int, threads, progress):
-    """``--algorithm auto``: (chosen algorithm, its Q/DQ model, a record of the choice).
+    """``--algorithm auto``: (chosen algorithm, its Q/DQ model, its ``(amax, amax_q)`` as :func:`_amax`
+    gives them, a record of the choice).
 
     Every algorithm of ``AUTO_CANDIDATES`` gives ranges from the same statistics (no second
     pass over the data); each one's Q/DQ model runs against FP32 on up to ``AUTO_SAMPLES`` of
@@ -233,11 +236,11 @@ def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factor
     from .harness import compare
     from .qdq import quantize_model
 
-    models = {}
+    models, ranges = {}, {}
     for alg in AUTO_CANDIDATES:
         params = {"percentile": percentile} if alg == "percentile" else {}
-        _, amax_q = _amax(observers, smoothed_obs, alg, params)
-        models[alg] = quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors)
+        ranges[alg] = _amax(observers, smoothed_obs, alg, params)
+        models[alg] = quantize_model(prepared, ranges[alg][1], target=target, plan=plan, smooth=factors)
     sel_ds = calib_ds.subset(limit=AUTO_SAMPLES, seed=seed) if len(calib_ds) > AUTO_SAMPLES else calib_ds
     ref = OrtEngine(m, name="fp32", threads=threads)
     engines = [OrtEngine(q, name=alg, threads=threads, precision="int8") for alg, q in models.items()]
@@ -269,7 +272,7 @@ def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factor
     info = {"rule": "auto", "metric": metric, "samples": len(sel_ds), "task": report["task"],
             "scores": {a: {k: (v if math.isfinite(v) else str(v)) for k, v in sc.items()} for a, sc in scores.items()},
             "chosen": best}
-    return best, models[best], info
+    return best, models[best], ranges[best], info
 
 
 def _smoothing(m: Model, prepared: Model, calib_ds, alpha: float, seed: int, batch_size: int, threads, progress):
