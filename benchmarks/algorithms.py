@@ -65,8 +65,8 @@ def main(argv=None) -> int:
 
     print("\nHeld-out INT8 vs FP32 per algorithm (TensorRT Q/DQ placement, channel smoothing on); "
           "**bold**: the algorithm auto chose from calibration samples alone; in brackets: the second metric\n")
-    print("| model | calibration / held-out samples | held-out metric | " + " | ".join(ALGS) + " | auto chose | auto's in-sample scores |")
-    print("|---|---|---|" + "---:|" * len(ALGS) + "---|---|")
+    print("| model | calibration / held-out samples | held-out metric | " + " | ".join(ALGS) + " | auto chose | auto's in-sample scores | auto's selection time (s) |")
+    print("|---|---|---|" + "---:|" * len(ALGS) + "---|---|---:|")
     for key, auto, sel, held in rows:
         metric = sel["metric"]
         second = SECOND.get(metric)
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
         ins = ", ".join(f"{alg} {sel['scores'][alg][metric]:.3g}" for alg in ALGS)
         n_ho = auto.summary["held_out"]["samples"]
         print(f"| {key} | {auto.summary['calibration_samples']} / {n_ho} | {metric} ({second}) | "
-              + " | ".join(cells) + f" | {sel['chosen']} | {ins} |")
+              + " | ".join(cells) + f" | {sel['chosen']} | {ins} | {auto.summary['timing_s']['select']:.1f} |")
     return 0
 
 
