@@ -125,23 +125,43 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
             m, prepared, calib_ds, float(smooth), seed, batch_size, threads, progress)
     t_smooth = time.perf_counter() - t0
 
-    # 1. statistics over every float activation tensor (TensorRT's cache covers all of them)
+    # 1. statistics over every float activation tensor (TensorRT's cache covers all of them).
+    # --algorithm auto observes its selection samples apart from the others (merged afterwards,
+    # exactly: the statistics do not depend on how the data were split), so that each
+    # candidate is scored on samples its ranges were not fitted to.
     t0 = time.perf_counter()
-    observers = collect_statistics(obs_model, calib_ds.batches(batch_size=batch_size,
-                                                               progress="calibrating" if progress else False),
-                                   threads=threads, progress=False, histogram=algorithm != "max")
-    smoothed_obs = {x: observers.pop(name) for x, name in observed_names.items() if name in observers}
+    n_sel = min(AUTO_SAMPLES, len(calib_ds) // 2) if algorithm == "auto" else 0
+    parts = [(calib_ds.rest(n_sel, seed), "calibrating"), (calib_ds.subset(n_sel, seed), "calibrating (selection)")] \
+        if n_sel >= 1 else [(calib_ds, "calibrating")]
+    part_obs = []
+    for part, label in parts:
+        obs = collect_statistics(obs_model, part.batches(batch_size=batch_size, progress=label if progress else False),
+                                 threads=threads, progress=False, histogram=algorithm != "max")
+        smoothed = {x: obs.pop(name) for x, name in observed_names.items() if name in obs}
+        part_obs.append((obs, smoothed))
+    observers, smoothed_obs = ({k: o.copy() for k, o in d.items()} for d in part_obs[0]) if len(parts) > 1 \
+        else part_obs[0]
+    for obs, smoothed in part_obs[1:]:
+        for mine, theirs in ((observers, obs), (smoothed_obs, smoothed)):
+            for k, o in theirs.items():
+                mine[k].merge(o)
     factors = {x: f for x, f in factors.items() if x in smoothed_obs}
     t_collect = time.perf_counter() - t0
 
-    # 1b. --algorithm auto: every algorithm's Q/DQ model against FP32 on calibration samples
+    # 1b. --algorithm auto: every algorithm's Q/DQ model against FP32 on the selection samples,
+    # with ranges from the other calibration samples (or, with a single sample, in-sample)
     t0 = time.perf_counter()
     requested, selection, qdq, ranges = algorithm, None, None, None
     if algorithm == "auto":
-        algorithm, qdq, ranges, selection = _select_algorithm(m, prepared, observers, smoothed_obs, factors, calib_ds,
+        fit_obs, fit_smoothed = part_obs[0]
+        sel_ds = parts[1][0] if len(parts) > 1 else calib_ds
+        algorithm, qdq, ranges, selection = _select_algorithm(m, prepared, fit_obs, fit_smoothed, factors, sel_ds,
                                                               percentile=percentile, target=target, plan=plan,
                                                               seed=seed, batch_size=batch_size, threads=threads,
                                                               progress=progress)
+        selection["fitted_on"] = len(parts[0][0]) if len(parts) > 1 else len(calib_ds)
+        if len(parts) > 1:   # the artifacts take their ranges from all the calibration samples
+            qdq, ranges = None, None
     t_select = time.perf_counter() - t0
 
     # 2. amax per tensor
@@ -214,21 +234,21 @@ def _amax(observers, smoothed_obs, algorithm: str, params: Mapping[str, Any]):
     return amax, amax_q
 
 
-def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factors, calib_ds, *, percentile: float,
+def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factors, sel_ds, *, percentile: float,
                       target: str, plan, seed: int, batch_size: int, threads, progress):
     """``--algorithm auto``: (chosen algorithm, its Q/DQ model, its ``(amax, amax_q)`` as :func:`_amax`
     gives them, a record of the choice).
 
-    Every algorithm of ``AUTO_CANDIDATES`` gives ranges from the same statistics (no second
-    pass over the data); each one's Q/DQ model runs against FP32 on up to ``AUTO_SAMPLES`` of
-    the calibration samples (the seeded hash rule, so independent of order and batch size),
-    and the best by the task's fidelity metric wins: KL(FP32 || INT8) of the class
+    Every algorithm of ``AUTO_CANDIDATES`` gives ranges from the same statistics (*observers*,
+    no extra pass over the data); each one's Q/DQ model runs against FP32 on the samples of
+    *sel_ds*, and the best by the task's fidelity metric wins: KL(FP32 || INT8) of the class
     probabilities for classifiers, greedy-decode agreement for CTC models (SQNR breaks its
     ties), output SQNR otherwise. Scores are rounded to 4 significant digits before comparing,
     and ties go to the earlier candidate (entropy first), so the choice, hence the cache, is
-    byte-stable. The samples are calibration samples: ranges are a few numbers per tensor
-    fitted to many samples, so the in-sample bias is small, and the held-out summary checks
-    the choice on data none of them saw.
+    byte-stable. :func:`calibrate` passes statistics of calibration samples outside *sel_ds*
+    (up to ``AUTO_SAMPLES`` of them, chosen by the seeded hash rule, so independent of order
+    and batch size, make *sel_ds*): scored on the samples it was fitted to, max, which fits
+    them exactly, had an edge.
     """
     import math
 
@@ -241,7 +261,6 @@ def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factor
         params = {"percentile": percentile} if alg == "percentile" else {}
         ranges[alg] = _amax(observers, smoothed_obs, alg, params)
         models[alg] = quantize_model(prepared, ranges[alg][1], target=target, plan=plan, smooth=factors)
-    sel_ds = calib_ds.subset(limit=AUTO_SAMPLES, seed=seed) if len(calib_ds) > AUTO_SAMPLES else calib_ds
     ref = OrtEngine(m, name="fp32", threads=threads)
     engines = [OrtEngine(q, name=alg, threads=threads, precision="int8") for alg, q in models.items()]
     report = compare(ref, engines, sel_ds.batches(batch_size=batch_size,
@@ -360,8 +379,10 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
         def fmt(v):
             return f"{v:.4g}" if isinstance(v, float) else str(v)
         scores = ", ".join(f"{a} {fmt(v[sel['metric']])}" for a, v in sel["scores"].items())
-        lines.append(f"auto chose {sel['chosen']} by {sel['metric']} against FP32 on {sel['samples']} calibration "
-                     f"samples: {scores}")
+        fit = sel.get("fitted_on")
+        where = f"{sel['samples']} calibration samples" + \
+            (f" (ranges from the other {fit})" if fit and fit != s.get("calibration_samples") else "")
+        lines.append(f"auto chose {sel['chosen']} by {sel['metric']} against FP32 on {where}: {scores}")
     q = s.get("quantization")
     sm = s.get("smoothing")
     if sm and sm["tensors"]:

@@ -4,7 +4,7 @@ direction classifier (``ppocr_mobile_v2_cls``) on the shared OCR line images.
 Entropy clips many of its activations to a third of their max or less (text lines on a plain
 background), and the INT8 model follows FP32 on only ~70% of the held-out lines; max and
 percentile follow it on ~90%. ``auto`` scores every algorithm's Q/DQ model against FP32 on
-calibration samples; these tests check that its choice is the best by its own scores, that the
+calibration samples (half of them here, with ranges fitted to the other half); these tests check that its choice is the best by its own scores, that the
 choice holds on held-out lines it never saw, that its artifacts are exactly those of the chosen
 algorithm, and that the choice does not depend on the batch size.
 """
@@ -52,7 +52,10 @@ def test_auto_picks_the_best_scored_algorithm_and_it_is_not_entropy(runs):
     s = runs["auto"].summary
     sel = s["params"]["selection"]
     assert s["requested_algorithm"] == "auto" and sel["task"] == "classification"
-    assert sel["metric"] == "kl_divergence" and sel["samples"] == SAMPLES
+    assert sel["metric"] == "kl_divergence"
+    # scored on half the calibration samples, with ranges fitted to the other half
+    assert (sel["samples"], sel["fitted_on"]) == (SAMPLES // 2, SAMPLES - SAMPLES // 2)
+    assert s["calibration_samples"] == SAMPLES
     kl = {a: sel["scores"][a]["kl_divergence"] for a in AUTO_CANDIDATES}
     assert set(kl) == set(AUTO_CANDIDATES) and all(v >= 0 for v in kl.values())
     assert sel["chosen"] == s["algorithm"] == min(kl, key=kl.get)

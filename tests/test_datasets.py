@@ -560,6 +560,28 @@ def test_derived_streaming_selection_is_unchanged():
     assert ds.subset(9).split("calib").ids == [str(i) for i in range(9) if split_of(str(i)) == "calib"]
 
 
+def test_rest_is_the_complement_of_subset(imagenet_dir):
+    base = open_dataset(imagenet_dir, rgb_model(), RAW_EXACT).split("calib")
+    for n, seed in ((64, 0), (64, 7), (1, 3)):
+        sel, rest = base.subset(n, seed), base.rest(n, seed)
+        assert len(sel) == n and len(rest) == len(base) - n
+        assert set(sel.ids).isdisjoint(rest.ids) and sorted(sel.ids + rest.ids) == base.ids
+        assert rest.ids == sorted(rest.ids)
+        assert rest.describe()["selection"][-1] == ["rest", n, seed]
+    assert base.rest(64, 0).ids != base.rest(64, 7).ids                 # the seed picks what is left out
+    assert base.rest(0, 0).ids == base.ids and len(base.rest(10 ** 6, 0)) == 0
+    with pytest.raises(DataError, match="limit"):
+        base.rest(-1)
+    # streaming: subset keeps the first N read, rest the ones after them, in reading order
+    feeds = [{"input": np.full((3, 3, 8, 8), k, np.float32)} for k in range(7)]     # ids "0".."20"
+    ds = open_dataset(feeds, rgb_model()).split("eval")
+    ev = [i for i in map(str, range(21)) if split_of(i) == "eval"]
+    assert ds.subset(4).ids == ev[:4] and ds.rest(4).ids == ev[4:]
+    assert [i for b in ds.rest(4).batches(2) for i in b.ids] == ev[4:]
+    assert [float(b.feed["input"][j, 0, 0, 0]) for b in ds.rest(4).batches(3) for j in range(len(b.ids))] == \
+        [float(int(i) // 3) for i in ev[4:]]
+
+
 # ---------------------------------------------------------------------------
 # HDF5, NumPy, iterables, loader scripts
 # ---------------------------------------------------------------------------

@@ -184,11 +184,10 @@ class Dataset:
         if op[0] == "split":
             _, part, frac = op
             idx = [i for i in idx if split_of(ids[i], frac) == part]
-        elif op[0] == "limit":
+        elif op[0] in ("limit", "rest"):
             _, n, seed = op
-            if n is not None and n < len(idx):
-                keep = set(sorted(idx, key=lambda i: _sample_key(seed, ids[i]))[:n])
-                idx = [i for i in idx if i in keep]
+            keep = set(sorted(idx, key=lambda i: _sample_key(seed, ids[i]))[:n]) if n < len(idx) else set(idx)
+            idx = [i for i in idx if (i in keep) == (op[0] == "limit")]
         return idx
 
     def _derive(self, op: tuple, **changes) -> "Dataset":
@@ -217,6 +216,15 @@ class Dataset:
             raise DataError(f"limit must be >= 1, got {limit}")
         seed = self.seed if seed is None else seed
         return self._derive(("limit", int(limit), int(seed)), limit=int(limit), seed=seed)
+
+    def rest(self, limit: int, seed: int | None = None) -> "Dataset":
+        """The samples of this dataset that ``subset(limit, seed)`` leaves out: the two are
+        disjoint and together make up this dataset (for a streaming source, ``subset`` keeps the
+        first *limit* samples read and ``rest`` the ones after them)."""
+        if int(limit) < 0:
+            raise DataError(f"limit must be >= 0, got {limit}")
+        seed = self.seed if seed is None else seed
+        return self._derive(("rest", int(limit), int(seed)), seed=seed)
 
     # -- facts ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -258,6 +266,10 @@ class Dataset:
                 if counts[k] >= op[1]:
                     return None
                 counts[k] += 1
+            elif op[0] == "rest":
+                if counts[k] < op[1]:
+                    counts[k] += 1
+                    return False
         return True
 
     def _admitted(self, items: Iterable, id_of) -> Iterator:
