@@ -132,8 +132,9 @@ def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_metho
                 # its ranges where it has them (the Pad outputs it quantizes are the same values as
                 # the Clip outputs our placement quantizes after folding the Pads), ours elsewhere
                 theirs = activation_ranges(path)
+                producers = model.producers()
                 for t in list(theirs):
-                    p = model.producers().get(t)
+                    p = producers.get(t)
                     if p is not None and p.op_type == "Pad":
                         theirs.setdefault(p.input[0], theirs[t])
                 score("calib Q/DQ, MO entropy's ranges",

@@ -69,8 +69,9 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     disjoint ``eval`` split, so the held-out numbers are honest.
 
     *algorithm*: ``entropy`` (TensorRT's default), ``max``, ``percentile``, ``mse``, or ``auto``: every
-    one of those four from the same statistics, scored against FP32 on calibration samples, the
-    best kept (see :func:`_select_algorithm`; the result's ``summary["algorithm"]`` is the choice).
+    one of those four from the same statistics, scored against FP32 on calibration samples set
+    aside from the ones its ranges are fitted to, the best kept (see :func:`_select_algorithm`;
+    the result's ``summary["algorithm"]`` is the choice).
 
     *plan* (a :class:`calib.plan.PrecisionPlan`, a path to one, or a dict) keeps the layers it
     marks ``fp32`` / ``fp16`` out of INT8 in the Q/DQ model (and in the held-out comparison); the
@@ -131,20 +132,19 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     # candidate is scored on samples its ranges were not fitted to.
     t0 = time.perf_counter()
     n_sel = min(AUTO_SAMPLES, len(calib_ds) // 2) if algorithm == "auto" else 0
-    parts = [(calib_ds.rest(n_sel, seed), "calibrating"), (calib_ds.subset(n_sel, seed), "calibrating (selection)")] \
-        if n_sel >= 1 else [(calib_ds, "calibrating")]
-    part_obs = []
+    if n_sel >= 1:
+        fit_ds, sel_ds = calib_ds.rest(n_sel, seed), calib_ds.subset(n_sel, seed)
+        parts = [(fit_ds, "calibrating"), (sel_ds, "calibrating (selection)")]
+    else:
+        fit_ds = sel_ds = calib_ds
+        parts = [(calib_ds, "calibrating")]
+    part_obs = []   # per part: (observers, observers of the smoothed twins)
     for part, label in parts:
         obs = collect_statistics(obs_model, part.batches(batch_size=batch_size, progress=label if progress else False),
                                  threads=threads, progress=False, histogram=algorithm != "max")
         smoothed = {x: obs.pop(name) for x, name in observed_names.items() if name in obs}
         part_obs.append((obs, smoothed))
-    observers, smoothed_obs = ({k: o.copy() for k, o in d.items()} for d in part_obs[0]) if len(parts) > 1 \
-        else part_obs[0]
-    for obs, smoothed in part_obs[1:]:
-        for mine, theirs in ((observers, obs), (smoothed_obs, smoothed)):
-            for k, o in theirs.items():
-                mine[k].merge(o)
+    observers, smoothed_obs = _merged(part_obs)
     factors = {x: f for x, f in factors.items() if x in smoothed_obs}
     t_collect = time.perf_counter() - t0
 
@@ -154,13 +154,12 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     requested, selection, qdq, ranges = algorithm, None, None, None
     if algorithm == "auto":
         fit_obs, fit_smoothed = part_obs[0]
-        sel_ds = parts[1][0] if len(parts) > 1 else calib_ds
         algorithm, qdq, ranges, selection = _select_algorithm(m, prepared, fit_obs, fit_smoothed, factors, sel_ds,
                                                               percentile=percentile, target=target, plan=plan,
                                                               seed=seed, batch_size=batch_size, threads=threads,
                                                               progress=progress)
-        selection["fitted_on"] = len(parts[0][0]) if len(parts) > 1 else len(calib_ds)
-        if len(parts) > 1:   # the artifacts take their ranges from all the calibration samples
+        selection["fitted_on"] = len(fit_ds)
+        if fit_ds is not calib_ds:   # the artifacts take their ranges from all the calibration samples
             qdq, ranges = None, None
     t_select = time.perf_counter() - t0
 
@@ -222,6 +221,19 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
                    overwrite=force)
     return CalibrationResult(amax=amax, scales=scales, paths=paths if write else {}, summary=summary,
                              qdq_model=qdq, observers=observers, smoothing=factors)
+
+
+def _merged(parts):
+    """The ``(observers, smoothed twins' observers)`` of every part in *parts*, merged exactly into
+    new observers (the parts' own are left as they are); a single part is returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    out = tuple({k: o.copy() for k, o in d.items()} for d in parts[0])
+    for dicts in parts[1:]:
+        for mine, theirs in zip(out, dicts):
+            for k, o in theirs.items():
+                mine[k].merge(o)
+    return out
 
 
 def _amax(observers, smoothed_obs, algorithm: str, params: Mapping[str, Any]):
