@@ -1,7 +1,7 @@
 """Which algorithm suits which model, and does ``--algorithm auto`` find it?
 
 For each shared model: calibrate with every algorithm (same calibration samples, channel
-smoothing on, TensorRT Q/DQ placement), score each INT8 model against FP32 on held-out samples,
+smoothing and bias correction on unless ``--no-bias-correction``, TensorRT Q/DQ placement), score each INT8 model against FP32 on held-out samples,
 and run ``--algorithm auto``, which chooses from calibration samples only (it scores the
 candidates on up to 64 of them, with ranges fitted to the others). The held-out metric is
 the one ``auto`` optimises (KL(FP32 || INT8) for classifiers, greedy CTC decode agreement for the
@@ -43,6 +43,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ", ".join(MODELS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                    help="Q/DQ models without bias correction (calibrate's --no-bias-correction)")
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     from calib.calibrate import calibrate
@@ -58,14 +60,15 @@ def main(argv=None) -> int:
         ds = open_dataset(SHARED / "data" / data, model, Preprocess.preset(preset, **over), **kw)
         print(f"{key} ...", file=sys.stderr, flush=True)
         common = dict(dataset=ds, samples=ncal, eval_samples=nev, batch_size=bs, threads=a.threads,
-                      progress=False, write=False)
+                      progress=False, write=False, bias_correction=a.bias_correction)
         auto = calibrate(model, None, algorithm="auto", **common)
         sel = auto.summary["params"]["selection"]
         runs = {alg: calibrate(model, None, algorithm=alg, **common).summary for alg in ALGS}
         held = {alg: _metrics(runs[alg]) for alg in ALGS}
         rows.append((key, auto, sel, held, runs[sel["chosen"]]["timing_s"]["total"]))
 
-    print("\nHeld-out INT8 vs FP32 per algorithm (TensorRT Q/DQ placement, channel smoothing on); "
+    print("\nHeld-out INT8 vs FP32 per algorithm (TensorRT Q/DQ placement, channel smoothing on, bias correction "
+          f"{'on' if a.bias_correction else 'off'}); "
           "**bold**: the algorithm auto chose from calibration samples alone; in brackets: the second metric\n")
     print("| model | calibration / held-out samples | held-out metric | " + " | ".join(ALGS) + " | auto chose | auto's selection scores | auto's run / its choice's run (s) |")
     print("|---|---|---|" + "---:|" * len(ALGS) + "---|---|---:|")

@@ -22,6 +22,7 @@ from .utils import atomic_write_all, check_writable
 
 ALGORITHMS = ("entropy", "max", "percentile", "mse", "auto")
 SMOOTH_PROBE_SAMPLES = 64     # samples whose per-channel ranges decide the smoothing factors
+BIAS_PROBE_SAMPLES = 64       # samples whose mean INT8 error per channel corrects the biases
 # --algorithm auto: the candidates, in the order that wins ties (TensorRT's default first), the
 # calibration samples they are scored on, and the metric per task (else SQNR of the outputs)
 AUTO_CANDIDATES = ("entropy", "percentile", "mse", "max")
@@ -60,7 +61,8 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
               target: str = "tensorrt", trt_version: int | None = None, evaluate: bool = True,
               eval_samples: int | None = 500, threads: int | None = None, progress: bool = True,
               classes=None, labels=None, strict: bool = False, write: bool = True,
-              dataset=None, plan=None, smooth: float | None = DEFAULT_ALPHA) -> CalibrationResult:
+              dataset=None, plan=None, smooth: float | None = DEFAULT_ALPHA,
+              bias_correction: bool = True) -> CalibrationResult:
     """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
 
     *data* is anything :func:`calib.datasets.open_dataset` accepts (a folder, HDF5/NumPy file, an
@@ -83,13 +85,18 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     tensor's per-channel range, and the statistics pass then observes both the original tensors
     (for the cache, which describes the unmodified model TensorRT parses) and their smoothed
     values (for the Q/DQ model, whose constants carry the factors).
+
+    *bias_correction* (default on): INT8's mean error on each output channel of every INT8 Conv,
+    ConvTranspose and Gemm, measured layer by layer on up to ``BIAS_PROBE_SAMPLES`` calibration
+    samples (see :mod:`calib.qdq`), is subtracted from its bias in the Q/DQ model. The cache is
+    the same either way: TensorRT's implicit calibration takes scales only.
     """
     from .cache import (CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, sidecar_bytes,
                         trt_algorithm_name)
     from .collect import collect_statistics
     from .datasets import open_dataset
     from .plan import load_plan
-    from .qdq import check_input, prepare, quantize_model
+    from .qdq import check_input, prepare
 
     t_start = time.perf_counter()
     if algorithm not in ALGORITHMS:
@@ -154,10 +161,11 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     requested, selection, qdq, ranges = algorithm, None, None, None
     if algorithm == "auto":
         fit_obs, fit_smoothed = part_obs[0]
+        probe_ds = _bias_probe_samples(fit_ds, seed) if bias_correction else None
         algorithm, qdq, ranges, selection = _select_algorithm(m, prepared, fit_obs, fit_smoothed, factors, sel_ds,
                                                               percentile=percentile, target=target, plan=plan,
                                                               seed=seed, batch_size=batch_size, threads=threads,
-                                                              progress=progress)
+                                                              progress=progress, probe_ds=probe_ds)
         selection["fitted_on"] = len(fit_ds)
         if fit_ds is not calib_ds:   # the artifacts take their ranges from all the calibration samples
             qdq, ranges = None, None
@@ -185,8 +193,12 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     cache_bytes = format_cache(cache)
     sidecar = make_sidecar(model=m, cache=cache, data=calib_ds.describe(),
                            algorithm=algorithm, params=params, samples=len(calib_ds), seed=seed)
+    t0 = time.perf_counter()
     if qdq is None:
-        qdq = quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors)
+        qdq = build_qdq(prepared, amax_q, target=target, plan=plan, factors=factors,
+                        probe_ds=_bias_probe_samples(calib_ds, seed) if bias_correction else None,
+                        threads=threads, progress=progress)
+    t_bias = time.perf_counter() - t0
     qreport = qdq.quant_report
     qdq_bytes = qdq.serialize()
 
@@ -197,13 +209,14 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
         "algorithm": algorithm, "requested_algorithm": requested, "params": params, "target": target,
         "plan": plan.to_dict() if plan is not None else None,
         "smoothing": smooth_info,
+        "bias_correction": getattr(qdq, "bias_correction", None),
         "quantization": {"summary": qreport.summary(), "int8_nodes": len(qreport.int8_nodes),
                          "fp16_nodes": qreport.fp16_nodes, "fp32_nodes": qreport.fp32_nodes,
                          "left_float": qreport.float_fallback,
                          "unmatched_plan_entries": qreport.unmatched_plan_entries},
         "calibration_samples": len(calib_ds), "tensors": len(amax), "unranged_tensors": unranged,
         "timing_s": {"smooth": round(t_smooth, 3), "collect": round(t_collect, 3), "select": round(t_select, 3),
-                     "amax": round(t_amax, 3)},
+                     "amax": round(t_amax, 3), "qdq": round(t_bias, 3)},
         "outputs": {k: str(v) for k, v in paths.items()} if write else {},
     }
     if evaluate and eval_ds is not None and len(eval_ds) > 0:
@@ -236,6 +249,35 @@ def _merged(parts):
     return out
 
 
+def _bias_probe_samples(ds, seed: int):
+    """The calibration samples that measure the bias correction: up to ``BIAS_PROBE_SAMPLES`` of
+    *ds*, chosen by its seeded rule (independent of order and batch size)."""
+    return ds.subset(limit=BIAS_PROBE_SAMPLES, seed=seed) if len(ds) > BIAS_PROBE_SAMPLES else ds
+
+
+def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, factors=None, probe_ds=None,
+              threads=None, progress=False, label: str = "bias correction") -> Model:
+    """``quantize_model(prepared, amax_q, ...)``, and with *probe_ds* (a dataset, or anything with
+    ``len()`` and ``batches(batch_size=, progress=)``) bias-corrected on its samples, which run one at
+    a time so that the correction does not depend on batching (:func:`calib.collect.bias_shifts`).
+    The model's ``bias_correction`` attribute says what was done (None without *probe_ds*)."""
+    from .collect import bias_shifts
+    from .qdq import quantize_model
+
+    kw = dict(target=target, plan=plan, smooth=factors)
+    if probe_ds is None or len(probe_ds) == 0:
+        q = quantize_model(prepared, amax_q, **kw)
+        q.bias_correction = None
+        return q
+    probe = quantize_model(prepared, amax_q, bias_probe=True, **kw)
+    outputs = probe.quant_report.bias_probes
+    shifts = bias_shifts(probe, probe_ds.batches(batch_size=1, progress=label if progress else False), outputs,
+                         threads=threads) if outputs else {}
+    q = quantize_model(prepared, amax_q, bias_shift=shifts, **kw)
+    q.bias_correction = {"layers": len(q.quant_report.bias_corrected), "samples": len(probe_ds)}
+    return q
+
+
 def _amax(observers, smoothed_obs, algorithm: str, params: Mapping[str, Any]):
     """(amax for the cache, amax for the Q/DQ model: smoothed tensors' twins included)."""
     from .algorithms import compute_amax
@@ -247,7 +289,7 @@ def _amax(observers, smoothed_obs, algorithm: str, params: Mapping[str, Any]):
 
 
 def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factors, sel_ds, *, percentile: float,
-                      target: str, plan, seed: int, batch_size: int, threads, progress):
+                      target: str, plan, seed: int, batch_size: int, threads, progress, probe_ds=None):
     """``--algorithm auto``: (chosen algorithm, its Q/DQ model, its ``(amax, amax_q)`` as :func:`_amax`
     gives them, a record of the choice).
 
@@ -260,19 +302,21 @@ def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factor
     byte-stable. :func:`calibrate` passes statistics of calibration samples outside *sel_ds*
     (up to ``AUTO_SAMPLES`` of them, chosen by the seeded hash rule, so independent of order
     and batch size, make *sel_ds*): scored on the samples it was fitted to, max, which fits
-    them exactly, had an edge.
+    them exactly, had an edge. With *probe_ds* (samples outside *sel_ds*), every candidate's
+    Q/DQ model is bias-corrected on them first, as the artifacts will be.
     """
     import math
 
     from .backends.onnxruntime import OrtEngine
     from .harness import compare
-    from .qdq import quantize_model
 
     models, ranges = {}, {}
     for alg in AUTO_CANDIDATES:
         params = {"percentile": percentile} if alg == "percentile" else {}
         ranges[alg] = _amax(observers, smoothed_obs, alg, params)
-        models[alg] = quantize_model(prepared, ranges[alg][1], target=target, plan=plan, smooth=factors)
+        models[alg] = build_qdq(prepared, ranges[alg][1], target=target, plan=plan, factors=factors,
+                                probe_ds=probe_ds, threads=threads, progress=progress,
+                                label=f"bias correction ({alg})")
     ref = OrtEngine(m, name="fp32", threads=threads)
     engines = [OrtEngine(q, name=alg, threads=threads, precision="int8") for alg, q in models.items()]
     report = compare(ref, engines, sel_ds.batches(batch_size=batch_size,
@@ -396,6 +440,10 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
             (f" (ranges from the other {fit})" if fit and fit != s.get("calibration_samples") else "")
         lines.append(f"auto chose {sel['chosen']} by {sel['metric']} against FP32 on {where}: {scores}")
     q = s.get("quantization")
+    bc = s.get("bias_correction")
+    if bc and bc["layers"]:
+        lines.append(f"Q/DQ model: biases of {bc['layers']} layers corrected for INT8's mean error, measured on "
+                     f"{bc['samples']} calibration samples")
     sm = s.get("smoothing")
     if sm and sm["tensors"]:
         lines.append(f"Q/DQ model: channels of {len(sm['tensors'])} tensors smoothed (alpha {sm['alpha']:g}; "

@@ -639,3 +639,52 @@ def _resolve(kept: Sequence[str], direct: dict[str, TensorObserver], plan: Mappi
                 o.add_zeros(pad_zeros[k])
         done[k] = o
     return {k: done[k] for k in kept}
+
+
+def bias_shifts(probe: "Model | str | os.PathLike", batches: Iterable[Any], outputs: Mapping[str, str], *,
+                threads: int | None = None, progress: "bool | str" = False) -> dict[str, np.ndarray]:
+    """``{node key: mean INT8 output error per channel}`` for bias correction.
+
+    *probe* is a Q/DQ model from ``calib.qdq.quantize_model(..., bias_probe=True)`` and *outputs*
+    its ``quant_report.bias_probes`` (probe output -> node key). Each probe output holds each
+    sample's per-channel mean of (INT8 output - float reference output); the result is their
+    mean over all samples, as float32, to pass to ``quantize_model(..., bias_shift=...)``.
+
+    The samples run one at a time, and the per-sample values are sorted before they are summed,
+    so the result depends on the set of samples only: not on their order, on how they were
+    batched, or on the padding a batch of differently sized images needs (feed batches of one
+    sample for that: the padding is in the values the model sees). Memory: one float per
+    sample and output channel of the probed layers.
+    """
+    from .backends.onnxruntime import OrtEngine
+
+    m = load_model(probe)
+    names = list(outputs)
+    if not names:
+        return {}
+    eng = OrtEngine(m, threads=threads)
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    it = batches
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(batches, desc=progress if isinstance(progress, str) else "bias correction", unit="batch",
+                  leave=False)
+    n = 0
+    for batch in it:
+        for feed in _split(_feed_of(batch), m, 1):
+            res = eng.run(feed)
+            k = None
+            for name in names:
+                v = np.asarray(res[name], np.float32)
+                v = v.reshape(v.shape[0], -1) if v.ndim >= 1 else v.reshape(1, 1)
+                rows[name].append(v)
+                k = v.shape[0]
+            n += k or 0
+    if n == 0:
+        raise EmptyDatasetError("no samples to measure the bias correction on")
+    out = {}
+    for name in names:
+        v = np.sort(np.concatenate(rows.pop(name)), axis=0, kind="stable").astype(np.float64)
+        out[outputs[name]] = (v.sum(axis=0) / v.shape[0]).astype(np.float32)
+    return out

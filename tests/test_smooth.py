@@ -223,7 +223,7 @@ def test_cli_no_smooth_and_smooth_reach_the_summary(tmp_path, shared_model, ocr_
     model = tmp_path / "det.onnx"
     model.write_bytes(shared_model("ppocrv4_det").read_bytes())
     runs = {}
-    for flag in (["--no-smooth"], ["--smooth", "0.5"]):
+    for flag in (["--no-smooth"], ["--smooth", "0.5"], ["--no-bias-correction"]):
         out = tmp_path / flag[0].strip("-")
         p = subprocess.run([sys.executable, "-m", "calib", "calibrate", "--model", str(model), "--data",
                             str(ocr_lines_dir), "--preset", "paddleocr-det", "--resize", "96", "--samples", "4",
@@ -236,4 +236,13 @@ def test_cli_no_smooth_and_smooth_reach_the_summary(tmp_path, shared_model, ocr_
     assert runs["--no-smooth"]["smoothing"] is None
     sm = runs["--smooth"]["smoothing"]
     assert sm["alpha"] == 0.5 and sm["probe_samples"] == 4 and len(sm["tensors"]) == 27
-    assert runs["--smooth"]["quantization"]["summary"].endswith("27 tensors smoothed")
+    assert "27 tensors smoothed" in runs["--smooth"]["quantization"]["summary"]
+    # bias correction: on unless --no-bias-correction, measured on the (4) calibration samples
+    bc = runs["--smooth"]["bias_correction"]
+    assert bc["samples"] == 4 and bc["layers"] > 50
+    assert runs["--smooth"]["quantization"]["summary"].endswith(f"{bc['layers']} biases corrected")
+    assert any(line.startswith(f"Q/DQ model: biases of {bc['layers']} layers corrected")
+               for line in runs["--smooth"]["lines"])
+    off = runs["--no-bias-correction"]
+    assert off["bias_correction"] is None and "biases" not in off["quantization"]["summary"]
+    assert not any("biases" in line for line in off["lines"])

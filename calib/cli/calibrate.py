@@ -35,6 +35,10 @@ def register(sub) -> None:
                          "evens out the channels of tensors an affine op (Mul/Add, BatchNorm) produces, exactly")
     sm.add_argument("--no-smooth", dest="smooth", action="store_const", const=None,
                     help="no channel smoothing: the Q/DQ model keeps the model's own constants")
+    p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="keep the model's biases in the Q/DQ model (default: each INT8 Conv/Gemm's mean INT8 error "
+                        "per channel, measured layer by layer on up to 64 calibration samples, is subtracted from "
+                        "its bias; the cache is the same either way)")
     p.add_argument("--trt-version", type=int, default=None,
                    help="version field of the cache header, e.g. 100900 for TensorRT 10.9")
     p.add_argument("--out", default=None, help="output folder (default: next to the model)")
@@ -62,7 +66,7 @@ def run(args) -> int:
                     samples=args.samples, batch_size=args.batch_size, seed=args.seed, out=args.out,
                     force=args.force, target=args.target, trt_version=args.trt_version,
                     evaluate=not args.no_eval, threads=args.threads, progress=not args.json,
-                    plan=args.plan, smooth=args.smooth)
+                    plan=args.plan, smooth=args.smooth, bias_correction=args.bias_correction)
     if args.json:
         json.dump(res.summary, sys.stdout, indent=2, sort_keys=True, default=str)
         print()
