@@ -15,6 +15,10 @@ thing with as much of the data as there is, and says how large chance is:
   measures that move less by chance than top-1), and a paired bootstrap 95% interval (photos
   resampled, 2000 times) of its top-1 difference from our entropy.
 
+Our four algorithms' Q/DQ models are what ``calibrate`` writes: bias-corrected on 64 of the
+calibration photos (``calib.calibrate.build_qdq``); "calib entropy, no bias correction" is
+entropy's without it (``--no-bias-correction``).
+
 Every method calibrates on the same 240 photos per fold, as ``calibration.py`` does (ORT's
 Entropy/Percentile calibrators need equal batches). ONNX Runtime's Entropy and Percentile peak
 near 20 GB of RAM each. "MO entropy" and "MO max" are Model Optimizer's
@@ -33,9 +37,10 @@ Two controls for reading small gaps:
   patterns into its own integer kernels, which round differently. How much a method's score
   moves between levels is the part of a gap that belongs to the runtime, not to calibration.
   Each extra level adds about a minute.
-- "calib Q/DQ, MO entropy's ranges" (with Model Optimizer) is our Q/DQ placement given Model
-  Optimizer's entropy ranges, read from its model's QuantizeLinear scales: what is left of the
-  gap between our entropy and Model Optimizer's when the placement is ours for both.
+- "calib Q/DQ, MO entropy's ranges, no bias correction" (with Model Optimizer) is our Q/DQ
+  placement given Model Optimizer's entropy ranges, read from its model's QuantizeLinear
+  scales, without our bias correction (Model Optimizer has none): set beside "calib entropy, no
+  bias correction" it compares the two ranges in one placement.
 
     python benchmarks/accuracy.py [--model efficientnet_lite0] [--skip-ort-heavy] [--levels all] [--json FILE]
 """
@@ -99,8 +104,9 @@ def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_metho
          levels=("all",)) -> dict:
     """``{level: {method: log-softmax [2, N, C]}}`` plus ``labels`` and ``fp32`` for one fold."""
     from calib.algorithms import compute_amax
+    from calib.calibrate import _bias_probe_samples, build_qdq
     from calib.collect import collect_statistics
-    from calib.qdq import quantize_model
+    from calib.qdq import prepare, quantize_model
 
     cal_split, ev_split = ("eval", "calib") if swap else ("calib", "eval")
     model, cal = _open(key, cal_split, samples)
@@ -116,8 +122,10 @@ def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_metho
 
     obs = collect_statistics(model, (f for f, _ in cal_b), threads=threads, progress=False)
     ranges = {alg: {k: float(compute_amax(o, alg)) for k, o in obs.items()} for alg in OURS}
+    prepared, probe_ds = prepare(model), _bias_probe_samples(cal, 0)   # as calibrate does it
     for alg in OURS:
-        score(f"calib {alg}", quantize_model(model, ranges[alg], target="tensorrt"))
+        score(f"calib {alg}", build_qdq(prepared, ranges[alg], probe_ds=probe_ds, threads=threads))
+    score("calib entropy, no bias correction", quantize_model(prepared, ranges["entropy"], target="tensorrt"))
     with tempfile.TemporaryDirectory() as tmp:
         for m in ort_methods:
             print(f"  ORT quantize_static {m} ...", file=sys.stderr, flush=True)
@@ -137,8 +145,8 @@ def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_metho
                     p = producers.get(t)
                     if p is not None and p.op_type == "Pad":
                         theirs.setdefault(p.input[0], theirs[t])
-                score("calib Q/DQ, MO entropy's ranges",
-                      quantize_model(model, {**ranges["entropy"], **theirs}, target="tensorrt"))
+                score("calib Q/DQ, MO entropy's ranges, no bias correction",
+                      quantize_model(prepared, {**ranges["entropy"], **theirs}, target="tensorrt"))
     return res
 
 
