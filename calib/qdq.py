@@ -858,11 +858,11 @@ def _out_channels(G: _Graph, n) -> int | None:
     return None
 
 
-def _bias_correctable(G: _Graph, n, edges, P: _Placement) -> bool:
+def _bias_correctable(G: _Graph, n, P: _Placement) -> bool:
     """An INT8 Conv / ConvTranspose / Gemm with a quantized activation input 0 and a quantized
     constant weight 1, whose bias (if any) is a constant vector of one value per output channel:
     a per-channel shift of its output can be folded into that bias."""
-    if n.op_type not in BIAS_CORRECTABLE_OPS or (id(n), 0) not in edges or (id(n), 1) not in P.weight_axis:
+    if n.op_type not in BIAS_CORRECTABLE_OPS or (id(n), 0) not in P.edges or (id(n), 1) not in P.weight_axis:
         return False
     c = _out_channels(G, n)
     if c is None:
@@ -890,9 +890,9 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
     int8_ids = {id(n) for n in P.int8_nodes}
     fp_exclude = {id(n) for n in P.fp16} | {id(n) for n in P.fp32}
 
-    # bias correction: the float (x, w, b) of every correctable node, before any rewiring
-    correctable = {id(n): (n.input[0], n.input[1], n.input[2] if len(n.input) > 2 else "")
-                   for n in P.int8_nodes if _bias_correctable(G, n, P.edges, P)}
+    # bias correction: the float weight and bias of every correctable node, before any rewiring
+    correctable = {id(n): (n.input[1], n.input[2] if len(n.input) > 2 else "")
+                   for n in P.int8_nodes if _bias_correctable(G, n, P)}
     corrected: dict[str, np.ndarray] = {}   # new bias initializer -> value
 
     def const(name):
@@ -1013,7 +1013,7 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
         shift = np.asarray(shift, np.float64).ravel()
         if shift.shape != (c,) or not np.all(np.isfinite(shift)):
             return False
-        _, _, b = correctable[id(n)]
+        _, b = correctable[id(n)]
         old = np.zeros(c, np.float64) if not b else const(b).astype(np.float64)
         beta = float(_attr(n, "beta", 1.0)) if n.op_type == "Gemm" else 1.0
         new = (old - shift / beta).astype(np.float32)
@@ -1031,7 +1031,7 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
     def emit_probe(n):
         """The op again with float weights and bias on the same (dequantized) input, and each
         sample's per-channel mean of (INT8 output - that reference) as a graph output."""
-        _, w, b = correctable[id(n)]
+        w, b = correctable[id(n)]
         x = n.input[0]    # the dequantized input: the error measured is the weights' alone
         key = keys[id(n)]
         ref = _unique(f"{key}_bias_probe_reference", taken)
