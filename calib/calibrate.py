@@ -249,10 +249,15 @@ def _merged(parts):
     return out
 
 
+def _probe_samples(ds, limit: int, seed: int):
+    """Up to *limit* samples of *ds* for a short measuring pass (channel ranges for smoothing, the
+    bias correction), chosen by its seeded rule, so independent of order and batch size."""
+    return ds.subset(limit=limit, seed=seed) if len(ds) > limit else ds
+
+
 def _bias_probe_samples(ds, seed: int):
-    """The calibration samples that measure the bias correction: up to ``BIAS_PROBE_SAMPLES`` of
-    *ds*, chosen by its seeded rule (independent of order and batch size)."""
-    return ds.subset(limit=BIAS_PROBE_SAMPLES, seed=seed) if len(ds) > BIAS_PROBE_SAMPLES else ds
+    """The calibration samples that measure the bias correction (``BIAS_PROBE_SAMPLES`` at most)."""
+    return _probe_samples(ds, BIAS_PROBE_SAMPLES, seed)
 
 
 def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, factors=None, probe_ds=None,
@@ -364,8 +369,7 @@ def _smoothing(m: Model, prepared: Model, calib_ds, alpha: float, seed: int, bat
     info = {"alpha": alpha, "sites": len(sites), "tensors": [], "probe_samples": 0}
     if not sites:
         return {}, m, {}, info
-    probe_ds = calib_ds.subset(limit=SMOOTH_PROBE_SAMPLES, seed=seed) \
-        if len(calib_ds) > SMOOTH_PROBE_SAMPLES else calib_ds
+    probe_ds = _probe_samples(calib_ds, SMOOTH_PROBE_SAMPLES, seed)
     probe, names = range_probe(m, sites)
     engine = OrtEngine(probe, threads=threads)
     channels = {st.tensor: st.channels for st in sites}

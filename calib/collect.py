@@ -670,18 +670,13 @@ def bias_shifts(probe: "Model | str | os.PathLike", batches: Iterable[Any], outp
 
         it = tqdm(batches, desc=progress if isinstance(progress, str) else "bias correction", unit="batch",
                   leave=False)
-    n = 0
     for batch in it:
         for feed in _split(_feed_of(batch), m, 1):
             res = eng.run(feed)
-            k = None
             for name in names:
                 v = np.asarray(res[name], np.float32)
-                v = v.reshape(v.shape[0], -1) if v.ndim >= 1 else v.reshape(1, 1)
-                rows[name].append(v)
-                k = v.shape[0]
-            n += k or 0
-    if n == 0:
+                rows[name].append(v.reshape(v.shape[0], -1) if v.ndim >= 1 else v.reshape(1, 1))
+    if not rows[names[0]]:
         raise EmptyDatasetError("no samples to measure the bias correction on")
     out = {}
     for name in names:

@@ -251,6 +251,20 @@ class _Graph:
         self.arrays = {k: v for k, v in self.arrays.items() if k in self.inits or k in self.const_nodes}
 
 
+def _reduce_node(op: str, x: str, axes: list[int], out: str, opset: int, extra_inits: list,
+                 name: str | None = None, axes_name: str | None = None):
+    """A ``keepdims=0`` Reduce* node (*op*) of *x* over *axes*: the axes are an attribute before
+    opset 18 and an int64 input from it (an initializer appended to *extra_inits*, named
+    *axes_name*, default ``<out>_axes``). The node is named *name* (default *out*)."""
+    from onnx import helper, numpy_helper
+
+    if opset >= 18:
+        an = axes_name or f"{out}_axes"
+        extra_inits.append(numpy_helper.from_array(np.asarray(axes, np.int64), an))
+        return helper.make_node(op, [x, an], [out], keepdims=0, name=name or out)
+    return helper.make_node(op, [x], [out], axes=axes, keepdims=0, name=name or out)
+
+
 def _unique(name: str, taken: set[str]) -> str:
     out, k = name, 1
     while out in taken:
@@ -1025,8 +1039,7 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
         n.input[2] = name
         return True
 
-    probe_outputs: dict[str, str] = {}
-    probe_shapes: dict[str, list] = {}
+    probe_outputs: dict[str, str] = {}   # graph output -> node key
 
     def emit_probe(n):
         """The op again with float weights and bias on the same (dequantized) input, and each
@@ -1045,15 +1058,11 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
         if n.op_type != "Gemm":   # [N, C, spatial...] -> [N, C]
             axes = list(range(2, G.const(w).ndim))
             out = _unique(f"{key}_bias_probe", taken)
-            rname = _unique(f"{key}_bias_probe_ReduceMean", taken)
-            if G.opset >= 18:
-                an = _unique(f"{key}_bias_probe_axes", taken)
-                new_inits.append(numpy_helper.from_array(np.asarray(axes, np.int64), an))
-                nodes_out.append(helper.make_node("ReduceMean", [diff, an], [out], name=rname, keepdims=0))
-            else:
-                nodes_out.append(helper.make_node("ReduceMean", [diff], [out], name=rname, axes=axes, keepdims=0))
+            nodes_out.append(_reduce_node("ReduceMean", diff, axes, out, G.opset, new_inits,
+                                          name=_unique(f"{key}_bias_probe_ReduceMean", taken),
+                                          axes_name=_unique(f"{key}_bias_probe_axes", taken)))
         probe_outputs[out] = key
-        probe_shapes[out] = [None, _out_channels(G, n)]   # [sample, channel]
+        G.g.output.append(helper.make_tensor_value_info(out, _FLOAT, [None, _out_channels(G, n)]))  # [sample, channel]
 
     edge_tensors = set(edges.values())   # edges is complete here and not changed below
     for t in G.graph_inputs:
@@ -1096,8 +1105,6 @@ def _rewrite(G: _Graph, P: _Placement, target: str, per_channel: bool, weight_am
     del G.g.node[:]
     G.g.node.extend(nodes_out)
     G.g.initializer.extend(new_inits)
-    for out in probe_outputs:
-        G.g.output.append(helper.make_tensor_value_info(out, _FLOAT, probe_shapes[out]))
     G.refresh()
     if report is not None:
         report.bias_probes = probe_outputs

@@ -39,6 +39,7 @@ from typing import Mapping
 import numpy as np
 
 from .model import Model, load_model, onnx_opset
+from .qdq import _attr, _reduce_node
 
 DEFAULT_ALPHA = 0.75
 MAX_RATIO = 2.0 ** 10          # largest s_max / s_min kept
@@ -74,15 +75,6 @@ class SmoothSite:
         if self.kind == "last":
             return s.reshape(self.channels)
         return s.reshape(self.channels, *([1] * (self.rank - 2)))
-
-
-def _attr(node, name, default=None):
-    import onnx
-
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
 
 
 def _input_columns(n, W: np.ndarray):
@@ -330,17 +322,6 @@ def apply(model, factors_: Mapping[str, np.ndarray]) -> Model:
 
 
 # --------------------------------------------------------------------------- probe graphs
-def _reduce(op: str, x: str, axes: list[int], out: str, opset: int, extra_inits: list):
-    import onnx.helper as oh
-    from onnx import numpy_helper
-
-    if opset >= 18:
-        name = f"{out}_axes"
-        extra_inits.append(numpy_helper.from_array(np.asarray(axes, np.int64), name))
-        return oh.make_node(op, [x, name], [out], keepdims=0, name=out)
-    return oh.make_node(op, [x], [out], axes=axes, keepdims=0, name=out)
-
-
 def _extend(model):
     """(model, a graph view of a copy of it to append to, fresh(name) giving unused names)."""
     import onnx
@@ -382,8 +363,8 @@ def range_probe(model, sites: list[SmoothSite]) -> tuple[Model, dict[str, tuple[
         else:                       # [N, C, spatial...], reduce the spatial axes
             src, axes = x, list(range(2, site.rank))
         lo, hi = fresh(f"{x}.channel_min"), fresh(f"{x}.channel_max")
-        g.node.append(_reduce("ReduceMin", src, axes, lo, opset, inits))
-        g.node.append(_reduce("ReduceMax", src, axes, hi, opset, inits))
+        g.node.append(_reduce_node("ReduceMin", src, axes, lo, opset, inits))
+        g.node.append(_reduce_node("ReduceMax", src, axes, hi, opset, inits))
         g.output.extend([oh.make_empty_tensor_value_info(lo), oh.make_empty_tensor_value_info(hi)])
         names[x] = (lo, hi)
     g.initializer.extend(inits)
