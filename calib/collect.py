@@ -64,6 +64,7 @@ import numpy as np
 
 from .errors import CalibError, EmptyDatasetError
 from .model import Model, load_model
+from .qdq import _attr
 from .stats import TensorObserver
 
 _STOP = object()
@@ -144,15 +145,6 @@ class _ConstEval:
             return np.asarray(v)
         except Exception:       # anything unusual: simply not derivable
             return None
-
-
-def _attr(node, name: str, default=None):
-    import onnx.helper as oh
-
-    for a in node.attribute:
-        if a.name == name:
-            return oh.get_attribute_value(a)
-    return default
 
 
 def _pad_plan(node, model: Model, consts: _ConstEval) -> "np.ndarray | None":
