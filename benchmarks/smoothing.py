@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--alpha", type=float, default=0.75)
     ap.add_argument("--no-baseline", action="store_true", help="skip the runs without smoothing")
+    ap.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                    help="Q/DQ models without bias correction (calibrate's --no-bias-correction)")
     a = ap.parse_args()
     warnings.simplefilter("ignore")
 
@@ -39,14 +41,16 @@ def main() -> None:
     refs = [next(iter(fp32.run(f).values())).ravel().astype(np.float64) for f in feeds]
 
     print(f"PP-OCRv4 det at {a.resize} px: {a.samples} calibration lines, {len(feeds)} held-out lines, "
-          f"batch 1; probability-map cosine INT8 (tensorrt Q/DQ) vs FP32\n")
+          f"batch 1; probability-map cosine INT8 (tensorrt Q/DQ, bias correction "
+          f"{'on' if a.bias_correction else 'off'}) vs FP32\n")
     print("| algorithm | seed | smoothing | tensors smoothed | mean cosine | min cosine |")
     print("|---|---:|---|---:|---:|---:|")
     for alg in a.algorithms.split(","):
         for seed in (int(s) for s in a.seeds.split(",")):
             for smooth in ((a.alpha,) if a.no_baseline else (None, a.alpha)):
                 res = calibrate(model, None, dataset=ds, samples=a.samples, batch_size=1, seed=seed, evaluate=False,
-                                progress=False, write=False, algorithm=alg, smooth=smooth)
+                                progress=False, write=False, algorithm=alg, smooth=smooth,
+                                bias_correction=a.bias_correction)
                 engine = OrtEngine(res.qdq_model)
                 cos = []
                 for f, r in zip(feeds, refs):
