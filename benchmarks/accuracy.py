@@ -185,6 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-ort-heavy", action="store_true", help="ORT MinMax only (Entropy/Percentile need ~20 GB)")
+    ap.add_argument("--skip-ort", action="store_true",
+                    help="no ORT quantize_static rows (it writes an invalid model for SqueezeNet 1.1's opset 7)")
     ap.add_argument("--modelopt-python", default=None, metavar="PATH",
                     help="Python of Model Optimizer's virtual environment (default: .venv-modelopt at the repo root)")
     ap.add_argument("--skip-modelopt", action="store_true")
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
     bad = [x for x in levels if x not in ("all", "extended", "basic", "none")]
     if not levels or bad:
         ap.error(f"--levels: unknown level(s) {', '.join(bad) or '(none given)'}; choose from all, extended, basic, none")
-    ort_methods = ["MinMax"] if a.skip_ort_heavy else ["MinMax", "Entropy", "Percentile"]
+    ort_methods = [] if a.skip_ort else ["MinMax"] if a.skip_ort_heavy else ["MinMax", "Entropy", "Percentile"]
     mo_python = None if a.skip_modelopt else modelopt_python(a.modelopt_python)
 
     folds = []

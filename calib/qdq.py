@@ -44,8 +44,8 @@ and a graph output holding each sample's per-channel mean of the difference, as
 over the data, and ``quantize_model(..., bias_shift=...)`` subtracts the averages from the
 biases. Only the weights' error is corrected, not the input's: clipping an input makes an error
 that depends on the sample (a few large values), and a constant correction for it moves every
-output to pay for them (on the PP-OCRv4 detector that lowered the probability map's cosine to
-FP32 from 0.995 to 0.984). The cache is unaffected: it holds scales only.
+output to pay for them (in a trial on the PP-OCRv4 detector it lowered the probability map's
+cosine to FP32). The cache is unaffected: it holds scales only.
 
 Before placement, both targets apply exact graph simplifications: the opset is raised to 13
 where it is lower (per-channel Q/DQ needs it; ``onnx.version_converter``), Dropout/Identity are
