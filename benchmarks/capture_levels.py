@@ -2,12 +2,13 @@
 
 Part 1, per model (EfficientNet-Lite0, SqueezeNet 1.1, PP-OCRv4 det and rec): every tensor that
 ``collect_statistics`` captures, at ``basic``, ``extended`` and ``all``. Prints how many tensors
-differ bitwise from ``basic`` (today's statistics are computed at ``basic``), the largest
+differ bitwise from ``basic`` (statistics were computed at ``basic`` before 2026-11, at ``all``
+since), the largest
 difference relative to the tensor's max |x|, how many observers differ, and the time per
 sample of the bare model at ``all`` and at ``basic`` and of the capture session at each level.
 
 Part 2 (EfficientNet-Lite0, the calibration benchmark's 240 samples): what collecting at
-``all`` instead of ``basic`` would change in the calibration cache: how many of the scales
+``all`` (now the default) instead of ``basic`` changes in the calibration cache: how many of the scales
 (float32 ``amax / 127``, the cache's hex) differ, and by how much, per algorithm.
 
 Part 3 (EfficientNet-Lite0, the same samples): the floor of max calibration if ONNX Runtime did

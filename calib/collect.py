@@ -11,19 +11,25 @@
 
 ONNX Runtime (:class:`calib.backends.onnxruntime.OrtEngine` with ``capture=``) returns the
 captured intermediates of a run; each batch is split into runs of at most ``run_batch``
-samples (default 4) when the batch dimension is dynamic, which lowers peak memory and, on the
-CPU, time: allocating hundreds of MB of fresh outputs per run costs more than the runs.
+samples (default 4) when the batch dimension is dynamic, or of the model's fixed batch size,
+which bounds the memory two runs of captured tensors take and keeps them in cache.
 
-Where the time goes (EfficientNet-Lite0, 2 cores, per image; one bare FP32 pass at ONNX
-Runtime's ``all`` level is ~2.8 ms): the capture session runs at ``basic`` (the level these
-statistics have always been computed at; ``all`` changes captured values in their last bits,
-see ``optimize`` and :class:`~calib.backends.onnxruntime.OrtEngine`), which alone takes ~2.6-3x
-the bare pass (NCHW depthwise convolutions); returning the captured tensors adds ~10%. Then
-13.1 M values per image are observed: min and max ~0.2 ns/value, binning ~1.9 ns/value with
-NumPy or ~0.65 with the optional numba kernel (:mod:`calib.stats`), on the worker threads.
-Summarising tensors inside the graph (ReduceMin / ReduceMax, plus a ReduceSum to detect NaN,
-which ReduceMax may skip) was measured slower than capturing them and taking min and max in
-NumPy on the workers (3.9x against 3.45x the bare pass for ranges only), so it is not used.
+Where the time goes (EfficientNet-Lite0, 2 cores, runs of 4 samples; ONNX Runtime's profiler,
+``benchmarks/capture_levels.py``). The capture session runs at ONNX Runtime's ``all`` level, like
+the deployed model: its convolutions take what they take in a bare pass (~10.5 ms a run), and
+the captures add ~8 ms: 58 reorders of captured tensors from the blocked NCHWc layout to NCHW
+(3.4 ms), 33 Clips no longer fused into their convolution and run in NCHW (2.3 ms), and 32
+reorders back to NCHWc for the next convolution (2.0 ms); ~1.7x the bare pass in all. (At
+``basic``, which collection used before, the depthwise convolutions run in NCHW and capturing
+takes ~8x; ``all``'s values differ from it in their last bits, see
+:class:`~calib.backends.onnxruntime.OrtEngine`.) The captured tensors go into a ring of two
+preallocated buffer sets (``OrtEngine(reuse=2)``) instead of fresh memory each run, whose page
+faults cost ~0.5x a bare pass. Then 13.1 M values per image are observed: min and max ~0.1
+ns/value, binning ~0.55 ns/value with the numba kernel (~1.9 with NumPy; :mod:`calib.stats`), on
+the worker threads. Summarising tensors inside the graph (ReduceMin / ReduceMax, plus a ReduceSum
+to detect NaN, which ReduceMax may skip) was measured slower than capturing them and taking min
+and max in NumPy on the workers (3.9x against 3.45x the bare pass for ranges only, at ``basic``),
+so it is not used.
 
 Derived observers (``derive=True``, the default): an observer of a tensor whose values follow
 exactly from other observed tensors is built from theirs at the end instead of capturing and
@@ -340,16 +346,20 @@ def _feed_of(batch: Any) -> Mapping[str, np.ndarray]:
 
 
 def _split(feed: Mapping[str, np.ndarray], model: Model, step: int | None) -> list[dict[str, np.ndarray]]:
-    """Split a feed along axis 0 into runs of at most *step* samples (dynamic batch only)."""
+    """Split a feed along axis 0 into runs of at most *step* samples, or of exactly the model's
+    fixed batch size (when the feed is a multiple of it; otherwise the engine reports it)."""
     arrays = {k: np.asarray(v) for k, v in feed.items()}
     if not step or not arrays:
         return [arrays]
-    if any(t.fixed_batch is not None for t in model.inputs):
-        return [arrays]          # fixed batch: the engine splits itself
     sizes = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
     if len(sizes) != 1:
         return [arrays]
     n = sizes.pop()
+    fixed = [t.fixed_batch for t in model.inputs if t.fixed_batch is not None]
+    if fixed:
+        step = min(fixed)
+        if n % step:
+            return [arrays]
     if n <= step:
         return [arrays]
     return [{k: v[i:i + step] for k, v in arrays.items()} for i in range(0, n, step)]
@@ -484,9 +494,9 @@ def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any
     ``histogram=False`` observes ranges only (min, max, counts): enough for max calibration, and
     several times cheaper, since binning is most of the per-value work; with ``derive`` the
     outputs of Relu and constant-bound Clip are then not captured either (:func:`plan_ranges`).
-    ``optimize``: ONNX Runtime's optimisation level for the capture session (default ``basic``,
-    the values these statistics have always been computed on; ``all`` is faster but changes
-    the values in their last bits, see :class:`~calib.backends.onnxruntime.OrtEngine`).
+    ``optimize``: ONNX Runtime's optimisation level for the capture session (default ``all``,
+    the values the deployed model computes; ``basic`` gives the values of collection before
+    2026-11, several times slower, see :class:`~calib.backends.onnxruntime.OrtEngine`).
     """
     from .backends.onnxruntime import OrtEngine
 
@@ -511,7 +521,12 @@ def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any
     if spinning is None:
         spinning = workers == 0
     # with spinning=False ONNX Runtime's idle threads sleep, leaving the cores to the histogram workers
-    engine = OrtEngine(m, capture=capture, threads=threads, spinning=spinning, optimize=optimize)
+    # captured tensors go into a ring of preallocated buffers: a run's arrays are overwritten two
+    # runs later, when the workers are done with them (see _Updater.submit); the arena then only
+    # holds ONNX Runtime's internal buffers, reused from run to run
+    level = optimize or "all"
+    engine = OrtEngine(m, capture=capture, threads=threads, spinning=spinning, optimize=level,
+                       reuse=2 if workers > 0 else 1, arena=True)
     recapture_lock = threading.Lock()
     recapture_engine: list = []
 
@@ -520,7 +535,7 @@ def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any
         with recapture_lock:
             if not recapture_engine:
                 recapture_engine.append(OrtEngine(m, capture=list(ranges), threads=threads, spinning=False,
-                                                  optimize=optimize))
+                                                  optimize=level))
         return recapture_engine[0].run(feed)
 
     kw = {"bins": bins} if bins else {}

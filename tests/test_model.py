@@ -82,6 +82,58 @@ def test_engine_capture_returns_intermediates_that_match():
     assert out[relu_out].min() >= 0 and out[relu_out].max() > 0
 
 
+def test_capture_ring_reuses_buffers_and_gives_the_plain_values():
+    """reuse=2: from the second run with the same input shapes, captured tensors land in two
+    preallocated buffer sets used in turn; every run's values equal a plain session's."""
+    m = Model.load(MODELS / "squeezenet1_1_fp32.onnx")
+    acts = m.activation_tensors()[:12]
+    assert len(acts) == 12
+    ring = OrtEngine(m, capture=acts, threads=1, reuse=2)
+    plain = OrtEngine(m, capture=acts, threads=1)
+    rng = np.random.default_rng(3)
+    xs = [rng.normal(0, 40, (1, 3, 224, 224)).astype(np.float32) for _ in range(5)]
+    outs = []
+    for x in xs:
+        got = ring.run({"data_0": x})
+        want = plain.run({"data_0": x})
+        for k in acts + ["softmaxout_1"]:
+            assert np.array_equal(got[k], want[k]), k
+        outs.append({k: (got[k], got[k].copy()) for k in acts})
+    k = acts[0]
+    assert not np.shares_memory(outs[0][k][0], outs[1][k][0])    # run 1 allocated, run 2 the ring
+    assert np.shares_memory(outs[1][k][0], outs[3][k][0])        # slots alternate: 2 and 4 share
+    assert np.shares_memory(outs[2][k][0], outs[4][k][0])
+    assert not np.shares_memory(outs[1][k][0], outs[2][k][0])
+    assert np.array_equal(outs[3][k][0], outs[3][k][1])          # still valid one run later
+    assert not np.array_equal(outs[2][k][0], outs[2][k][1])      # overwritten two runs later
+    assert np.array_equal(outs[0][k][0], outs[0][k][1])          # the plain run's arrays are its own
+    # a batch of 3 for this batch-1 model runs as 3 parts, concatenated: plain runs, not the
+    # ring (two slots would hold only two of the parts)
+    x = rng.normal(0, 40, (3, 3, 224, 224)).astype(np.float32)
+    for _ in range(2):
+        got = ring.run({"data_0": x})
+        for k in acts:
+            assert np.array_equal(got[k], plain.run({"data_0": x})[k]), k
+
+
+def test_capture_ring_falls_back_when_shapes_follow_the_values(tmp_path):
+    """NonZero's output shape depends on the values: the bound run fails and the engine goes on
+    without reuse, with the right results."""
+    g = oh.make_graph([oh.make_node("Relu", ["x"], ["r"]), oh.make_node("NonZero", ["r"], ["nz"]),
+                       oh.make_node("Cast", ["nz"], ["f"], to=TensorProto.FLOAT),
+                       oh.make_node("ReduceSum", ["f"], ["y"], keepdims=0)], "g",
+                      [oh.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), tmp_path / "nz.onnx")
+    eng = OrtEngine(tmp_path / "nz.onnx", capture=["r", "f"], threads=1, reuse=2)
+    for x in ([1, -1, 2, -3], [1, 2, -1, -1], [1, 2, 3, -1], [-1, -1, -1, 5]):
+        out = eng.run({"x": np.array(x, np.float32)})
+        nz = np.flatnonzero(np.maximum(x, 0))
+        assert out["f"].shape == (1, len(nz)) and np.array_equal(out["f"][0], nz)
+        assert out["y"] == nz.sum()
+    assert eng.reuse == 0
+
+
 def test_engine_rejects_mismatched_inputs():
     eng = OrtEngine(MODELS / "efficientnet_lite0.onnx", threads=1)
     with pytest.raises(InputMismatchError, match=r"\(2, 3, 200, 200\).*224"):

@@ -71,30 +71,39 @@ class OrtEngine(Engine):
     """Run an ONNX model with ONNX Runtime on the CPU.
 
     ``capture`` names intermediate tensors to return alongside the outputs (for
-    statistics and per-layer comparison). Only the current batch of them is ever held.
+    statistics and per-layer comparison).
 
-    Optimisation level (``optimize``): ``all`` without captures, ``basic`` with them. ONNX
-    Runtime keeps every captured tensor at any level (it fuses no node whose output is a graph
-    output), but at ``all`` it computes most convolutions in its blocked NCHWc layout, whose
-    different summation order changes the values in their last bits (relative differences up
-    to ~1e-4 on EfficientNet-Lite0, SqueezeNet 1.1 and PP-OCRv4 det/rec) and so the statistics;
-    at ``extended`` the values are bit-identical to ``basic``, and no faster. ``basic`` is what
-    makes capturing slow: without any capture it already takes ~2.7-3x the time of ``all`` on
-    EfficientNet-Lite0 (NCHW depthwise convolutions), the captures themselves add ~10%. See
-    ``benchmarks/capture_levels.py``.
+    Optimisation level (``optimize``, default ``all``, with or without captures). ONNX Runtime
+    keeps every captured tensor at any level (it fuses no node whose output is a graph output).
+    At ``all`` it runs most convolutions in its blocked NCHWc layout; a captured tensor then
+    costs a reorder back to NCHW, and a convolution whose output is captured no longer absorbs
+    its activation. Capturing the 93 tensors statistics need on EfficientNet-Lite0 takes ~1.7x
+    the bare pass at ``all``, against ~8x at ``basic``, where the depthwise convolutions run in
+    NCHW (``benchmarks/capture_levels.py``). The two levels' values differ in their last bits
+    (relative differences up to ~1e-4: a different summation order); ``all``'s are the ones
+    the deployed FP32 model computes in ONNX Runtime, and they do not depend on the batch size
+    or the thread count (checked bit for bit on EfficientNet-Lite0, SqueezeNet 1.1 and
+    PP-OCRv4 det/rec; ``tests/test_collect.py``). ``extended`` gives ``basic``'s values.
 
-    Memory: a capturing session runs without ONNX Runtime's CPU arena. Captured tensors
-    outlive their run (histogram workers read one run while the next is computed), and with
-    the arena they pin its chunks, so it grows by power-of-two extensions whenever the timing
-    of the threads happens to keep more of them alive, up to a peak that depends on how
-    long the calibration runs (EfficientNet-Lite0, streaming entropy in ``benchmarks/calibration.py``:
-    766, 875, 880 MiB with 64, 256, 500 samples). Without it the buffers go back to malloc:
-    737, 752, 762 MiB, at the same speed.
+    Output ring (``reuse=k``, what :func:`calib.collect.collect_statistics` uses): once two runs
+    in a row have the same input shapes and dtypes, outputs are written through an IOBinding
+    into ``k`` preallocated sets of buffers used in turn, so a run's arrays are valid until
+    ``k`` more runs are made (the caller must be done with them by then). No fresh memory per
+    run: the page faults of allocating hundreds of MB per run cost ~0.5x a bare pass on
+    EfficientNet-Lite0. A new input signature drops the ring; an output whose shape depends on
+    the values (ONNX Runtime refuses the binding) turns reuse off for the engine.
+
+    Arena (``arena``; default: on, except for a capturing session without ``reuse``). With
+    the output ring the arena holds only ONNX Runtime's internal buffers, the same every run.
+    Without it, captured outputs that outlive their run would pin the arena's chunks and it
+    would grow by power-of-two extensions whenever the threads' timing kept more of them alive
+    (EfficientNet-Lite0, streaming entropy: 766, 875, 880 MiB with 64, 256, 500 samples).
     """
 
     def __init__(self, model: "Model | str | os.PathLike", *, name: str | None = None,
                  threads: int | None = None, capture: Sequence[str] = (), optimize: str | None = None,
-                 precision: str | None = None, spinning: bool = True):
+                 precision: str | None = None, spinning: bool = True, reuse: int = 0,
+                 arena: bool | None = None):
         import onnxruntime as ort
 
         self.model = load_model(model)
@@ -107,12 +116,11 @@ class OrtEngine(Engine):
             data = _with_outputs(self.model, self.capture)
         else:
             data = self.model.serialize()
-        # Captured values are today's (and bit-identical between runs) at basic optimisation;
-        # the NCHWc layout of ``all`` changes their last bits (see the class docstring).
-        opt = optimize or ("basic" if self.capture else "all")
+        opt = optimize or "all"
+        if arena is None:
+            arena = not self.capture or reuse > 0
         try:
-            # no CPU arena while capturing: see "Memory" in the class docstring
-            so = session_options(threads, opt, spinning, arena=not self.capture)
+            so = session_options(threads, opt, spinning, arena=arena)
             self.session = ort.InferenceSession(data, sess_options=so, providers=["CPUExecutionProvider"])
         except Exception as exc:
             msg = ort_message(exc)
@@ -127,6 +135,11 @@ class OrtEngine(Engine):
         fixed = [t.fixed_batch for t in self._inputs if t.fixed_batch is not None]
         self._step = min(fixed) if fixed else None   # a fixed batch dimension: batches are split to it
         self._outputs = [o.name for o in self.session.get_outputs()]
+        self.reuse = max(0, int(reuse))
+        self._ring: "tuple | None" = None      # (input signature, [{output: buffer}] * reuse)
+        self._slot = 0
+        self._last: "tuple | None" = None      # (signature, {output: (shape, dtype)}) of the last plain run
+        self._io = None
         self.info = EngineInfo(name=name or self.model.name, backend="onnxruntime",
                                precision=precision or ("int8" if self.model.is_quantized else
                                                        "fp16" if self.model.is_fp16 else "fp32"))
@@ -170,13 +183,57 @@ class OrtEngine(Engine):
             return self._run_once(feed)
         if n % step:
             raise InputMismatchError(f"batch of {n} cannot be split into the model's fixed batch of {step}")
-        parts = [self._run_once({k: v[i:i + step] for k, v in feed.items()}) for i in range(0, n, step)]
+        # plain runs: the concatenation below needs every part at once
+        parts = [self._run_once({k: v[i:i + step] for k, v in feed.items()}, ring=False) for i in range(0, n, step)]
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
-    def _run_once(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run_once(self, feed: dict[str, np.ndarray], ring: bool = True) -> dict[str, np.ndarray]:
+        sig = None
+        if self.reuse and ring:
+            sig = tuple((k, v.shape, v.dtype.str) for k, v in feed.items())
+            bufs = self._buffers(sig)
+            if bufs is not None:
+                try:
+                    return self._run_bound(feed, bufs)
+                except Exception:
+                    # an output whose shape depends on the values (or a binding ONNX Runtime
+                    # refuses): from now on every run allocates its outputs
+                    self.reuse, self._ring, self._io = 0, None, None
         try:
             res = self.session.run(None, feed)
         except Exception as exc:
             msg = ort_message(exc)
             raise BackendError(f"{self.model.name}: ONNX Runtime failed: {msg}") from None
-        return dict(zip(self._outputs, res))
+        out = dict(zip(self._outputs, res))
+        if sig is not None:
+            shapes = {k: (v.shape, v.dtype) for k, v in out.items()
+                      if isinstance(v, np.ndarray) and v.size and v.dtype.kind in "fiub"}
+            self._last = (sig, shapes) if len(shapes) == len(out) else None
+        return out
+
+    def _buffers(self, sig) -> "dict[str, np.ndarray] | None":
+        """The next slot of the output ring for inputs of signature *sig*, or None for a plain
+        run. A ring is made when two runs in a row have the same input shapes and dtypes (the
+        second run fills its first slot); a new signature drops it."""
+        if self._ring is None or self._ring[0] != sig:
+            self._ring = None
+            if self._last is None or self._last[0] != sig:
+                return None
+            shapes = self._last[1]
+            self._ring = (sig, [{k: np.empty(s, d) for k, (s, d) in shapes.items()} for _ in range(self.reuse)])
+            self._slot = 0
+        bufs = self._ring[1][self._slot % self.reuse]
+        self._slot += 1
+        return bufs
+
+    def _run_bound(self, feed: dict[str, np.ndarray], bufs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._io is None:
+            self._io = self.session.io_binding()
+        io = self._io
+        held = [np.ascontiguousarray(v) for v in feed.values()]     # alive until the run is done
+        for k, v in zip(feed, held):
+            io.bind_cpu_input(k, v)
+        for k, b in bufs.items():
+            io.bind_output(k, "cpu", 0, b.dtype, b.shape, b.ctypes.data)
+        self.session.run_with_iobinding(io)
+        return dict(bufs)

@@ -72,7 +72,7 @@ def _with_capture(e: Engine, tensors: list[str]) -> Engine:
     from ..backends.onnxruntime import OrtEngine
 
     m = _model_of(e)
-    return OrtEngine(m, name=e.info.name, capture=tensors, precision=e.info.precision)
+    return OrtEngine(m, name=e.info.name, capture=tensors, precision=e.info.precision, optimize="basic")
 
 
 # --------------------------------------------------------------------------- batches
