@@ -25,7 +25,7 @@ takes ~8x; ``all``'s values differ from it in their last bits, see
 :class:`~calib.backends.onnxruntime.OrtEngine`.) The captured tensors go into a ring of two
 preallocated buffer sets (``OrtEngine(reuse=2)``) instead of fresh memory each run, whose page
 faults cost ~0.5x a bare pass. Then 13.1 M values per image are observed: min and max ~0.1
-ns/value, binning ~0.55 ns/value with the numba kernel (~1.9 with NumPy; :mod:`calib.stats`), on
+ns/value, binning ~0.6 ns/value with the numba kernel (~1.9 with NumPy; :mod:`calib.stats`), on
 the worker threads. Summarising tensors inside the graph (ReduceMin / ReduceMax, plus a ReduceSum
 to detect NaN, which ReduceMax may skip) was measured slower than capturing them and taking min
 and max in NumPy on the workers (3.9x against 3.45x the bare pass for ranges only, at ``basic``),

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import onnx.helper as oh
 import pytest
 from onnx import TensorProto, numpy_helper
