@@ -355,9 +355,9 @@ def _split(feed: Mapping[str, np.ndarray], model: Model, step: int | None) -> li
     if len(sizes) != 1:
         return [arrays]
     n = sizes.pop()
-    fixed = [t.fixed_batch for t in model.inputs if t.fixed_batch is not None]
-    if fixed:
-        step = min(fixed)
+    fixed = model.fixed_batch
+    if fixed is not None:
+        step = fixed
         if n % step:
             return [arrays]
     if n <= step:

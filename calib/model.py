@@ -155,6 +155,13 @@ class Model:
         return [_value_info_to_tensor_info(o) for o in self.proto.graph.output]
 
     @property
+    def fixed_batch(self) -> int | None:
+        """The batch size runs must be split to: the smallest fixed batch dimension among the
+        inputs, or None when every input's batch dimension is dynamic."""
+        fixed = [t.fixed_batch for t in self.inputs if t.fixed_batch is not None]
+        return min(fixed) if fixed else None
+
+    @property
     def opset(self) -> int:
         return onnx_opset(self.proto)
 

@@ -132,8 +132,7 @@ class OrtEngine(Engine):
                 raise CustomOpError(f"{self.model.name}: needs an operator ONNX Runtime does not implement{hint}: {msg}") from None
             raise ModelLoadError(f"{self.model.name}: ONNX Runtime cannot load the model: {msg}") from None
         self._inputs = self.model.inputs
-        fixed = [t.fixed_batch for t in self._inputs if t.fixed_batch is not None]
-        self._step = min(fixed) if fixed else None   # a fixed batch dimension: batches are split to it
+        self._step = self.model.fixed_batch      # a fixed batch dimension: batches are split to it
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.reuse = max(0, int(reuse))
         self._ring: "tuple | None" = None      # (input signature, [{output: buffer}] * reuse)
