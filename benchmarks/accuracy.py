@@ -104,7 +104,7 @@ def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_metho
          levels=("all",)) -> dict:
     """``{level: {method: log-softmax [2, N, C]}}`` plus ``labels`` and ``fp32`` for one fold."""
     from calib.algorithms import compute_amax
-    from calib.calibrate import _bias_probe_samples, build_qdq
+    from calib.calibrate import bias_probe_samples, build_qdq
     from calib.collect import collect_statistics
     from calib.qdq import prepare, quantize_model
 
@@ -122,7 +122,7 @@ def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_metho
 
     obs = collect_statistics(model, (f for f, _ in cal_b), threads=threads, progress=False)
     ranges = {alg: {k: float(compute_amax(o, alg)) for k, o in obs.items()} for alg in OURS}
-    prepared, probe_ds = prepare(model), _bias_probe_samples(cal, 0)   # as calibrate does it
+    prepared, probe_ds = prepare(model), bias_probe_samples(cal, 0)   # as calibrate does it
     for alg in OURS:
         score(f"calib {alg}", build_qdq(prepared, ranges[alg], probe_ds=probe_ds, threads=threads))
     score("calib entropy, no bias correction", quantize_model(prepared, ranges["entropy"], target="tensorrt"))

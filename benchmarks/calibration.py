@@ -205,12 +205,12 @@ def worker(job: dict) -> dict:
         return res
     if kind == "ours":
         from calib.algorithms import compute_amax
-        from calib.calibrate import _bias_probe_samples, build_qdq
+        from calib.calibrate import bias_probe_samples, build_qdq
         from calib.collect import collect_statistics
         from calib.qdq import prepare
 
         # the bias correction's samples, decoded before the clock starts like the others
-        probe = _Preloaded([b.feed for b in _bias_probe_samples(cal, 0).batches(batch_size=1)]) \
+        probe = _Preloaded([b.feed for b in bias_probe_samples(cal, 0).batches(batch_size=1)]) \
             if job.get("bias_correction", True) else None
         t0 = time.perf_counter()
         obs = collect_statistics(model, (f for f, _ in cal_batches), threads=threads, progress=False,

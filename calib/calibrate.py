@@ -161,7 +161,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     requested, selection, qdq, ranges = algorithm, None, None, None
     if algorithm == "auto":
         fit_obs, fit_smoothed = part_obs[0]
-        probe_ds = _bias_probe_samples(fit_ds, seed) if bias_correction else None
+        probe_ds = bias_probe_samples(fit_ds, seed) if bias_correction else None
         algorithm, qdq, ranges, selection = _select_algorithm(m, prepared, fit_obs, fit_smoothed, factors, sel_ds,
                                                               percentile=percentile, target=target, plan=plan,
                                                               seed=seed, batch_size=batch_size, threads=threads,
@@ -196,7 +196,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     t0 = time.perf_counter()
     if qdq is None:
         qdq = build_qdq(prepared, amax_q, target=target, plan=plan, factors=factors,
-                        probe_ds=_bias_probe_samples(calib_ds, seed) if bias_correction else None,
+                        probe_ds=bias_probe_samples(calib_ds, seed) if bias_correction else None,
                         threads=threads, progress=progress)
     t_bias = time.perf_counter() - t0
     qreport = qdq.quant_report
@@ -255,7 +255,7 @@ def _probe_samples(ds, limit: int, seed: int):
     return ds.subset(limit=limit, seed=seed) if len(ds) > limit else ds
 
 
-def _bias_probe_samples(ds, seed: int):
+def bias_probe_samples(ds, seed: int):
     """The calibration samples that measure the bias correction (``BIAS_PROBE_SAMPLES`` at most)."""
     return _probe_samples(ds, BIAS_PROBE_SAMPLES, seed)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..calibrate import ALGORITHMS
+from ..calibrate import ALGORITHMS, BIAS_PROBE_SAMPLES
 from ..smooth import DEFAULT_ALPHA
 
 
@@ -37,7 +37,7 @@ def register(sub) -> None:
                     help="no channel smoothing: the Q/DQ model keeps the model's own constants")
     p.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                    help="keep the model's biases in the Q/DQ model (default: each INT8 Conv/Gemm's mean INT8 error "
-                        "per channel, measured layer by layer on up to 64 calibration samples, is subtracted from "
+                        f"per channel, measured layer by layer on up to {BIAS_PROBE_SAMPLES} calibration samples, is subtracted from "
                         "its bias; the cache is the same either way)")
     p.add_argument("--trt-version", type=int, default=None,
                    help="version field of the cache header, e.g. 100900 for TensorRT 10.9")
