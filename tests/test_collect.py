@@ -155,18 +155,20 @@ def _same_observers(a, b):
 
 @needs_model
 def test_derived_observers_identical_on_efficientnet(model, images):
-    from calib.collect import default_tensors, plan_derivations
+    from calib.collect import default_tensors, plan_clip_splits, plan_derivations, plan_ranges
 
     plan = plan_derivations(model, default_tensors(model))
     pads = [k for k, d in plan.items() if d.kind == "pad"]
     assert len(pads) == 17 and all(model.producers()[k].op_type == "Pad" for k in pads)
+    ranges = plan_ranges(model, [t for t in default_tensors(model) if t not in plan])
+    assert len(plan_clip_splits(ranges)) == 33        # every ReLU6 output: not captured, not binned
     feeds = [{"input": images[:3]}, {"input": images[3:8]}]
     direct = collect_statistics(model, feeds, progress=False, derive=False)
     derived = collect_statistics(model, feeds, progress=False, derive=True, workers=1, run_batch=2)
     _same_observers(direct, derived)
     assert all(k in derived for k in pads)           # the padded tensors are still reported
     for alg in ("entropy", "max", "percentile", "mse"):
-        for k in pads:
+        for k in pads + list(plan_clip_splits(ranges)):
             assert compute_amax(direct[k], alg) == compute_amax(derived[k], alg)
 
 

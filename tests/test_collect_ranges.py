@@ -1,4 +1,5 @@
-"""Range-only collection (max calibration): Relu / Clip outputs derived from their inputs' ranges."""
+"""Relu / Clip outputs derived from their inputs: ranges (max calibration) and histograms
+(ClipSplitObserver), bit-identical to capturing them."""
 from __future__ import annotations
 
 import warnings
@@ -10,7 +11,7 @@ import onnx.helper as oh
 import pytest
 from onnx import TensorProto
 
-from calib.collect import collect_statistics, default_tensors, plan_derivations, plan_ranges
+from calib.collect import collect_statistics, default_tensors, plan_clip_splits, plan_derivations, plan_ranges
 from calib.model import Model
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -63,10 +64,13 @@ def test_plan_ranges_picks_relu_and_constant_clips(tmp_path):
                                                     "c_hi": "m", "rx": "x"}
     assert ranges["c"][1:] == (0.0, 6.0) and ranges["c_bad"][1:] == (2.0, 1.0)
     assert ranges["c_hi"][1:] == (-float("inf"), 1.0) and ranges["r"][1:] == (0.0, float("inf"))
+    # histograms: only clip(x, 0, hi > 0) of a source that is not derived itself, one per source
+    assert plan_clip_splits(ranges) == {"r": ("m", 0.0, float("inf")), "rx": ("x", 0.0, float("inf"))}
 
 
+@pytest.mark.parametrize("histogram", [False, True])
 @pytest.mark.parametrize("poison", [False, True])
-def test_range_derivation_is_exact_with_and_without_nonfinite_values(tmp_path, poison, monkeypatch):
+def test_range_derivation_is_exact_with_and_without_nonfinite_values(tmp_path, poison, histogram, monkeypatch):
     import calib.collect as cc
 
     calls = []
@@ -85,15 +89,16 @@ def test_range_derivation_is_exact_with_and_without_nonfinite_values(tmp_path, p
         warnings.simplefilter("ignore", RuntimeWarning)
         # 'five' holds one value per run: compare like with like (same runs)
         for rb in (None, 1, 4):
-            ref = collect_statistics(m, feeds, progress=False, derive=False, histogram=False, workers=0,
+            ref = collect_statistics(m, feeds, progress=False, derive=False, histogram=histogram, workers=0,
                                      run_batch=rb)
             for kw in ({"workers": 0}, {"workers": 2}, {"workers": 1}):
-                _same(ref, collect_statistics(m, feeds, progress=False, histogram=False, run_batch=rb, **kw))
+                _same(ref, collect_statistics(m, feeds, progress=False, histogram=histogram, run_batch=rb, **kw))
         # explicit tensors (a derived output and its source named in any order)
-        names = ["c", "m", "r", "c_pad"]
-        _same(collect_statistics(m, feeds, names, progress=False, derive=False, histogram=False),
-              collect_statistics(m, feeds, names, progress=False, histogram=False))
+        names = ["c", "m", "r", "c_pad", "rx"]
+        _same(collect_statistics(m, feeds, names, progress=False, derive=False, histogram=histogram),
+              collect_statistics(m, feeds, names, progress=False, histogram=histogram))
     assert ref["c"].max <= 6.0 and ref["c_bad"].min == ref["c_bad"].max == 1.0
+    assert ref["r"].has_histogram == histogram and ref["r"].min == 0.0
     assert bool(calls) == poison                         # runs with NaN / Inf computed again, only those
     if poison:
         assert ref["m"].nan_count == 1 and ref["m"].inf_count == 2

@@ -253,3 +253,100 @@ def test_add_range_equals_update_for_finite_values():
         b.add_range(2.0, 1.0, 3)
     with pytest.raises(ValueError):
         TensorObserver("h").add_range(0.0, 1.0, 3)                 # a histogram needs the values
+
+
+def test_pending_sub_histograms_flush_exactly(monkeypatch):
+    """The kernel's int32 counts carry over between updates: reading the histogram midway, a
+    width that grows later, or the overflow guard firing on every call change nothing."""
+    import calib.stats as st
+
+    pytest.importorskip("numba")
+    monkeypatch.delenv("CALIB_NUMBA", raising=False)
+    monkeypatch.setattr(st, "_kernel", None)
+    x = _kernel_data(7)
+    parts = [x[:100_000], x[100_000:] * np.float32(0.5), x * np.float32(30.0), x[:40_000]]
+    ref = _observe(parts)
+    o = TensorObserver("t")
+    seen = []
+    for p in parts:
+        o.update(p)
+        seen.append(int(o.hist.sum()))                 # a read flushes the pending counts
+    assert o.same_as(ref) and seen == list(np.cumsum([p.size for p in parts]))
+    monkeypatch.setattr(st, "_PENDING_MAX", 50_000)    # a flush before every kernel call
+    monkeypatch.setattr(st, "_NUMBA_SLICE", 40_000)
+    assert _observe(parts).same_as(ref)
+    back = pickle.loads(pickle.dumps(ref))
+    assert back.same_as(ref) and back._pending is None
+
+
+# -- ClipSplitObserver: x and clip(x, 0, hi) from one pass, exactly -----------------------------
+def _split_parts(seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(200_000) * 4.0).astype(np.float32)
+    x[rng.random(x.size) < 0.1] = 0.0
+    x[:5] = [-0.0, 6.0, np.float32(6.0) + np.float32(2.0) ** -20, 1e-42, -1e-42]   # at, just above hi
+    return [x[:60_000],                               # both signs
+            np.abs(x[60_000:100_000]) * np.float32(0.01),  # small positives only
+            -np.abs(x[100_000:140_000]) * np.float32(50.0),  # negatives only, far beyond the positives
+            x[140_000:] * np.float32(3.0),            # wider: every width grows
+            x[:1000].copy()]                          # NumPy-sized update
+
+
+def _clip_ref(parts, hi):
+    x, c = TensorObserver("x"), TensorObserver("c")
+    for p in parts:
+        x.update(p)
+        c.update(np.minimum(np.maximum(p, np.float32(0.0)), np.float32(hi)))
+    return x, c
+
+
+@pytest.mark.parametrize("hi", [6.0, math.inf, 0.5, float(np.float32(1e30))])
+@pytest.mark.parametrize("kernel", [True, False])
+def test_clip_split_observer_gives_both_observers_exactly(hi, kernel, monkeypatch):
+    import calib.stats as st
+    from calib.stats import ClipSplitObserver
+
+    if kernel:
+        pytest.importorskip("numba")
+        monkeypatch.delenv("CALIB_NUMBA", raising=False)
+    monkeypatch.setattr(st, "_split_kernel", None if kernel else False)
+    monkeypatch.setattr(st, "_kernel", None if kernel else False)
+    parts = _split_parts(int(hi) % 7 if math.isfinite(hi) else 3)
+    ref_x, ref_c = _clip_ref(parts, hi)
+    s = ClipSplitObserver("x", hi)
+    for p in parts:
+        s.update(p)
+    assert (st._split_binning_kernel() is not None) == kernel
+    assert s.observer().same_as(ref_x) and s.observer("y").name == "y"
+    c = s.clipped("c")
+    assert c.same_as(ref_c) and c.name == "c" and c.min == 0.0 and c.max == min(hi, ref_x.max)
+    for alg in ("entropy", "percentile", "mse", "max"):
+        assert compute_amax(c, alg) == compute_amax(ref_c, alg)
+    # any order, any batching: the same statistics
+    allx = np.concatenate(parts)
+    t = ClipSplitObserver("x", hi)
+    for p in np.array_split(allx[::-1].copy(), 7):
+        t.update(p)
+    assert t.observer().same_as(ref_x) and t.clipped("c").same_as(ref_c)
+    # counts: negatives land in bin 0 of the clipped tensor, values above hi in hi's bin
+    n_neg = int((allx < 0).sum())
+    n_zero = int((allx == 0).sum())
+    assert c.hist[0] >= n_neg + n_zero and c.count == allx.size
+
+
+def test_clip_split_observer_float16_and_bad_input():
+    from calib.stats import ClipSplitObserver
+
+    x = (np.random.default_rng(1).standard_normal(70_000) * 5).astype(np.float16)
+    s = ClipSplitObserver("x", 6.0).update(x)
+    ref_x, ref_c = _clip_ref([x.astype(np.float32)], 6.0)
+    assert s.observer().same_as(ref_x) and s.clipped("c").same_as(ref_c)
+    empty = ClipSplitObserver("e", 6.0)
+    assert empty.observer().same_as(TensorObserver("e")) and empty.clipped("c").same_as(TensorObserver("c"))
+    with pytest.raises(ValueError, match="finite"):
+        ClipSplitObserver("x", 6.0).update(np.array([1.0, np.nan], np.float32))
+    with pytest.raises(TypeError):
+        ClipSplitObserver("x", 6.0).update(np.ones(3, np.float64))
+    for bad in (0.0, -1.0, 0.1):                      # not > 0, or not a float32 value
+        with pytest.raises(ValueError, match="upper bound"):
+            ClipSplitObserver("x", bad)
