@@ -8,7 +8,8 @@ pass, and the peak RSS (VmHWM) of the process that ran it:
 * ``collect derive=off``: every float tensor captured from ONNX Runtime and histogrammed
   (the path before derivation; integer tensors are captured too and dropped after one run);
 * ``collect derive=on``: value-preserving outputs (Pad with zeros, Reshape, ...) derived from
-  their inputs' observers instead; integer tensors not captured (identical results);
+  their inputs' observers instead, and Relu / ReLU6 outputs from their inputs' three-way split
+  histograms (``calib.stats.ClipSplitObserver``); integer tensors not captured (identical results);
 * ``... numba=off``: the same with ``CALIB_NUMBA=0`` (NumPy binning; only differs from the
   line above when numba is installed, which it is not by default);
 * ``max ...``: ``histogram=False`` (ranges only, what max calibration collects); ``derive=on``
