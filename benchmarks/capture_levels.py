@@ -39,13 +39,16 @@ MODELS = {
 
 
 def _captured(m):
-    from calib.collect import _static_nonfloat, default_tensors, plan_derivations
+    """What ``collect_statistics`` (histograms, ``derive=True``) captures."""
+    from calib.collect import _static_nonfloat, default_tensors, plan_clip_splits, plan_derivations, plan_ranges
 
     wanted = default_tensors(m)
     plan = plan_derivations(m, wanted)
     skip = _static_nonfloat(m, wanted)
     inputs = {t.name for t in m.inputs}
-    return [t for t in wanted if t not in inputs and t not in plan and t not in skip]
+    direct = [t for t in wanted if t not in plan and t not in skip]
+    split = plan_clip_splits(plan_ranges(m, direct))
+    return [t for t in direct if t not in inputs and t not in split]
 
 
 def _time(eng, feeds, reps=3) -> float:

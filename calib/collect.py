@@ -19,7 +19,9 @@ Where the time goes (EfficientNet-Lite0, 2 cores, runs of 4 samples; ONNX Runtim
 the deployed model: its convolutions take what they take in a bare pass (~10.5 ms a run), and
 the captures add ~8 ms: 58 reorders of captured tensors from the blocked NCHWc layout to NCHW
 (3.4 ms), 33 Clips no longer fused into their convolution and run in NCHW (2.3 ms), and 32
-reorders back to NCHWc for the next convolution (2.0 ms); ~1.7x the bare pass in all. (At
+reorders back to NCHWc for the next convolution (2.0 ms); ~1.7x the bare pass in all (profiled
+with the 93 tensors captured before Relu / Clip outputs were derived; the 60 captured now
+measure 1.6-1.8x). (At
 ``basic``, which collection used before, the depthwise convolutions run in NCHW and capturing
 takes ~8x; ``all``'s values differ from it in their last bits, see
 :class:`~calib.backends.onnxruntime.OrtEngine`.) The captured tensors go into a ring of two

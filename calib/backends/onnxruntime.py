@@ -77,9 +77,10 @@ class OrtEngine(Engine):
     keeps every captured tensor at any level (it fuses no node whose output is a graph output).
     At ``all`` it runs most convolutions in its blocked NCHWc layout; a captured tensor then
     costs a reorder back to NCHW, and a convolution whose output is captured no longer absorbs
-    its activation. Capturing the 93 tensors statistics need on EfficientNet-Lite0 takes ~1.7x
-    the bare pass at ``all``, against ~8x at ``basic``, where the depthwise convolutions run in
-    NCHW (``benchmarks/capture_levels.py``). The two levels' values differ in their last bits
+    its activation. Capturing the 60 tensors statistics need on EfficientNet-Lite0 takes ~1.6-1.8x
+    the bare pass at ``all``, against ~4-6x at ``basic``, where the depthwise convolutions run in
+    NCHW (``benchmarks/capture_levels.py``; 93 tensors, before Relu / Clip outputs were derived:
+    ~1.7x and ~8x). The two levels' values differ in their last bits
     (relative differences up to ~1e-4: a different summation order); ``all``'s are the ones
     the deployed FP32 model computes in ONNX Runtime, and they do not depend on the batch size
     or the thread count (checked bit for bit on EfficientNet-Lite0, SqueezeNet 1.1 and
