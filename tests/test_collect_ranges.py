@@ -73,9 +73,19 @@ def test_plan_ranges_picks_relu_and_constant_clips(tmp_path):
 def test_range_derivation_is_exact_with_and_without_nonfinite_values(tmp_path, poison, histogram, monkeypatch):
     import calib.collect as cc
 
+    import calib.backends.onnxruntime as ort_backend
+
     calls = []
     real = cc._Updater._recapture
     monkeypatch.setattr(cc._Updater, "_recapture", lambda self, deps, feed: (calls.append(1), real(self, deps, feed)))
+    captured = []                                        # what each engine was asked to capture
+
+    class Spy(ort_backend.OrtEngine):
+        def __init__(self, *a, **kw):
+            captured.append(set(kw.get("capture") or ()))
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(ort_backend, "OrtEngine", Spy)
     m = _clips(tmp_path / "c.onnx")
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((9, 5)) * 4).astype(np.float32)
@@ -97,6 +107,12 @@ def test_range_derivation_is_exact_with_and_without_nonfinite_values(tmp_path, p
         names = ["c", "m", "r", "c_pad", "rx"]
         _same(collect_statistics(m, feeds, names, progress=False, derive=False, histogram=histogram),
               collect_statistics(m, feeds, names, progress=False, histogram=histogram))
+        # the derived outputs are captured only by the second engine, for the runs with NaN / Inf
+        captured.clear()
+        collect_statistics(m, feeds, progress=False, histogram=histogram, workers=0)
+    derived = {"r", "rx"} if histogram else {"r", "c", "c_bad", "c_none", "c_hi", "rx"}
+    assert not derived & captured[0] and "m" in captured[0]
+    assert len(captured) == (2 if poison else 1) and (not poison or captured[1] == derived)
     assert ref["c"].max <= 6.0 and ref["c_bad"].min == ref["c_bad"].max == 1.0
     assert ref["r"].has_histogram == histogram and ref["r"].min == 0.0
     assert bool(calls) == poison                         # runs with NaN / Inf computed again, only those
