@@ -38,19 +38,6 @@ MODELS = {
 }
 
 
-def _captured(m):
-    """What ``collect_statistics`` (histograms, ``derive=True``) captures."""
-    from calib.collect import _static_nonfloat, default_tensors, plan_clip_splits, plan_derivations, plan_ranges
-
-    wanted = default_tensors(m)
-    plan = plan_derivations(m, wanted)
-    skip = _static_nonfloat(m, wanted)
-    inputs = {t.name for t in m.inputs}
-    direct = [t for t in wanted if t not in plan and t not in skip]
-    split = plan_clip_splits(plan_ranges(m, direct))
-    return [t for t in direct if t not in inputs and t not in split]
-
-
 def _time(eng, feeds, reps=3) -> float:
     best = float("inf")
     for _ in range(reps):
@@ -64,6 +51,7 @@ def _time(eng, feeds, reps=3) -> float:
 
 def part1(names, threads):
     from calib.backends.onnxruntime import OrtEngine
+    from calib.collect import captured_tensors
     from calib.datasets import open_dataset
     from calib.model import Model
     from calib.stats import TensorObserver
@@ -76,7 +64,7 @@ def part1(names, threads):
         m = Model.load(SHARED / "models" / f"{name}.onnx")
         ds = open_dataset(SHARED / "data" / data, m, pre, limit=n, seed=0)
         feeds = [b.feed for b in ds.batches(batch_size=bs, progress=False)]
-        cap = _captured(m)
+        cap = captured_tensors(m)
         outs, times = {}, {}
         for lvl in ("basic", "extended", "all"):
             eng = OrtEngine(m, capture=cap, optimize=lvl, threads=threads)
@@ -151,13 +139,11 @@ def part3(threads, samples):
     from calibration import _open      # this folder is on sys.path
 
     from calib.backends.onnxruntime import OrtEngine, session_options
-    from calib.collect import plan_ranges
+    from calib.collect import captured_tensors
 
     model, cal = _open("efficientnet_lite0", "calib", samples)
     feeds = [b.feed for b in cal.batches(batch_size=16, progress=False)]
-    direct = _captured(model)
-    ranged = plan_ranges(model, direct)           # Relu/Clip outputs follow from their inputs
-    cap = [t for t in direct if t not in ranged]
+    cap = captured_tensors(model, histogram=False)    # Relu/Clip outputs follow from their inputs' ranges
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
     for i, t in enumerate(cap):

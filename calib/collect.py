@@ -358,6 +358,29 @@ def default_tensors(model: Model) -> list[str]:
     return inputs + [t for t in model.activation_tensors() if t not in set(inputs)]
 
 
+def _capture_plan(m: Model, wanted: Sequence[str], explicit: bool, derive: bool,
+                  histogram: bool) -> tuple[dict[str, _Derived], dict[str, tuple], list[str]]:
+    """``(plan, ranges, capture)`` for observing *wanted*: the tensors derived from others'
+    observers (:func:`plan_derivations`), the Relu / Clip outputs derived from their inputs
+    (:func:`plan_ranges`, for histograms :func:`plan_clip_splits`), and those ONNX Runtime must
+    output. Integer tensors known from shape inference are skipped unless named explicitly."""
+    plan = plan_derivations(m, wanted) if derive else {}
+    skip = _static_nonfloat(m, wanted) if (derive and not explicit) else set()
+    direct = [t for t in wanted if t not in plan and t not in skip]
+    ranges = plan_ranges(m, direct) if derive else {}
+    if histogram:
+        ranges = plan_clip_splits(ranges)
+    inputs = {t.name for t in m.inputs}
+    return plan, ranges, [t for t in direct if t not in inputs and t not in ranges]
+
+
+def captured_tensors(model: "Model | str | os.PathLike", *, histogram: bool = True) -> list[str]:
+    """The tensors :func:`collect_statistics` has ONNX Runtime output for *model* by default
+    (every float tensor observed, ``derive=True``), with or without histograms."""
+    m = load_model(model)
+    return _capture_plan(m, default_tensors(m), False, True, histogram)[2]
+
+
 def _feed_of(batch: Any) -> Mapping[str, np.ndarray]:
     feed = getattr(batch, "feed", batch)
     if not isinstance(feed, Mapping):
@@ -546,13 +569,7 @@ def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any
     wanted = list(dict.fromkeys(tensors)) if explicit else default_tensors(m)
     if explicit and not wanted:
         raise CalibError("no tensors to observe were given")
-    plan = plan_derivations(m, wanted) if derive else {}
-    skip = _static_nonfloat(m, wanted) if (derive and not explicit) else set()
-    direct = [t for t in wanted if t not in plan and t not in skip]
-    ranges = plan_ranges(m, direct) if derive else {}
-    if histogram:
-        ranges = plan_clip_splits(ranges)
-    capture = [t for t in direct if t not in inputs and t not in ranges]
+    plan, ranges, capture = _capture_plan(m, wanted, explicit, derive, histogram)
     dependents: dict[str, list] = {}
     for out, (src, lo, hi) in ranges.items():
         dependents.setdefault(src, []).append((out, lo, hi))

@@ -143,24 +143,25 @@ _SIGNATURES = {
 _split_kernel: Any = None  # as _kernel, for _bin_split
 
 
-def _binning_kernel():
-    """The compiled :func:`_bin_abs`, or None (numba missing, failing, or ``CALIB_NUMBA=0``)."""
-    global _kernel
-    if _kernel is None:
+def _lazy_kernel(var: str, which: str):
+    """The kernel held in the module global *var* (None: not tried yet; False: unavailable),
+    compiled on first use; None when numba is missing, failing, or ``CALIB_NUMBA=0``."""
+    g = globals()
+    if g[var] is None:
         with _kernel_lock:
-            if _kernel is None:
-                _kernel = _compile_kernel("abs")
-    return _kernel or None
+            if g[var] is None:
+                g[var] = _compile_kernel(which)
+    return g[var] or None
+
+
+def _binning_kernel():
+    """The compiled :func:`_bin_abs`, or None."""
+    return _lazy_kernel("_kernel", "abs")
 
 
 def _split_binning_kernel():
-    """The compiled :func:`_bin_split`, or None (as :func:`_binning_kernel`)."""
-    global _split_kernel
-    if _split_kernel is None:
-        with _kernel_lock:
-            if _split_kernel is None:
-                _split_kernel = _compile_kernel("split")
-    return _split_kernel or None
+    """The compiled :func:`_bin_split`, or None."""
+    return _lazy_kernel("_split_kernel", "split")
 
 
 def _compile_kernel(which: str = "abs"):
@@ -202,22 +203,56 @@ def _coarsen(hist: np.ndarray, d: int) -> np.ndarray:
     return out
 
 
+def _check_bins(bins: int) -> int:
+    if bins < TRT_BINS or bins & (bins - 1):
+        raise ValueError(f"bins must be a power of two >= {TRT_BINS}, got {bins}")
+    return int(bins)
+
+
+class _Pending:
+    """A numba kernel's int32 sub-histograms (``_SUBS`` x *width*) and index scratch, kept by an
+    observer from one update to the next. Their counts go into the observer's int64 histogram
+    (:meth:`drain_into`) only when it is read, when its width grows, or before 2**31 values could
+    overflow them: counting into the same sub-histograms across updates saves allocating, zeroing
+    and summing them at each one (~20 us; a run of EfficientNet-Lite0 updates 60 observers)."""
+
+    __slots__ = ("sub", "idx", "n")
+
+    def __init__(self, width: int):
+        self.sub = np.zeros((_SUBS, width), dtype=np.int32)
+        self.idx = np.empty(_IDX, dtype=np.int32)
+        self.n = 0                  # values counted since the last drain
+
+    def drain_into(self, hist: np.ndarray) -> None:
+        """Add the pending counts into *hist* (int64, *width* values; a view is updated in place)."""
+        if self.n:
+            hist += self.sub.sum(axis=0, dtype=np.int64)
+            self.sub[...] = 0
+            self.n = 0
+
+    def count(self, kernel, a: np.ndarray, args: tuple, hist: np.ndarray) -> None:
+        """``kernel(part, *args, sub, idx)`` over *a* in slices, draining into *hist* first
+        whenever the next slice could overflow the int32 counts."""
+        for s in range(0, a.size, _NUMBA_SLICE):
+            part = a[s:s + _NUMBA_SLICE]
+            if self.n + part.size > _PENDING_MAX:
+                self.drain_into(hist)
+            kernel(part, *args, self.sub, self.idx)
+            self.n += part.size
+
+
 class TensorObserver:
     """Running range and |x| histogram of one tensor; see the module docstring."""
 
     __slots__ = ("name", "bins", "_log2", "_hist", "exp", "count", "nan_count", "inf_count", "has_histogram",
-                 "min", "max", "_scratch", "_pending", "_pending_n", "_idx")
+                 "min", "max", "_scratch", "_pending")
 
     def __init__(self, name: str | None = None, bins: int = DEFAULT_BINS, histogram: bool = True):
-        if bins < TRT_BINS or bins & (bins - 1):
-            raise ValueError(f"bins must be a power of two >= {TRT_BINS}, got {bins}")
         self.name = name
-        self.bins = int(bins)
+        self.bins = _check_bins(bins)
         self._log2 = int(math.log2(bins))
         self._hist = np.zeros(self.bins, dtype=np.int64)
-        self._pending = None     # int32 (_SUBS, bins): the numba kernel's counts not yet in _hist
-        self._pending_n = 0
-        self._idx = None         # the kernel's index scratch
+        self._pending: _Pending | None = None     # the numba kernel's counts not yet in _hist
         self.exp = EXP_MIN
         self.count = 0
         self.nan_count = 0
@@ -240,18 +275,13 @@ class TensorObserver:
     def hist(self, value) -> None:
         self._hist = value
         self._pending = None
-        self._pending_n = 0
 
     def _flush(self, release: bool = False) -> None:
-        """Add the kernel's pending int32 counts into the histogram. Counting into the same
-        sub-histograms across updates saves allocating, zeroing and summing them at every
-        update (~20 us each; a run of EfficientNet-Lite0 updates 60 observers)."""
-        if self._pending_n:
-            self._hist += self._pending.sum(axis=0, dtype=np.int64)
-            self._pending[...] = 0
-            self._pending_n = 0
-        if release:
-            self._pending = self._idx = None
+        """Add the kernel's pending counts into the histogram (:class:`_Pending`)."""
+        if self._pending is not None:
+            self._pending.drain_into(self._hist)
+            if release:
+                self._pending = None
 
     @property
     def absmax(self) -> float:
@@ -317,16 +347,9 @@ class TensorObserver:
         if n >= _NUMBA_MIN:
             kernel = _binning_kernel()
             if kernel is not None:
-                a = np.ascontiguousarray(a)
                 if self._pending is None:
-                    self._pending = np.zeros((_SUBS, self.bins), dtype=np.int32)
-                    self._idx = np.empty(_IDX, dtype=np.int32)
-                for s in range(0, n, _NUMBA_SLICE):
-                    part = a[s:s + _NUMBA_SLICE]
-                    if self._pending_n + part.size > _PENDING_MAX:    # int32 counts cannot overflow
-                        self._flush()
-                    kernel(part, scale, self._pending, self._idx)
-                    self._pending_n += part.size
+                    self._pending = _Pending(self.bins)
+                self._pending.count(kernel, np.ascontiguousarray(a), (scale,), self._hist)
                 return self
         if n <= _CHUNK:
             t = np.abs(a)
@@ -503,12 +526,10 @@ class ClipSplitObserver:
     directly, where Clip's treatment of them is ONNX Runtime's to decide).
     """
 
-    __slots__ = ("name", "hi", "bins", "_log2", "_hists", "exps", "count", "min", "max", "_pending", "_pending_n",
-                 "_idx")
+    __slots__ = ("name", "hi", "bins", "_log2", "_hists", "exps", "count", "min", "max", "_pending")
 
     def __init__(self, name: str | None = None, hi: float = math.inf, bins: int = DEFAULT_BINS):
-        if bins < TRT_BINS or bins & (bins - 1):
-            raise ValueError(f"bins must be a power of two >= {TRT_BINS}, got {bins}")
+        bins = _check_bins(bins)
         hi = float(hi)
         if not hi > 0.0 or (math.isfinite(hi) and float(np.float32(hi)) != hi):
             raise ValueError(f"the upper bound must be a float32 value > 0 (or inf), got {hi}")
@@ -517,9 +538,7 @@ class ClipSplitObserver:
         self.bins = int(bins)
         self._log2 = int(math.log2(bins))
         self._hists = np.zeros((3, self.bins), dtype=np.int64)    # x < 0, 0 <= x <= hi, x > hi
-        self._pending = None         # int32 (_SUBS, 3 * bins), as in TensorObserver
-        self._pending_n = 0
-        self._idx = None
+        self._pending: _Pending | None = None     # 3 * bins wide, as in TensorObserver
         self.exps = [EXP_MIN, EXP_MIN, EXP_MIN]
         self.count = 0
         self.min = math.inf
@@ -536,12 +555,10 @@ class ClipSplitObserver:
         return self._hists
 
     def _flush(self, release: bool = False) -> None:
-        if self._pending_n:
-            self._hists += self._pending.sum(axis=0, dtype=np.int64).reshape(3, self.bins)
-            self._pending[...] = 0
-            self._pending_n = 0
-        if release:
-            self._pending = self._idx = None
+        if self._pending is not None:
+            self._pending.drain_into(self._hists.reshape(-1))     # a view: the three rows in place
+            if release:
+                self._pending = None
 
     def _grow(self, r: int, new_exp: int) -> None:
         if new_exp > self.exps[r]:
@@ -574,14 +591,9 @@ class ClipSplitObserver:
         kernel = _split_binning_kernel() if a.size >= _NUMBA_MIN else None
         if kernel is not None:
             if self._pending is None:
-                self._pending = np.zeros((_SUBS, 3 * self.bins), dtype=np.int32)
-                self._idx = np.empty(_IDX, dtype=np.int32)
-            for s in range(0, a.size, _NUMBA_SLICE):
-                part = a[s:s + _NUMBA_SLICE]
-                if self._pending_n + part.size > _PENDING_MAX:
-                    self._flush()
-                kernel(part, hi32, scales[0], scales[1], scales[2], np.int32(self.bins), self._pending, self._idx)
-                self._pending_n += part.size
+                self._pending = _Pending(3 * self.bins)
+            self._pending.count(kernel, a, (hi32, scales[0], scales[1], scales[2], np.int32(self.bins)),
+                                self._hists.reshape(-1))
             return self
         for s in range(0, a.size, _CHUNK):
             part = a[s:s + _CHUNK]
