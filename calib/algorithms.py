@@ -35,44 +35,36 @@
       description, which is why it is the default.
     * the zero spike: ``zero_bin="neighbour"`` (default) gives ``h[0]`` the count of ``h[1]``
       before the search, as NVIDIA's pytorch-quantization and Model Optimizer do. After ReLU
-      or ReLU6 most values are exactly 0 (75-90% in EfficientNet-Lite0's later blocks); the
-      literal search (``zero_bin="keep"``) then merges that spike into level 0 for every
-      candidate wider than 128 bins, spreads it over the level's bins, and so always picks
-      the first candidate: thresholds of 0.5 on ReLU6 tensors whose max is 6. Measured on
-      the shared models (250 calibration / 253 held-out ImageNet images, Q/DQ in ONNX
-      Runtime): EfficientNet-Lite0 top-1 0.0% with ``keep`` vs 88.5% with ``neighbour``
-      (FP32 89.3%); SqueezeNet 1.1 25.3% vs 58.9% (FP32 59.3%). Zeros are exactly
-      representable in symmetric INT8, so discounting them costs nothing.
+      or ReLU6 most values are exactly 0; the literal search (``zero_bin="keep"``) then merges
+      that spike into level 0 for every candidate wider than 128 bins, spreads it over the
+      level's bins, and so always picks the first candidate (a threshold of 0.5 on a ReLU6
+      tensor whose max is 6). Zeros are exactly representable in symmetric INT8, so
+      discounting them costs nothing.
     * the saturation spike: ``saturation="protect"`` (default) returns the max when the last
       non-empty bin is a spike (more than 8 times the mean count of the 8 bins below it, at
       least 8 values, and at least half of those 8 bins non-empty, so that isolated far
       outliers above empty bins still count as a tail): the tensor was saturated by the graph (ReLU6 / Clip outputs pile up
       at exactly 6). KL compares shapes, not error sizes, so the literal search
       (``saturation="ignore"``) happily clips the spike, moving every saturated value by
-      ``6 - t``. On EfficientNet-Lite0 it clipped three ReLU6 outputs to 3.4-4.9 and cost
-      0.8 top-1 points on the held-out split (88.1% vs 88.9%, FP32 89.3%); protecting them
-      recovers it. Long, thin tails (no spike) are still clipped as TensorRT clips them.
+      ``6 - t``. Long, thin tails (no spike) are still clipped as TensorRT clips them.
     * spikes inside the range: ``spikes="protect"`` (default) never puts the threshold below a
       spike, i.e. the candidates start above the highest bin (after bin 0) that holds at least
       0.1% of the values, at least 8 of them, and more than 8 times the mean count of the 8 bins
       on each side. Such point masses are constant responses: on images with a plain background
       (rendered text lines, documents) every channel outputs one value over the whole
-      background, so an early activation's |x| histogram is a comb of one spike per channel
-      (75% of PP-OCRv4 det's first-block values sit on them). The literal search
-      (``spikes="ignore"``) is doubly misled there: Q spreads each spike over its level's
-      non-empty bins, a cost that grows with the candidate's width, while clipping a spike costs
-      only the log of its mass once; so KL runs to the smallest candidates and clips whole
-      channels' backgrounds, a systematic error every later layer sees (PP-OCRv4 det: the first
-      HardSwish output clipped to 1.26 of 13.9 with 14.8% of its values above; at RapidOCR's
-      736-pixel input the first conv output to 0.53 of 4.9). Measured with Q/DQ (TensorRT
-      placement) in ONNX Runtime, probability-map cosine to FP32 on held-out OCR lines:
-      0.69 -> 0.95 at 160 px, 0.00 -> 0.96 at 736 px; EfficientNet-Lite0 and SqueezeNet 1.1
-      entropy ranges are unchanged except SqueezeNet's softmax output (never quantized in the
-      Q/DQ model). The saturation rule is the special case of a spike in the top bin.
+      background, so an early activation's |x| histogram is a comb of one spike per channel.
+      The literal search (``spikes="ignore"``) is doubly misled there: Q spreads each spike over
+      its level's non-empty bins, a cost that grows with the candidate's width, while clipping a
+      spike costs only the log of its mass once; so KL runs to the smallest candidates and clips
+      whole channels' backgrounds, a systematic error every later layer sees. The saturation
+      rule is the special case of a spike in the top bin.
+
+    What each of these three departures changes on the shared models is measured in
+    ``docs/calibration.md`` ("Three departures from the literal entropy search").
 
     Fully vectorised: for all candidates at once the level sums come from cumulative sums
     gathered at the level boundaries, and ``sum P log P`` from a cumulative sum of
-    ``h log h``; ~2 ms per tensor.
+    ``h log h``.
 ``mse`` (``start_bin=128``)
     the candidate ``amax = i * bin_width`` (i = start_bin .. the bin holding the max, on the
     2048-bin grid) minimising the expected squared error of int8 symmetric fake

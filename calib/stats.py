@@ -30,21 +30,22 @@ Consequently the top bin in use is always in the upper half, ``[bins/2, bins)``.
 the 2048 bins TensorRT's entropy calibration works on: the result has the smallest
 power-of-two bin width whose 2048 bins cover the max (so the max falls in bins 1024..2047).
 
-Cost per update of ``n`` values (one core of this project's 2-core machine): a min and a max
-pass (~0.2 ns/value), then the binning. With NumPy: ``abs``, a scaling multiply, a float->int
-conversion and ``np.bincount`` (~1.9 ns/value in total, bincount alone ~1.3, done in chunks that
-stay in cache). When `numba <https://numba.pydata.org>`_ is importable (a dependency; the NumPy
-path stays for when it is missing or fails), updates of at least ``_NUMBA_MIN`` values bin in
-compiled code instead (:func:`_bin_abs`: the indices ``int32(|x| * 2**-exp)`` of a chunk in one
-vectorised pass, then counted into two interleaved int32 sub-histograms; ~0.4-0.65 ns/value; it
-releases the GIL, so worker threads bin in parallel). Both give the same counts: the index of
-every value is the same float32 product truncated to an integer, and counting is exact. The
-sub-histograms stay with the observer from one update to the next and are added into the int64
-histogram only when it is read or its width grows (or before 2**31 values could overflow them).
-The kernel is compiled on first use (about 0.4 s, cached on disk by numba afterwards);
-``CALIB_NUMBA=0`` turns it off. Memory: ``bins`` int64 counts (128 KiB) per tensor, plus 128 KiB
-of int32 sub-histograms while it is being updated by the kernel, or one chunk of scratch space
-for NumPy, independent of the number of samples. float16 input is widened exactly; float64
+An update of ``n`` values is a min and a max pass, then the binning. With NumPy: ``abs``, a
+scaling multiply, a float->int conversion and ``np.bincount``, in chunks that stay in cache. When
+`numba <https://numba.pydata.org>`_ is importable (a dependency; the NumPy path stays for when it
+is missing or fails), updates of at least ``_NUMBA_MIN`` values bin in compiled code instead
+(:func:`_bin_abs`: the indices ``int32(|x| * 2**-exp)`` of a chunk in one vectorised pass, then
+counted into two interleaved int32 sub-histograms; it releases the GIL, so worker threads bin in
+parallel). Both give the same counts: the index of every value is the same float32 product
+truncated to an integer, and counting is exact. The sub-histograms stay with the observer from one
+update to the next and are added into the int64 histogram only when it is read or its width grows
+(or before 2**31 values could overflow them). The kernel is compiled on first use (cached on disk
+by numba afterwards); ``CALIB_NUMBA=0`` turns it off. The cost per value of each path is in
+``benchmarks/README.md`` ("Where the time goes").
+
+Memory: ``bins`` int64 counts (128 KiB) per tensor, plus 128 KiB of int32 sub-histograms while
+it is being updated by the kernel, or one chunk of scratch space for NumPy, independent of the
+number of samples. float16 input is widened exactly; float64
 input is rounded to float32 first (values beyond float32's range then count as Inf).
 
 :meth:`TensorObserver.add_range` adds a batch known only by its min, max and size (all values
@@ -82,9 +83,7 @@ def _bin_abs(a, scale, sub, idx):    # pragma: no cover - compiled by numba (see
 
     Two passes per chunk of ``idx.size`` values: the indices (over slices, which LLVM
     vectorises), then the counting into two interleaved sub-histograms, so that runs of equal
-    indices (zeros, saturated ReLU6 values) do not wait on each other's increments. Measured on
-    EfficientNet-Lite0's tensors against one pass into four sub-histograms: 0.36 against 0.48
-    ns/value (Add and Conv outputs), 0.67 against 0.62 (ReLU6 outputs, long runs of 0 and 6).
+    indices (zeros, saturated ReLU6 values) do not wait on each other's increments.
     """
     n = a.size
     c = idx.size
@@ -107,11 +106,10 @@ def _bin_split(a, hi, s_neg, s_mid, s_over, bins, sub, idx):   # pragma: no cove
     bins): ``x < 0`` at ``int32(-x * s_neg)``, ``0 <= x <= hi`` at ``bins + int32(x * s_mid)``,
     ``x > hi`` at ``2 * bins + int32(x * s_over)`` (see :class:`ClipSplitObserver`).
 
-    Two passes per chunk of ``idx.size`` values: the indices first, branch-free over slices
-    (which LLVM vectorises: ~0.13 ns/value), then the counting into two interleaved
-    sub-histograms. On EfficientNet-Lite0's pre-activation tensors: ~0.55 ns/value (0.64 with four
-    sub-histograms); a single pass with branches mispredicts on the random signs (~2 ns/value),
-    and indexing ``a[s0 + k]`` instead of a slice keeps the first pass scalar (~1.2 ns/value).
+    Two passes per chunk of ``idx.size`` values: the indices first, branch-free over slices (so
+    that LLVM vectorises them; branches would mispredict on the random signs, and indexing
+    ``a[s0 + k]`` instead of a slice keeps the pass scalar), then the counting into two
+    interleaved sub-histograms.
     """
     n = a.size
     c = idx.size
@@ -214,7 +212,7 @@ class _Pending:
     observer from one update to the next. Their counts go into the observer's int64 histogram
     (:meth:`drain_into`) only when it is read, when its width grows, or before 2**31 values could
     overflow them: counting into the same sub-histograms across updates saves allocating, zeroing
-    and summing them at each one (~20 us; a run of EfficientNet-Lite0 updates 60 observers)."""
+    and summing them at each one."""
 
     __slots__ = ("sub", "idx", "n")
 
@@ -518,9 +516,9 @@ class ClipSplitObserver:
     :meth:`observer` merges the three into ``x``'s observer (coarsening is exact);
     :meth:`clipped` takes the middle one, adds the negatives to bin 0 (they become 0) and the
     values above ``hi`` to ``hi``'s bin (they become ``hi``). Both are bit-identical to
-    observing the tensors directly. Each value is counted once: ~0.95 ns/value with numba,
-    against ~0.7 for each of the two tensors observed directly (and the clipped tensor need not
-    be captured at all; :func:`calib.collect.collect_statistics`).
+    observing the tensors directly. Each value is counted once, instead of once for each of the
+    two tensors, and the clipped tensor need not be captured at all
+    (:func:`calib.collect.collect_statistics`).
 
     :meth:`update` takes finite values only (the caller observes runs holding NaN or Inf
     directly, where Clip's treatment of them is ONNX Runtime's to decide).

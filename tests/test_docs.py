@@ -62,7 +62,7 @@ def broken_links(path: Path, root: Path = REPO) -> list[str]:
     for lineno, line in _prose_lines(path.read_text(encoding="utf-8")):
         for m in _LINK.finditer(_CODE_SPAN.sub("", line)):
             target = m.group(1)
-            if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):      # http:, https:, mailto:, ...
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.IGNORECASE):   # http:, https:, mailto:, ...
                 continue
             file_part, _, anchor = target.partition("#")
             dest = (path.parent / file_part).resolve() if file_part else path

@@ -77,28 +77,27 @@ class OrtEngine(Engine):
     keeps every captured tensor at any level (it fuses no node whose output is a graph output).
     At ``all`` it runs most convolutions in its blocked NCHWc layout; a captured tensor then
     costs a reorder back to NCHW, and a convolution whose output is captured no longer absorbs
-    its activation. Capturing the 60 tensors statistics need on EfficientNet-Lite0 takes ~1.6-1.8x
-    the bare pass at ``all``, against ~4-6x at ``basic``, where the depthwise convolutions run in
-    NCHW (``benchmarks/capture_levels.py``; 93 tensors, before Relu / Clip outputs were derived:
-    ~1.7x and ~8x). The two levels' values differ in their last bits
-    (relative differences up to ~1e-4: a different summation order); ``all``'s are the ones
-    the deployed FP32 model computes in ONNX Runtime, and they do not depend on the batch size
-    or the thread count (checked bit for bit on EfficientNet-Lite0, SqueezeNet 1.1 and
-    PP-OCRv4 det/rec; ``tests/test_collect.py``). ``extended`` gives ``basic``'s values.
+    its activation. At ``basic`` nothing is reordered, but the depthwise convolutions run in
+    NCHW, which is slower. The two levels' values differ in their last bits (a different summation order);
+    ``all``'s are the ones the deployed FP32 model computes in ONNX Runtime, and they do not
+    depend on the batch size or the thread count (checked bit for bit on EfficientNet-Lite0,
+    SqueezeNet 1.1 and PP-OCRv4 det/rec; ``tests/test_collect.py``). ``extended`` gives
+    ``basic``'s values. What capturing costs at each level is measured in
+    ``benchmarks/README.md`` ("Where the time goes").
 
     Output ring (``reuse=k``, what :func:`calib.collect.collect_statistics` uses): once two runs
     in a row have the same input shapes and dtypes, outputs are written through an IOBinding
     into ``k`` preallocated sets of buffers used in turn, so a run's arrays are valid until
     ``k`` more runs are made (the caller must be done with them by then). No fresh memory per
-    run: the page faults of allocating hundreds of MB per run cost ~0.5x a bare pass on
-    EfficientNet-Lite0. A new input signature drops the ring; an output whose shape depends on
-    the values (ONNX Runtime refuses the binding) turns reuse off for the engine.
+    run, hence no page faults for hundreds of MB of outputs per run. A new input signature drops
+    the ring; an output whose shape depends on the values (ONNX Runtime refuses the binding)
+    turns reuse off for the engine.
 
     Arena (``arena``; default: on, except for a capturing session without ``reuse``). With
     the output ring the arena holds only ONNX Runtime's internal buffers, the same every run.
     Without it, captured outputs that outlive their run would pin the arena's chunks and it
-    would grow by power-of-two extensions whenever the threads' timing kept more of them alive
-    (EfficientNet-Lite0, streaming entropy: 766, 875, 880 MiB with 64, 256, 500 samples).
+    would grow by power-of-two extensions whenever the threads' timing kept more of them alive,
+    so peak memory would grow with the sample count.
     """
 
     def __init__(self, model: "Model | str | os.PathLike", *, name: str | None = None,
