@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..calibrate import ALGORITHMS, BIAS_PROBE_SAMPLES
+from ..pipeline import ALGORITHMS, BIAS_PROBE_SAMPLES
 from ..smooth import DEFAULT_ALPHA
 
 
@@ -51,7 +51,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..calibrate import calibrate
+    from ..pipeline import calibrate
     from ..datasets import dataset_from_args
     from ..errors import CalibError
     from ..model import Model

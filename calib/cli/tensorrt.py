@@ -99,7 +99,7 @@ def run_build(args) -> int:
                         calib_batch=args.batch_size)
     dataset = _dataset(args, model)
     def amax_for(ds):   # explicit path with --data: ranges from the GPU-free calibration pipeline
-        from ..calibrate import calibrate
+        from ..pipeline import calibrate
 
         return calibrate(model, None, dataset=ds, write=False, evaluate=False, progress=False).amax
 
