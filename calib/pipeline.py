@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from . import __version__
 from .cache import sidecar_path
-from .errors import CalibError, EmptyDatasetError
+from .errors import CalibError, ConfigError, EmptyDatasetError
 from .model import Model, load_model
 from .smooth import DEFAULT_ALPHA
 from .utils import atomic_write_all, check_writable
@@ -47,8 +47,8 @@ def _is_real(v) -> bool:
 class CalibrationConfig:
     """The options of one calibration (what :func:`calibrate` computes, not where data or outputs are).
 
-    Validated when made, in one place: a bad value raises :class:`CalibError` with one line naming
-    the field. ``config.replace(**options)`` gives a copy with some fields changed (validated again;
+    Validated when made, in one place: a bad value raises :class:`calib.errors.ConfigError` (a
+    :class:`CalibError`) with one line naming the field. ``config.replace(**options)`` gives a copy with some fields changed (validated again;
     an unknown name is an error listing the valid ones).
 
     - *algorithm*: ``entropy`` (TensorRT's default), ``max``, ``percentile``, ``mse``, or ``auto``
@@ -92,13 +92,12 @@ class CalibrationConfig:
     bias_correction: bool = True
 
     def __post_init__(self) -> None:
-        def bad(name: str, want: str) -> CalibError:
-            return CalibError(f"{name} must be {want}, got {getattr(self, name)!r}")
+        def bad(name: str, want: str) -> ConfigError:
+            return ConfigError(name, f"must be {want}, got {getattr(self, name)!r}")
 
-        if self.algorithm not in ALGORITHMS:
-            raise CalibError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if self.target not in TARGETS:
-            raise CalibError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        for name, known in (("algorithm", ALGORITHMS), ("target", TARGETS)):
+            if getattr(self, name) not in known:
+                raise ConfigError(name, f"{getattr(self, name)!r} is unknown; choose one of {', '.join(known)}")
         if not (_is_real(self.percentile) and 0.0 < self.percentile <= 100.0):
             raise bad("percentile", "a number in (0, 100]")
         for name in ("samples", "eval_samples", "threads"):

@@ -335,8 +335,8 @@ def test_package_level_api_matches_the_cli(first_run, tmp_path):
 
 # --------------------------------------------------------------------------- CalibrationConfig
 @pytest.mark.parametrize("options, message", [
-    ({"algorithm": "kl"}, "unknown algorithm 'kl'; choose one of entropy, max, percentile, mse, auto"),
-    ({"target": "cpu"}, "unknown target 'cpu'; choose one of tensorrt, onnxruntime"),
+    ({"algorithm": "kl"}, "algorithm 'kl' is unknown; choose one of entropy, max, percentile, mse, auto"),
+    ({"target": "cpu"}, "target 'cpu' is unknown; choose one of tensorrt, onnxruntime"),
     ({"smooth": 1.5}, "smooth must be a number in [0, 1] (or None for no smoothing), got 1.5"),
     ({"smooth": -0.25}, "smooth must be a number in [0, 1] (or None for no smoothing), got -0.25"),
     ({"samples": 0}, "samples must be an integer of at least 1 (or None), got 0"),
@@ -348,13 +348,14 @@ def test_package_level_api_matches_the_cli(first_run, tmp_path):
     ({"bias_correction": "no"}, "bias_correction must be True or False, got 'no'"),
 ])
 def test_config_validation_is_one_line(options, message, tmp_path):
-    from calib import CalibError, CalibrationConfig
+    from calib import CalibrationConfig
+    from calib.errors import ConfigError
 
-    with pytest.raises(CalibError) as exc:
+    with pytest.raises(ConfigError) as exc:
         CalibrationConfig(**options)
-    assert str(exc.value) == message
+    assert str(exc.value) == message and exc.value.option == next(iter(options))
     # the same check through calibrate()'s keyword options, before any work (the model is not even read)
-    with pytest.raises(CalibError) as exc:
+    with pytest.raises(ConfigError) as exc:
         calib.calibrate(tmp_path / "missing.onnx", tmp_path / "nowhere", out=tmp_path / "o", **options)
     assert str(exc.value) == message and not (tmp_path / "o").exists()
 
@@ -390,9 +391,10 @@ def test_config_and_keyword_options_give_the_same_calibration():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--samples", "0"], "error: samples must be an integer of at least 1 (or None), got 0"),
-    (["--smooth", "2"], "error: smooth must be a number in [0, 1] (or None for no smoothing), got 2.0"),
-    (["--percentile", "0"], "error: percentile must be a number in (0, 100], got 0.0"),
+    (["--samples", "0"], "error: --samples must be an integer of at least 1 (or None), got 0"),
+    (["--smooth", "2"], "error: --smooth must be a number in [0, 1] (or None for no smoothing), got 2.0"),
+    (["--percentile", "0"], "error: --percentile must be a number in (0, 100], got 0.0"),
+    (["--eval-samples", "0"], "error: --eval-samples must be an integer of at least 1 (or None), got 0"),
 ])
 def test_cli_options_are_validated_by_the_config(tmp_path, capsys, flags, message):
     out = tmp_path / "out"

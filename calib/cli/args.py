@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 from ..datasets import DEFAULT_BATCH_SIZE, PRESETS, SPLITS, Preprocess, open_dataset, parse_floats
 from ..datasets.preprocess import INTERPOLATIONS
-from ..errors import CalibError, DataError, EmptyDatasetError
+from ..errors import CalibError, ConfigError, DataError, EmptyDatasetError
 from ..utils import atomic_write_text, check_writable
 
 
@@ -314,8 +314,11 @@ class CalibrationArgs(ArgGroup):
         ``--seed`` and ``--threads`` from the data and runtime groups); validated there."""
         from ..pipeline import CalibrationConfig
 
-        return CalibrationConfig().replace(**{k: getattr(args, k) for k in CalibrationConfig.names()
-                                              if hasattr(args, k)})
+        try:
+            return CalibrationConfig().replace(**{k: getattr(args, k) for k in CalibrationConfig.names()
+                                                  if hasattr(args, k)})
+        except ConfigError as exc:   # name the flag: --smooth, not smooth
+            raise ConfigError("--" + exc.option.replace("_", "-"), exc.problem) from None
 
 
 __all__ = ["ArgGroup", "add_command", "positive_int", "ModelArgs", "DataArgs", "SplitArgs", "RuntimeArgs",
