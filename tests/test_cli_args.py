@@ -19,13 +19,8 @@ from calib.cli.args import DataArgs, JsonArgs, Output, OutputArgs, RuntimeArgs, 
 from calib.datasets import split_of
 from calib.errors import CalibError, DataError, PreprocessError
 from calib.model import TensorInfo
+from test_calibrate_cli import CLASSES, IMAGES, MODEL, STEM   # the bundled SqueezeNet and photos
 
-REPO = Path(__file__).resolve().parents[1]
-BUNDLED = REPO / "datasets"
-IMAGES = BUNDLED / "imagenet-mini"
-MODEL = BUNDLED / "models" / "squeezenet1_1_fp32.onnx"
-CLASSES = BUNDLED / "imagenet1k_classes.tsv"
-STEM = "squeezenet1_1_fp32"
 DATA_FLAGS = ["--data", str(IMAGES), "--preset", "caffe", "--classes", str(CLASSES)]
 
 # the shared flags each command (leaf parser) has; a command that loses or gains one fails here
