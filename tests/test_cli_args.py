@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_calibrate_cli import CLASSES, IMAGES, MODEL, STEM  # the bundled SqueezeNet and photos
 
 from calib.cli import _build_parser, main
 from calib.cli.args import DataArgs, JsonArgs, Output, OutputArgs, RuntimeArgs, SplitArgs
 from calib.datasets import split_of
 from calib.errors import CalibError, DataError, PreprocessError
 from calib.model import TensorInfo
-from test_calibrate_cli import CLASSES, IMAGES, MODEL, STEM   # the bundled SqueezeNet and photos
 
 DATA_FLAGS = ["--data", str(IMAGES), "--preset", "caffe", "--classes", str(CLASSES)]
 

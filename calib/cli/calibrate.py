@@ -1,8 +1,7 @@
 """`calibrate` / `calib calibrate`: INT8 scales -> TensorRT cache, sidecar, Q/DQ model, summary."""
 from __future__ import annotations
 
-from .args import (CalibrationArgs, DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, add_command,
-                   print_json)
+from .args import CalibrationArgs, DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, add_command, print_json
 
 DATA = DataArgs(required=True)
 OUTPUT = OutputArgs(writes="<stem>.cache, <stem>.cache.json, <stem>.int8.onnx and summary.json",
