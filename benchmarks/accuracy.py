@@ -16,7 +16,7 @@ thing with as much of the data as there is, and says how large chance is:
   resampled, 2000 times) of its top-1 difference from our entropy.
 
 Our four algorithms' Q/DQ models are what ``calibrate`` writes: bias-corrected on 64 of the
-calibration photos (``calib.calibrate.build_qdq``); "calib entropy, no bias correction" is
+calibration photos (``calib.pipeline.build_qdq``); "calib entropy, no bias correction" is
 entropy's without it (``--no-bias-correction``).
 
 Every method calibrates on the same 240 photos per fold, as ``calibration.py`` does (ORT's
@@ -104,7 +104,7 @@ def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_metho
          levels=("all",)) -> dict:
     """``{level: {method: log-softmax [2, N, C]}}`` plus ``labels`` and ``fp32`` for one fold."""
     from calib.algorithms import compute_amax
-    from calib.calibrate import bias_probe_samples, build_qdq
+    from calib.pipeline import bias_probe_samples, build_qdq
     from calib.collect import collect_statistics
     from calib.qdq import prepare, quantize_model
 

@@ -47,7 +47,7 @@ def main(argv=None) -> int:
                     help="Q/DQ models without bias correction (calibrate's --no-bias-correction)")
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
-    from calib.calibrate import calibrate
+    from calib.pipeline import calibrate
     from calib.datasets import Preprocess, open_dataset
     from calib.model import Model
 

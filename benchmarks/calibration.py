@@ -160,7 +160,7 @@ def modelopt_quantize(model, cal_batches, method: str, out: Path, python, thread
 
 
 class _Preloaded:
-    """Decoded samples, one feed each, as :func:`calib.calibrate.build_qdq` reads a dataset."""
+    """Decoded samples, one feed each, as :func:`calib.pipeline.build_qdq` reads a dataset."""
 
     def __init__(self, feeds):
         self.feeds = feeds
@@ -179,7 +179,7 @@ def worker(job: dict) -> dict:
     kind = job["kind"]
     res: dict = {"job": job["name"]}
     if kind == "stream":  # (b): streaming calibration straight from the reader
-        from calib.calibrate import calibrate
+        from calib.pipeline import calibrate
 
         model, ds = _open(key, None, job["samples"])
         t0 = time.perf_counter()
@@ -205,7 +205,7 @@ def worker(job: dict) -> dict:
         return res
     if kind == "ours":
         from calib.algorithms import compute_amax
-        from calib.calibrate import bias_probe_samples, build_qdq
+        from calib.pipeline import bias_probe_samples, build_qdq
         from calib.collect import collect_statistics
         from calib.qdq import prepare
 

@@ -30,7 +30,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     from calib.backends.onnxruntime import OrtEngine
-    from calib.calibrate import calibrate
+    from calib.pipeline import calibrate
     from calib.datasets import Preprocess, open_dataset
     from calib.model import Model
 

@@ -1,15 +1,16 @@
 """calib: INT8 calibration and precision tuning for NVIDIA TensorRT (and ONNX Runtime).
 
-``calib.calibrate(model, data, ...)`` is the pipeline behind the ``calibrate`` command (see
-:func:`calib.calibrate.calibrate`); the layers it uses are importable on their own
-(``calib.datasets``, ``calib.collect``, ``calib.algorithms``, ``calib.cache``, ``calib.qdq``,
-``calib.harness``, ``calib.backends``). TensorRT is imported only when asked for.
+``calib.calibrate(model, data, ...)`` is the pipeline behind the ``calibrate`` command, with its
+options in a :class:`CalibrationConfig` (module :mod:`calib.pipeline`); the layers it uses are
+importable on their own (``calib.datasets``, ``calib.collect``, ``calib.algorithms``,
+``calib.cache``, ``calib.qdq``, ``calib.harness``, ``calib.backends``). TensorRT is imported only
+when asked for.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
 from .errors import CalibError  # noqa: E402
-from .calibrate import CalibrationResult, calibrate  # noqa: E402  (the function shadows the module name)
+from .pipeline import CalibrationConfig, CalibrationResult, calibrate  # noqa: E402
 
-__all__ = ["__version__", "CalibError", "CalibrationResult", "calibrate"]
+__all__ = ["__version__", "CalibError", "CalibrationConfig", "CalibrationResult", "calibrate"]

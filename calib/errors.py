@@ -15,6 +15,15 @@ class CalibError(Exception):
     exit_code = 2
 
 
+# --- options ----------------------------------------------------------------
+class ConfigError(CalibError):
+    """An option has a bad value: the message is ``f"{option} {problem}"`` (the CLI names the flag)."""
+
+    def __init__(self, option: str, problem: str):
+        super().__init__(f"{option} {problem}")
+        self.option, self.problem = option, problem
+
+
 # --- data -------------------------------------------------------------------
 class DataError(CalibError):
     """The data given to a reader cannot be used."""

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from calib.calibrate import calibrate
+from calib.pipeline import calibrate
 from calib.collect import bias_shifts, collect_statistics
 from calib.datasets import Preprocess, open_dataset
 from calib.model import Model

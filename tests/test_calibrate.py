@@ -23,7 +23,7 @@ import pytest
 
 from calib.backends.onnxruntime import OrtEngine
 from calib.cache import check_provenance, read_cache, read_sidecar
-from calib.calibrate import calibrate
+from calib.pipeline import calibrate
 from calib.datasets import Preprocess, open_dataset, split_of
 from calib.errors import CacheMismatchError
 from calib.model import Model

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 
 from calib.cache import read_cache, read_sidecar, trt_algorithm_name
-from calib.calibrate import AUTO_CANDIDATES, calibrate
+from calib.pipeline import AUTO_CANDIDATES, calibrate
 from calib.datasets import open_dataset
 from calib.model import Model
 

@@ -331,3 +331,73 @@ def test_package_level_api_matches_the_cli(first_run, tmp_path):
     assert {p.name for p in res.paths.values()} == OUTPUTS
     assert (tmp_path / f"{STEM}.cache").read_bytes() == first_run["files"][f"{STEM}.cache"]
     assert res.summary["held_out"]["samples"] > 0 and res.scales and all(v > 0 for v in res.scales.values())
+
+
+# --------------------------------------------------------------------------- CalibrationConfig
+@pytest.mark.parametrize("options, message", [
+    ({"algorithm": "kl"}, "algorithm 'kl' is unknown; choose one of entropy, max, percentile, mse, auto"),
+    ({"target": "cpu"}, "target 'cpu' is unknown; choose one of tensorrt, onnxruntime"),
+    ({"smooth": 1.5}, "smooth must be a number in [0, 1] (or None for no smoothing), got 1.5"),
+    ({"smooth": -0.25}, "smooth must be a number in [0, 1] (or None for no smoothing), got -0.25"),
+    ({"samples": 0}, "samples must be an integer of at least 1 (or None), got 0"),
+    ({"eval_samples": -3}, "eval_samples must be an integer of at least 1 (or None), got -3"),
+    ({"threads": 0}, "threads must be an integer of at least 1 (or None), got 0"),
+    ({"batch_size": 0}, "batch_size must be an integer of at least 1, got 0"),
+    ({"percentile": 100.5}, "percentile must be a number in (0, 100], got 100.5"),
+    ({"trt_version": 0}, "trt_version must be a positive integer such as 100900 (or None), got 0"),
+    ({"bias_correction": "no"}, "bias_correction must be True or False, got 'no'"),
+])
+def test_config_validation_is_one_line(options, message, tmp_path):
+    from calib import CalibrationConfig
+    from calib.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        CalibrationConfig(**options)
+    assert str(exc.value) == message and exc.value.option == next(iter(options))
+    # the same check through calibrate()'s keyword options, before any work (the model is not even read)
+    with pytest.raises(ConfigError) as exc:
+        calib.calibrate(tmp_path / "missing.onnx", tmp_path / "nowhere", out=tmp_path / "o", **options)
+    assert str(exc.value) == message and not (tmp_path / "o").exists()
+
+
+def test_unknown_option_lists_the_valid_ones(tmp_path):
+    from calib import CalibError, CalibrationConfig
+
+    valid = ("algorithm, percentile, samples, batch_size, seed, target, trt_version, evaluate, eval_samples, "
+             "threads, plan, smooth, bias_correction")
+    with pytest.raises(CalibError) as exc:
+        calib.calibrate(MODEL, IMAGES, preprocess="caffe", algoritm="max", out=tmp_path)
+    assert str(exc.value) == f"unknown calibration option algoritm; valid: {valid}"
+    with pytest.raises(CalibError, match="unknown calibration options bins, zero_bin; valid: algorithm"):
+        calib.calibrate(MODEL, IMAGES, {"zero_bin": "keep", "bins": 2048}, preprocess="caffe", out=tmp_path)
+    assert CalibrationConfig.names() == tuple(valid.split(", "))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_and_keyword_options_give_the_same_calibration():
+    """A config object, a dict of fields, and keyword options are one thing; keywords override the config."""
+    import calib.pipeline
+
+    assert calib.calibrate is calib.pipeline.calibrate          # the module is no longer shadowed
+    assert calib.CalibrationConfig is calib.pipeline.CalibrationConfig
+    kw = dict(preprocess="caffe", write=False, progress=False)
+    a = calib.calibrate(MODEL, IMAGES, samples=6, evaluate=False, **kw)
+    b = calib.calibrate(MODEL, IMAGES, calib.CalibrationConfig(algorithm="max", samples=6, evaluate=False),
+                        algorithm="entropy", **kw)
+    c = calib.calibrate(MODEL, IMAGES, {"samples": 6, "evaluate": False, "algorithm": "max"}, **kw)
+    assert a.summary["algorithm"] == b.summary["algorithm"] == "entropy" and c.summary["algorithm"] == "max"
+    assert a.amax == b.amax and a.amax != c.amax
+    assert a.summary["calibration_samples"] == 6 and "held_out" not in a.summary
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--samples", "0"], "error: --samples must be an integer of at least 1 (or None), got 0"),
+    (["--smooth", "2"], "error: --smooth must be a number in [0, 1] (or None for no smoothing), got 2.0"),
+    (["--percentile", "0"], "error: --percentile must be a number in (0, 100], got 0.0"),
+    (["--eval-samples", "0"], "error: --eval-samples must be an integer of at least 1 (or None), got 0"),
+])
+def test_cli_options_are_validated_by_the_config(tmp_path, capsys, flags, message):
+    out = tmp_path / "out"
+    rc = main(_args(out, *flags))
+    assert rc != 0 and _one_error_line(capsys.readouterr().err) == message
+    assert not out.exists()

@@ -4,7 +4,6 @@ Uses tiny generated images/arrays; the real-model accuracy checks are in test_da
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import shutil
@@ -14,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calib.datasets import (Batch, DataWarning, Preprocess, add_data_arguments, dataset_from_args, open_dataset,
-                            parse_floats, preset_names, split_of)
+from calib.datasets import Batch, DataWarning, Preprocess, open_dataset, parse_floats, preset_names, split_of
 from calib.errors import (CalibError, CorruptSampleError, DataError, DataNotFoundError, EmptyDatasetError,
                           InputMismatchError, LabelError, MissingDatasetKeyError, NonFiniteInputError,
                           PreprocessError)
@@ -711,51 +709,6 @@ def test_in_memory_arrays(tmp_path):
     assert len(ds) == 5 and ds.has_labels
     ds = open_dataset(img, [TWO[0]])
     assert len(ds) == 10
-
-
-# ---------------------------------------------------------------------------
-# CLI flags
-# ---------------------------------------------------------------------------
-def _parse(argv):
-    p = argparse.ArgumentParser()
-    add_data_arguments(p)
-    return p.parse_args(argv)
-
-
-def test_cli_flags_build_the_dataset(tmp_path, classes_tsv):
-    make_folder(tmp_path / "d", ["n01440764_a.png", "n01443537_b.png", "n01484850_c.png"])
-    args = _parse(["--data", str(tmp_path / "d"), "--preset", "caffe", "--resize", "10", "--crop", "8",
-                   "--interp", "bicubic", "--mean", "1,2,3", "--classes", str(classes_tsv), "--limit", "2",
-                   "--seed", "5", "--batch-size", "4"])
-    assert args.batch_size == 4
-    ds = dataset_from_args(args, rgb_model())
-    assert len(ds) == 2 and ds.has_labels
-    pre = ds.preprocess
-    assert (pre.name, pre.resize, pre.crop, pre.interp, pre.mean, pre.bgr) == ("caffe", 10, 8, "bicubic",
-                                                                                (1.0, 2.0, 3.0), True)
-    assert _parse([]).batch_size == 16
-    args = _parse(["--data", str(tmp_path / "d"), "--scale", "0.5", "--std", "2"])
-    x = first_sample(dataset_from_args(args, rgb_model()))
-    assert np.allclose(x, np.array([10, 20, 30])[:, None, None] * 0.5 / 2)
-
-
-def test_cli_flag_errors(tmp_path):
-    make_folder(tmp_path / "d", ["a.png"])
-    with pytest.raises(PreprocessError, match="--mean"):
-        dataset_from_args(_parse(["--data", str(tmp_path / "d"), "--preset", "caffe", "--mean", "1,2"]), rgb_model())
-    with pytest.raises(PreprocessError, match="unknown preset"):
-        dataset_from_args(_parse(["--data", str(tmp_path / "d"), "--preset", "nope"]), rgb_model())
-    with pytest.raises(DataError, match="no data"):
-        dataset_from_args(_parse([]), rgb_model())
-    with pytest.raises(DataError, match="not both"):
-        dataset_from_args(_parse(["--data", "x", "--data-loader-script", "y.py:f"]), rgb_model())
-    with pytest.raises(DataError, match="--hdf5-map"):
-        import h5py
-        with h5py.File(tmp_path / "a.h5", "w") as f:
-            f["input"] = np.zeros((1, 3, 8, 8), np.float32)
-        dataset_from_args(_parse(["--data", str(tmp_path / "a.h5"), "--hdf5-map", "oops"]), rgb_model())
-    with pytest.raises(SystemExit):
-        _parse(["--batch-size", "0"])
 
 
 def test_batch_is_a_plain_record():

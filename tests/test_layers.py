@@ -8,10 +8,10 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "calib"
 
 # (module prefix, layer): base -> readers -> statistics -> algorithms -> artifacts -> backends
-# -> harness -> pipelines (collect runs a backend; calibrate runs everything) -> CLI
+# -> harness -> pipelines (collect runs a backend; pipeline.calibrate runs everything) -> CLI
 LAYERS = [("calib.errors", 0), ("calib.utils", 0), ("calib.model", 0), ("calib.datasets", 1),
           ("calib.stats", 2), ("calib.algorithms", 3), ("calib.cache", 4), ("calib.qdq", 4), ("calib.smooth", 4), ("calib.plan", 4),
-          ("calib.backends", 5), ("calib.harness", 6), ("calib.collect", 7), ("calib.calibrate", 7),
+          ("calib.backends", 5), ("calib.harness", 6), ("calib.collect", 7), ("calib.pipeline", 7),
           ("calib.cli", 8), ("calib.__main__", 8)]
 
 
@@ -73,10 +73,10 @@ def test_the_check_sees_lazy_upward_imports(tmp_path):
     """The check itself can fail: a function-level import of the pipeline from a backend is found."""
     pkg = tmp_path / "calib"
     (pkg / "backends").mkdir(parents=True)
-    (pkg / "backends" / "x.py").write_text("def f():\n    from ..calibrate import calibrate\n")
+    (pkg / "backends" / "x.py").write_text("def f():\n    from ..pipeline import calibrate\n")
     global PKG
     saved, PKG = PKG, pkg
     try:
-        assert upward_imports(pkg) == ["calib.backends.x:2 imports calib.calibrate (layer 7 > 5)"]
+        assert upward_imports(pkg) == ["calib.backends.x:2 imports calib.pipeline (layer 7 > 5)"]
     finally:
         PKG = saved

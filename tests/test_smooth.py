@@ -59,7 +59,7 @@ def test_a_prepared_model_has_the_same_sites_and_rewrite(shared_model):
 
 def test_calibrate_prepares_the_model_once(monkeypatch, shared_model, ocr_lines_dir):
     import calib.qdq
-    from calib.calibrate import calibrate
+    from calib.pipeline import calibrate
 
     calls = []
     fold = calib.qdq._fold_batchnorm

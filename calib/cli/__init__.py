@@ -1,9 +1,10 @@
 """Command-line interface: `calib <command>` and the `calibrate` shortcut.
 
 Each subcommand lives in its own module under :mod:`calib.cli` and exposes
-``register(subparsers)`` (adds its parser, sets ``func``). Modules are imported
-lazily per command name so a missing optional dependency (TensorRT) never breaks
-the other commands.
+``register(subparsers)`` (adds its parser, sets ``func``). The flags several commands
+share come from the argument groups of :mod:`calib.cli.args`, which every command composes,
+so a flag means the same everywhere. Modules are imported lazily per command name so a
+missing optional dependency (TensorRT) never breaks the other commands.
 
 Any :class:`calib.errors.CalibError` becomes one line on stderr and its exit code.
 """

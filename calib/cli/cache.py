@@ -1,11 +1,11 @@
 """`calib cache show FILE` and `calib cache diff A B`: inspect TensorRT calibration caches."""
 from __future__ import annotations
 
-import json
 import math
 
 from ..cache import CalibrationCache, read_cache
 from ..errors import CalibError
+from .args import JsonArgs, add_command, print_json
 
 
 def register(sub) -> None:
@@ -13,22 +13,18 @@ def register(sub) -> None:
                        description="Show a TensorRT calibration cache as a table, or compare two caches.")
     csub = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND")
 
-    s = csub.add_parser("show", help="print a cache as a table (tensor, amax, scale)",
-                        description="Print every tensor of a TensorRT calibration cache with its amax "
-                                    "(scale * 127) and scale.")
+    s = add_command(csub, "show", help="print a cache as a table (tensor, amax, scale)",
+                    description="Print every tensor of a TensorRT calibration cache with its amax "
+                                "(scale * 127) and scale.", groups=[JsonArgs()], func=run_show)
     s.add_argument("file", metavar="FILE", help="calibration cache (TensorRT text format)")
-    s.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    s.set_defaults(func=run_show)
 
-    d = csub.add_parser("diff", help="compare two caches",
-                        description="List tensors only in A, only in B, and tensors whose scale moved, "
-                                    "largest relative change first.")
+    d = add_command(csub, "diff", help="compare two caches",
+                    description="List tensors only in A, only in B, and tensors whose scale moved, "
+                                "largest relative change first.", groups=[JsonArgs()], func=run_diff)
     d.add_argument("a", metavar="A", help="first cache")
     d.add_argument("b", metavar="B", help="second cache")
     d.add_argument("--threshold", type=float, default=0.0,
                    help="only list tensors whose relative change |B-A|/max(|A|,|B|) exceeds this (default 0)")
-    d.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    d.set_defaults(func=run_diff)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -39,9 +35,8 @@ def _rows(cache: CalibrationCache) -> list[dict]:
 def run_show(args) -> int:
     cache = read_cache(args.file)
     rows = _rows(cache)
-    if args.json:
-        print(json.dumps({"file": args.file, "version": cache.version, "algorithm": cache.algorithm,
-                          "tensors": rows}, indent=2))
+    if JsonArgs.parse(args):
+        print_json({"file": args.file, "version": cache.version, "algorithm": cache.algorithm, "tensors": rows})
         return 0
     print(f"{args.file}: TensorRT {cache.version}, {cache.algorithm}, {len(rows)} tensors")
     width = max([len("tensor")] + [len(r["tensor"]) for r in rows])
@@ -79,10 +74,9 @@ def run_diff(args) -> int:
     a = read_cache(args.a)
     b = read_cache(args.b)
     d = diff_caches(a, b, args.threshold)
-    if args.json:
-        out = dict(d, a=args.a, b=args.b, threshold=args.threshold,
-                   header_a=f"TRT-{a.version}-{a.algorithm}", header_b=f"TRT-{b.version}-{b.algorithm}")
-        print(json.dumps(out, indent=2))
+    if JsonArgs.parse(args):
+        print_json(dict(d, a=args.a, b=args.b, threshold=args.threshold,
+                        header_a=f"TRT-{a.version}-{a.algorithm}", header_b=f"TRT-{b.version}-{b.algorithm}"))
         return 0
     print(f"A: {args.a} (TRT-{a.version}-{a.algorithm}, {len(a)} tensors)")
     print(f"B: {args.b} (TRT-{b.version}-{b.algorithm}, {len(b)} tensors)")

@@ -1,27 +1,21 @@
 """`calib inspect`: describe a model; with data, run FP32 and report throughput and accuracy."""
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 import numpy as np
 
-from ..model import Model
+from .args import DataArgs, JsonArgs, ModelArgs, RuntimeArgs, SplitArgs, add_command, print_json
+
+DATA = DataArgs()
 
 
 def register(sub) -> None:
-    from ..datasets import add_data_arguments
-
-    p = sub.add_parser("inspect", help="describe a model; with --data, run FP32 over it",
-                       description="Print a model's inputs, outputs, opset, node counts and whether it is "
-                                   "already quantized. With --data, run it in FP32 (ONNX Runtime) and print "
-                                   "throughput and, for classifiers with labels, top-1/top-5.")
-    p.add_argument("--model", required=True, help="ONNX model file")
-    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
-    add_data_arguments(p, required=False)
-    p.set_defaults(func=run)
+    add_command(sub, "inspect", help="describe a model; with --data, run FP32 over it",
+                description="Print a model's inputs, outputs, opset, node counts and whether it is already "
+                            "quantized. With --data, run it in FP32 (ONNX Runtime) and print throughput and, for "
+                            "classifiers with labels, top-1/top-5.",
+                groups=[ModelArgs(help="ONNX model file"), DATA, SplitArgs(), RuntimeArgs(), JsonArgs()], func=run)
 
 
 def _looks_like_classifier(out: np.ndarray) -> bool:
@@ -33,13 +27,11 @@ def run(args) -> int:
     from ..backends.onnxruntime import OrtEngine
     from ..harness.metrics import TopK
 
-    model = Model.load(args.model)
+    model = ModelArgs.parse(args)
     info = model.describe()
-    if getattr(args, "data", None) or getattr(args, "data_loader_script", None):
-        from ..datasets import dataset_from_args
-
-        ds = dataset_from_args(args, model)
-        engine = OrtEngine(model, threads=args.threads)
+    ds = DATA.parse(args, model, split=SplitArgs.parse(args))
+    if ds is not None:
+        engine = OrtEngine(model, threads=RuntimeArgs.parse(args))
         out_name = engine.output_names[0]
         top1, top5 = TopK(1, output=out_name), TopK(5, output=out_name)
         n = 0
@@ -68,9 +60,8 @@ def run(args) -> int:
             h5 = np.concatenate(hits5)
             run_info.update(labelled=int(h1.size), top1=round(float(h1.mean()), 4), top5=round(float(h5.mean()), 4))
         info["fp32_run"] = run_info
-    if args.json:
-        json.dump(info, sys.stdout, indent=2, default=str)
-        print()
+    if JsonArgs.parse(args):
+        print_json(info)
         return 0
     _print_human(info)
     return 0

@@ -13,7 +13,6 @@ See :mod:`calib.datasets.dataset` for the sampling, split, batching and corrupt-
 :mod:`calib.datasets.preprocess` for the exact preprocessing order and presets, and
 :mod:`calib.datasets.labels` for the classes / labels file formats.
 """
-from .cli import add_data_arguments, dataset_from_args, preprocess_from_args
 from .dataset import DEFAULT_BATCH_SIZE, SPLITS, Batch, Dataset, default_workers, open_dataset, split_of
 from .labels import read_classes, read_labels
 from .preprocess import PRESETS, Preprocess, parse_floats, preset_names
@@ -21,7 +20,7 @@ from .sources import ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, DataWa
 
 __all__ = [
     "open_dataset", "Dataset", "Batch", "Preprocess", "PRESETS", "preset_names", "parse_floats",
-    "add_data_arguments", "dataset_from_args", "preprocess_from_args", "split_of", "default_workers",
+    "split_of", "default_workers",
     "read_classes", "read_labels", "DataWarning", "IMAGE_EXTENSIONS", "ARRAY_EXTENSIONS", "HDF5_EXTENSIONS",
     "SPLITS", "DEFAULT_BATCH_SIZE",
 ]

@@ -1,12 +1,16 @@
 """The calibration pipeline: read -> collect statistics -> amax -> cache + Q/DQ model -> summary.
 
-:func:`calibrate` is the Python API behind ``calibrate`` / ``calib calibrate``. Every artifact
-is computed in memory first and written at the end, each file atomically, after checking that
-none of them would overwrite a file without ``force``.
+:func:`calibrate` is the Python API behind ``calibrate`` / ``calib calibrate``; its options are
+a :class:`CalibrationConfig`, validated when it is made. Every artifact is computed in memory
+first and written at the end, each file atomically, after checking that none of them would
+overwrite a file without ``force``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,12 +19,13 @@ from typing import Any, Mapping
 
 from . import __version__
 from .cache import sidecar_path
-from .errors import CalibError, EmptyDatasetError
+from .errors import CalibError, ConfigError, EmptyDatasetError
 from .model import Model, load_model
 from .smooth import DEFAULT_ALPHA
 from .utils import atomic_write_all, check_writable
 
 ALGORITHMS = ("entropy", "max", "percentile", "mse", "auto")
+TARGETS = ("tensorrt", "onnxruntime")
 SMOOTH_PROBE_SAMPLES = 64     # samples whose per-channel ranges decide the smoothing factors
 BIAS_PROBE_SAMPLES = 64       # samples whose mean INT8 error per channel corrects the biases
 # --algorithm auto: the candidates, in the order that wins ties (TensorRT's default first), the
@@ -28,6 +33,102 @@ BIAS_PROBE_SAMPLES = 64       # samples whose mean INT8 error per channel correc
 AUTO_CANDIDATES = ("entropy", "percentile", "mse", "max")
 AUTO_SAMPLES = 64
 AUTO_METRICS = {"classification": "kl_divergence", "ctc": "ctc_agreement"}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """The options of one calibration (what :func:`calibrate` computes, not where data or outputs are).
+
+    Validated when made, in one place: a bad value raises :class:`calib.errors.ConfigError` (a
+    :class:`CalibError`) with one line naming the field. ``config.replace(**options)`` gives a copy with some fields changed (validated again;
+    an unknown name is an error listing the valid ones).
+
+    - *algorithm*: ``entropy`` (TensorRT's default), ``max``, ``percentile``, ``mse``, or ``auto``
+      (every one of those four from the same statistics, scored against FP32 on calibration samples
+      set aside from the ones its ranges are fitted to, the best kept; see :func:`_select_algorithm`).
+    - *percentile*: with ``percentile`` (and ``auto``), the percentile of |x| kept, in (0, 100].
+    - *samples*: calibration samples drawn from the dataset's ``calib`` split (None: all of them);
+      *eval_samples*: held-out samples from its ``eval`` split for the INT8 vs FP32 summary, when
+      *evaluate*.
+    - *batch_size*, *seed* (the seeded sample choice), *threads* (ONNX Runtime intra-op threads,
+      None: all cores).
+    - *target*: Q/DQ placement, ``tensorrt`` or ``onnxruntime``; *trt_version*: the cache header's
+      version field (None: ``calib.cache.DEFAULT_TRT_VERSION``).
+    - *plan*: a :class:`calib.plan.PrecisionPlan`, a path to one, or a dict; the layers it marks
+      ``fp32`` / ``fp16`` stay out of INT8 in the Q/DQ model (and in the held-out comparison); the
+      cache still covers every tensor, since TensorRT applies the plan itself at build time.
+    - *smooth*: SmoothQuant's alpha in [0, 1] (None or False: off). It evens out the channels of the
+      tensors :mod:`calib.smooth` can rescale exactly, in the Q/DQ model only: a short pass over up
+      to ``SMOOTH_PROBE_SAMPLES`` calibration samples measures each such tensor's per-channel range,
+      and the statistics pass then observes both the original tensors (for the cache, which
+      describes the unmodified model TensorRT parses) and their smoothed values (for the Q/DQ
+      model, whose constants carry the factors).
+    - *bias_correction*: INT8's mean error on each output channel of every INT8 Conv, ConvTranspose
+      and Gemm, measured layer by layer on up to ``BIAS_PROBE_SAMPLES`` calibration samples (see
+      :mod:`calib.qdq`), is subtracted from its bias in the Q/DQ model. The cache is the same either
+      way: TensorRT's implicit calibration takes scales only.
+    """
+
+    algorithm: str = "entropy"
+    percentile: float = 99.99
+    samples: int | None = 500
+    batch_size: int = 16
+    seed: int = 0
+    target: str = "tensorrt"
+    trt_version: int | None = None
+    evaluate: bool = True
+    eval_samples: int | None = 500
+    threads: int | None = None
+    plan: Any = None
+    smooth: float | None = DEFAULT_ALPHA
+    bias_correction: bool = True
+
+    def __post_init__(self) -> None:
+        def bad(name: str, want: str) -> ConfigError:
+            return ConfigError(name, f"must be {want}, got {getattr(self, name)!r}")
+
+        for name, known in (("algorithm", ALGORITHMS), ("target", TARGETS)):
+            if getattr(self, name) not in known:
+                raise ConfigError(name, f"{getattr(self, name)!r} is unknown; choose one of {', '.join(known)}")
+        if not (_is_real(self.percentile) and 0.0 < self.percentile <= 100.0):
+            raise bad("percentile", "a number in (0, 100]")
+        for name in ("samples", "eval_samples", "threads"):
+            v = getattr(self, name)
+            if v is not None and not (_is_int(v) and v >= 1):
+                raise bad(name, "an integer of at least 1 (or None)")
+        if not (_is_int(self.batch_size) and self.batch_size >= 1):
+            raise bad("batch_size", "an integer of at least 1")
+        if not _is_int(self.seed):
+            raise bad("seed", "an integer")
+        if self.trt_version is not None and not (_is_int(self.trt_version) and self.trt_version >= 1):
+            raise bad("trt_version", "a positive integer such as 100900 (or None)")
+        for name in ("evaluate", "bias_correction"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "True or False")
+        if self.smooth is False:
+            object.__setattr__(self, "smooth", None)
+        if self.smooth is not None and not (_is_real(self.smooth) and 0.0 <= self.smooth <= 1.0):
+            raise bad("smooth", "a number in [0, 1] (or None for no smoothing)")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def replace(self, **options) -> "CalibrationConfig":
+        """A copy with *options* (field names) changed, validated again."""
+        unknown = sorted(set(options) - set(self.names()))
+        if unknown:
+            raise CalibError(f"unknown calibration option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                             f"valid: {', '.join(self.names())}")
+        return dataclasses.replace(self, **options) if options else self
 
 
 @dataclass
@@ -46,50 +147,56 @@ class CalibrationResult:
         return list(self.summary.get("lines", []))
 
 
+QDQ_SUFFIX = ".int8.onnx"
+
+
 def output_paths(model_path: Path | None, out: str | os.PathLike | None, stem: str) -> dict[str, Path]:
+    """Where :func:`calibrate` writes: in the folder *out* (default: the model's folder, else the
+    working directory) ``<stem>.cache``, its sidecar ``<stem>.cache.json``, ``<stem>.int8.onnx``
+    and ``summary.json``."""
     base = Path(out) if out is not None else (model_path.parent if model_path else Path.cwd())
     return {
         "cache": base / f"{stem}.cache",
         "sidecar": sidecar_path(base / f"{stem}.cache"),
-        "qdq": base / f"{stem}.int8.onnx",
+        "qdq": base / f"{stem}{QDQ_SUFFIX}",
         "summary": base / "summary.json",
     }
 
 
-def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", percentile: float = 99.99,
-              samples: int | None = 500, batch_size: int = 16, seed: int = 0, out=None, force: bool = False,
-              target: str = "tensorrt", trt_version: int | None = None, evaluate: bool = True,
-              eval_samples: int | None = 500, threads: int | None = None, progress: bool = True,
-              classes=None, labels=None, strict: bool = False, write: bool = True,
-              dataset=None, plan=None, smooth: float | None = DEFAULT_ALPHA,
-              bias_correction: bool = True) -> CalibrationResult:
+def calibration_ids(qdq_path: str | os.PathLike) -> list[str] | None:
+    """The ids of the samples :func:`calibrate` calibrated the Q/DQ model *qdq_path* on, as its
+    sidecar records them (``<stem>.cache.json`` beside ``<stem>.int8.onnx``). None when the file is
+    not named so, there is no readable sidecar beside it, or the sidecar lists no ids (older ones)."""
+    p = Path(qdq_path)
+    if not p.name.endswith(QDQ_SUFFIX):
+        return None
+    side = output_paths(None, p.parent, p.name[:-len(QDQ_SUFFIX)])["sidecar"]
+    try:
+        ids = json.loads(side.read_text(encoding="utf-8"))["data"]["ids"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [str(i) for i in ids] if isinstance(ids, list) else None
+
+
+def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = None, *, preprocess=None,
+              classes=None, labels=None, strict: bool = False, dataset=None, out=None, force: bool = False,
+              write: bool = True, progress: bool = True, **options) -> CalibrationResult:
     """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
 
+    ``calibrate("m.onnx", "imgs/", preprocess="torchvision")`` is the whole call for the defaults.
     *data* is anything :func:`calib.datasets.open_dataset` accepts (a folder, HDF5/NumPy file, an
-    iterable of feed dicts); pass an already opened ``dataset`` instead to reuse one. Samples
-    are drawn from the dataset's stable ``calib`` split and the summary is computed on its
-    disjoint ``eval`` split, so the held-out numbers are honest.
+    iterable of feed dicts), opened with *preprocess*, *classes*, *labels* and *strict*; pass an
+    already opened ``dataset`` instead to reuse one. Samples are drawn from the dataset's stable
+    ``calib`` split and the summary is computed on its disjoint ``eval`` split, so the held-out
+    numbers are honest; the sidecar lists the calibration sample ids.
 
-    *algorithm*: ``entropy`` (TensorRT's default), ``max``, ``percentile``, ``mse``, or ``auto``: every
-    one of those four from the same statistics, scored against FP32 on calibration samples set
-    aside from the ones its ranges are fitted to, the best kept (see :func:`_select_algorithm`;
-    the result's ``summary["algorithm"]`` is the choice).
+    *config* (a :class:`CalibrationConfig` or a dict of its fields; default: the defaults) holds
+    the options; keyword *options* override its fields (``algorithm="max"``, ``samples=64``, ...;
+    an unknown name raises :class:`CalibError` listing the valid ones). The result's
+    ``summary["algorithm"]`` is the algorithm used (``auto``'s choice).
 
-    *plan* (a :class:`calib.plan.PrecisionPlan`, a path to one, or a dict) keeps the layers it
-    marks ``fp32`` / ``fp16`` out of INT8 in the Q/DQ model (and in the held-out comparison); the
-    cache still covers every tensor, since TensorRT applies the plan itself at build time.
-
-    *smooth* (SmoothQuant's alpha, default 0.75; ``None`` or ``False`` turns it off) evens out the
-    channels of the tensors :mod:`calib.smooth` can rescale exactly, in the Q/DQ model only: a
-    short pass over up to ``SMOOTH_PROBE_SAMPLES`` calibration samples measures each such
-    tensor's per-channel range, and the statistics pass then observes both the original tensors
-    (for the cache, which describes the unmodified model TensorRT parses) and their smoothed
-    values (for the Q/DQ model, whose constants carry the factors).
-
-    *bias_correction* (default on): INT8's mean error on each output channel of every INT8 Conv,
-    ConvTranspose and Gemm, measured layer by layer on up to ``BIAS_PROBE_SAMPLES`` calibration
-    samples (see :mod:`calib.qdq`), is subtracted from its bias in the Q/DQ model. The cache is
-    the same either way: TensorRT's implicit calibration takes scales only.
+    Outputs go to the folder *out* (default: the model's folder) unless ``write=False``; existing
+    files are refused unless *force*. *progress* shows progress bars on stderr.
     """
     from .cache import (CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, sidecar_bytes,
                         trt_algorithm_name)
@@ -98,14 +205,23 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     from .plan import load_plan
     from .qdq import check_input, prepare
 
+    if config is None:
+        config = CalibrationConfig()
+    elif isinstance(config, Mapping):
+        config = CalibrationConfig().replace(**config)
+    elif not isinstance(config, CalibrationConfig):
+        raise CalibError(f"config must be a CalibrationConfig or a dict of its fields, got {type(config).__name__}")
+    config = config.replace(**options)
+    algorithm, percentile, samples, batch_size = config.algorithm, config.percentile, config.samples, config.batch_size
+    seed, target, threads, smooth, bias_correction = (config.seed, config.target, config.threads, config.smooth,
+                                                      config.bias_correction)
+    if data is None and dataset is None:
+        raise CalibError("no data: pass the calibration data (a folder, HDF5/NumPy file, iterable of feeds) "
+                         "or an opened dataset=")
     t_start = time.perf_counter()
-    if algorithm not in ALGORITHMS:
-        raise CalibError(f"unknown algorithm '{algorithm}'; choose one of {', '.join(ALGORITHMS)}")
-    if target not in ("tensorrt", "onnxruntime"):
-        raise CalibError(f"unknown target '{target}'; choose tensorrt or onnxruntime")
     m = load_model(model)
     check_input(m, target)   # already quantized or float16: refused before any work
-    plan = load_plan(plan)   # a bad plan fails here, before any work
+    plan = load_plan(config.plan)   # a bad plan fails here, before any work
     stem = m.name
     paths = output_paths(m.path, out, stem)
     if write:
@@ -128,7 +244,7 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     t0 = time.perf_counter()
     factors, observed_names, smooth_info = {}, {}, None
     obs_model = m
-    if smooth is not None and smooth is not False:
+    if smooth is not None:
         factors, obs_model, observed_names, smooth_info = _smoothing(
             m, prepared, calib_ds, float(smooth), seed, batch_size, threads, progress)
     t_smooth = time.perf_counter() - t0
@@ -189,9 +305,9 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
     # The header must name the calibrator TensorRT loads it with (percentile/mse load through
     # IInt8EntropyCalibrator2); the sidecar records the algorithm actually used.
     cache = CalibrationCache(scales=scales, algorithm=trt_algorithm_name(algorithm),
-                             version=trt_version or DEFAULT_TRT_VERSION)
+                             version=config.trt_version or DEFAULT_TRT_VERSION)
     cache_bytes = format_cache(cache)
-    sidecar = make_sidecar(model=m, cache=cache, data=calib_ds.describe(),
+    sidecar = make_sidecar(model=m, cache=cache, data=dict(calib_ds.describe(), ids=calib_ds.ids),
                            algorithm=algorithm, params=params, samples=len(calib_ds), seed=seed)
     t0 = time.perf_counter()
     if qdq is None:
@@ -219,8 +335,8 @@ def calibrate(model, data, *, preprocess=None, algorithm: str = "entropy", perce
                      "amax": round(t_amax, 3), "qdq": round(t_bias, 3)},
         "outputs": {k: str(v) for k, v in paths.items()} if write else {},
     }
-    if evaluate and eval_ds is not None and len(eval_ds) > 0:
-        summary["held_out"] = _held_out(m, qdq, eval_ds, eval_samples, seed, batch_size, threads, progress,
+    if config.evaluate and eval_ds is not None and len(eval_ds) > 0:
+        summary["held_out"] = _held_out(m, qdq, eval_ds, config.eval_samples, seed, batch_size, threads, progress,
                                         auto=selection is not None)
     summary["timing_s"]["total"] = round(time.perf_counter() - t_start, 3)
     summary["lines"] = _summary_lines(summary)
@@ -363,8 +479,6 @@ def _smoothing(m: Model, prepared: Model, calib_ds, alpha: float, seed: int, bat
     from .backends.onnxruntime import OrtEngine
     from .smooth import channel_absmax, factors as smooth_factors, find_sites, observed, range_probe
 
-    if not 0.0 <= alpha <= 1.0:
-        raise CalibError(f"smoothing alpha must be within [0, 1], got {alpha}")
     sites = find_sites(prepared)
     info = {"alpha": alpha, "sites": len(sites), "tensors": [], "probe_samples": 0}
     if not sites:
