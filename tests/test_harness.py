@@ -302,3 +302,37 @@ def test_tensorrt_plan_without_tensorrt(tmp_path):
     plan.write_bytes(b"not a plan")
     with pytest.raises(TensorRTUnavailableError):
         engine(plan)
+
+
+def test_primary_output_skips_integer_pass_through_outputs():
+    """Scoring an int copy of the input would report a perfect candidate whatever it computes."""
+    from calib.harness.runner import primary_output
+
+    ids = np.arange(8, dtype=np.int64).reshape(2, 4)
+    tokens = np.zeros((2, 4, 3), np.float32)
+    pooled = np.zeros((2, 3), np.float32)
+    outs = {"ids": ids, "mask": ids, "tokens": tokens, "pooled": pooled}
+    assert primary_output(outs, list(outs))[0] == "pooled"
+    assert primary_output({"ids": ids, "tokens": tokens}, ["ids", "tokens"])[0] == "tokens"
+    assert primary_output({"logits": pooled}, ["logits"]) == ("logits", "first output")
+    assert primary_output(outs, list(outs), "tokens") == ("tokens", "chosen")
+    with pytest.raises(HarnessError, match="not an output"):
+        primary_output(outs, list(outs), "nope")
+
+
+def test_embedding_model_is_scored_on_its_sentence_embedding(minilm_path, minilm_tokens, tmp_path):
+    """paraphrase-MiniLM-L3-v2 returns its int64 inputs first: the harness scores the pooled float
+    output, so INT8's cosine is below 1 and the report says which output it scored."""
+    import calib
+    from calib.datasets import open_dataset
+    from calib.model import Model
+
+    model = Model.load(minilm_path)
+    ds = open_dataset(minilm_tokens, model, limit=96)
+    res = calib.calibrate(model, dataset=ds, out=tmp_path, progress=False, bias_correction=False)
+    rep = res.summary["held_out"]["report"]
+    assert rep["task"] == "embedding"
+    assert "scored output '461'" in rep["task_reason"]
+    cos = next(m for m in rep["candidates"][0]["metrics"] if m["name"] == "cosine")
+    assert cos["spec"]["output"] == "461"
+    assert 0.9 < cos["candidate"]["estimate"] < 0.9999

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                    help="which metrics to compute (default: guessed from the outputs, labels and model metadata)")
     p.add_argument("--metric", action="append", default=[], metavar="NAME|FILE.py:FUNC",
                    help="add a metric: a registered name or a Python function (repeatable)")
+    p.add_argument("--output", metavar="NAME",
+                   help="the model output the task's metrics score (default: the first float output of shape "
+                        "[N, C] when there are several float outputs, else the first float output)")
     p.add_argument("--only-metrics", action="store_true",
                    help="compute only the --metric metrics, not the task's defaults")
     p.add_argument("--attribute", action="store_true",
@@ -90,7 +93,7 @@ def run(args) -> int:
                    extra_metrics=[] if args.only_metrics else args.metric,
                    labels=args.text_labels, batch_size=args.batch_size,
                    progress=progress, resamples=args.resamples, seed=args.bootstrap_seed,
-                   plots=not args.no_plots)
+                   plots=not args.no_plots, output=args.output)
     scored = set(ds.ids) - {sid for sid, _ in ds.skipped}   # corrupt images skipped are not scored
     for (_, path), cand in zip(specs, cands):
         n = calibration_overlap(path, scored)

@@ -56,11 +56,14 @@ class MetricContext:
     """What a metric may look at when it is bound (on the first batch)."""
 
     def __init__(self, output_names: list[str], metadata: dict[str, str] | None = None,
-                 sample: dict[str, np.ndarray] | None = None, has_labels: bool = False):
+                 sample: dict[str, np.ndarray] | None = None, has_labels: bool = False,
+                 primary: str | None = None):
         self.output_names = list(output_names)
         self.metadata = dict(metadata or {})
         self.sample = sample or {}
         self.has_labels = has_labels
+        # the output a metric scores unless it names one (see calib.harness.runner.primary_output)
+        self.primary = primary if primary is not None else self.output_names[0]
 
 
 class Metric:
@@ -76,7 +79,7 @@ class Metric:
     percent: bool = False              # display as a percentage
     unit: str = ""
     description: str = ""
-    output: str | None = None          # output tensor; None: the first output
+    output: str | None = None          # output tensor; None: the context's primary output
 
     def transform(self, x):            # applied to the aggregate (e.g. dB)
         return x
@@ -85,7 +88,7 @@ class Metric:
     def bind(self, ctx: MetricContext) -> None:
         """Called once with the first batch, before any :meth:`update`."""
         if self.output is None:
-            self.output = ctx.output_names[0]
+            self.output = ctx.primary
         elif self.output not in ctx.output_names:
             raise MetricError(f"metric {self.name}: output '{self.output}' not among the model outputs "
                               f"({', '.join(ctx.output_names)})")

@@ -137,6 +137,35 @@ def _lookup_labels(ids, table: Mapping[str, Any]):
 
 
 # --------------------------------------------------------------------------- task detection
+def primary_output(outputs: Mapping[str, np.ndarray], names: Sequence[str],
+                   given: str | None = None) -> tuple[str, str]:
+    """The output the task's metrics score, and why: *given* if set, else the first floating-point
+    output of rank 2 (``[N, C]``, or ``[N, C, 1, ...]``: logits, probabilities, a pooled embedding)
+    when the model has several float outputs, else its first float output, else its first output.
+
+    Models often pass inputs through (token ids, attention masks) or return several views (token
+    embeddings ``[N, T, D]`` beside the pooled ``[N, D]``); scoring an integer copy of the input
+    would report a perfect candidate whatever it computes."""
+    if given is not None:
+        if given not in names:
+            raise HarnessError(f"output '{given}' is not an output of the reference ({', '.join(names)})")
+        return given, "chosen"
+    floats = [n for n in names if n in outputs and np.asarray(outputs[n]).dtype.kind == "f"]
+    if not floats:
+        return names[0], "first output (none is floating point)"
+
+    def pooled(n):
+        x = np.asarray(outputs[n])
+        return x.ndim == 2 or (x.ndim > 2 and all(d == 1 for d in x.shape[2:]))
+
+    ranked = [n for n in floats if pooled(n)] if len(floats) > 1 else []
+    if ranked:
+        return ranked[0], f"first float output of shape [N, C] among {len(floats)} float outputs"
+    if floats[0] != names[0]:
+        return floats[0], "first floating-point output"
+    return names[0], "first output"
+
+
 def detect_task(sample: np.ndarray, metadata: Mapping[str, str], labels) -> tuple[str, str]:
     """Guess the task from the reference's first output; returns (task, reason)."""
     x = np.asarray(sample)
@@ -212,7 +241,8 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
             *, task: str = "auto", metrics: Sequence[Any] | None = None, extra_metrics: Sequence[Any] = (),
             attribute: bool | Sequence[str] = False, labels: "Mapping[str, Any] | str | None" = None,
             batch_size: int = 16, progress=None, resamples: int = DEFAULT_RESAMPLES,
-            seed: int = DEFAULT_SEED, top_layers: int = 10, dataset_info: dict | None = None):
+            seed: int = DEFAULT_SEED, top_layers: int = 10, dataset_info: dict | None = None,
+            output: str | None = None):
     """Evaluate *candidates* against *reference* in one pass over *data*; returns a :class:`Report`.
 
     *data*: a calib Dataset (``.batches()`` is called with *batch_size*), or an
@@ -224,6 +254,7 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
     engines), or a list of reference tensor names.
     *labels*: a mapping from sample id (or file name) to label, or a ``file<TAB>text``
     TSV path -- for text labels (CTC) the readers do not carry.
+    *output*: the output the task's metrics score (default: :func:`primary_output`'s choice).
     """
     from .report import Report
 
@@ -308,15 +339,18 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
         if not bound:
             has_labels = b.labels is not None
             meta = _metadata(ref)
+            primary, why = primary_output(ref_out, ref_names, output)
             if task == "auto":
-                detected = detect_task(ref_out[ref_names[0]], meta, b.labels)
+                detected = detect_task(ref_out[primary], meta, b.labels)
             else:
                 detected = (task, "given")
+            if len(ref_names) > 1:
+                detected = (detected[0], f"{detected[1]}; scored output '{primary}' ({why})")
             if metrics is not None:
                 metric_list = [M.load_metric(m) for m in metrics]
             else:
                 metric_list = M.metrics_for_task(detected[0], has_labels, list(extra_metrics))
-            ctx = M.MetricContext(ref_names, meta, ref_out, has_labels)
+            ctx = M.MetricContext(ref_names, meta, ref_out, has_labels, primary=primary)
             for m in metric_list:
                 if m.needs_labels and not has_labels:
                     raise HarnessError(f"metric {m.name} needs labels but the data has none")
@@ -434,7 +468,7 @@ def _fmt_summary(extra: dict) -> str:
 def evaluate(reference, candidates, dataset, *, task: str = "auto", attribute: bool | Sequence[str] = False,
              out: "str | os.PathLike | None" = None, force: bool = False, metrics=None, extra_metrics=(),
              labels=None, batch_size: int = 16, progress=None, resamples: int = DEFAULT_RESAMPLES,
-             seed: int = DEFAULT_SEED, plots: bool = True):
+             seed: int = DEFAULT_SEED, plots: bool = True, output: str | None = None):
     """Paths / Models / Engines in, :class:`Report` out; with *out*, the report files are written there
     (refusing to overwrite them unless *force*)."""
     from .report import report_paths
@@ -446,7 +480,7 @@ def evaluate(reference, candidates, dataset, *, task: str = "auto", attribute: b
             check_writable(p, force)
     rep = compare(reference, cand_list, dataset, task=task, metrics=metrics, extra_metrics=extra_metrics,
                   attribute=attribute, labels=labels, batch_size=batch_size, progress=progress,
-                  resamples=resamples, seed=seed)
+                  resamples=resamples, seed=seed, output=output)
     if out is not None:
         rep.write(out, force=force, plots=plots)
     return rep
