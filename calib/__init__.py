@@ -7,7 +7,7 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .errors import CalibError  # noqa: E402
 from .calibrate import CalibrationResult, calibrate  # noqa: E402  (the function shadows the module name)
