@@ -11,9 +11,8 @@ PKG = Path(__file__).resolve().parents[1] / "calib"
 # (module prefix, layer): base -> readers -> statistics -> algorithms -> artifacts -> backends
 # -> harness -> pipelines (collect runs a backend; calibrate runs everything) -> CLI
 LAYERS = [("calib.errors", 0), ("calib.utils", 0), ("calib.model", 0), ("calib.graph", 0), ("calib.version", 0),
-          ("calib.datasets", 1),
-          ("calib.stats", 2), ("calib.algorithms", 3), ("calib.cache", 4), ("calib.preparation", 4), ("calib.qdq", 4),
-          ("calib.smooth", 4), ("calib.plan", 4),
+          ("calib.datasets", 1), ("calib.stats", 2), ("calib.algorithms", 3),
+          ("calib.cache", 4), ("calib.preparation", 4), ("calib.qdq", 4), ("calib.smooth", 4), ("calib.plan", 4),
           ("calib.backends", 5), ("calib.harness", 6), ("calib.collect", 7), ("calib.calibrate", 7),
           ("calib.cli", 8), ("calib.__main__", 8)]
 
@@ -28,7 +27,19 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(path: Path) -> list[tuple[str, int]]:
+def known_modules(root: Path) -> set[str]:
+    return {module_name(f) for f in root.rglob("*.py")}
+
+
+def _ancestors(module: str) -> list[str]:
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int, dict[str, str]]]:
+    """``(module, names, line, bound)`` per import statement of *path*: *module* absolute (calib's
+    or not), *names* those of ``from module import ...`` (else empty), *bound* the local names
+    the statement binds -> the dotted names they stand for."""
     me = module_name(path)
     package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
     out = []
@@ -37,25 +48,38 @@ def imported_modules(path: Path) -> list[tuple[str, int]]:
             if node.level:
                 base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
-                names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
             else:
-                names = [node.module or ""]
+                target = node.module or ""
+            out.append((target, [a.name for a in node.names], node.lineno,
+                        {a.asname or a.name: f"{target}.{a.name}" for a in node.names}))
         elif isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        else:
-            continue
-        out += [(n, node.lineno) for n in names]
+            for a in node.names:
+                top = a.name.split(".")[0]
+                out.append((a.name, [], node.lineno, {a.asname: a.name} if a.asname else {top: top}))
     return out
 
 
+def _loaded(target: str, names: list[str], known: set[str]) -> list[str]:
+    """What ``from target import names`` (``import target``: no names) loads: the modules
+    ``target.name`` there are, and ``target`` itself unless every name is such a module."""
+    subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in known]
+    return subs if names and len(subs) == len(names) else subs + [target]
+
+
+def imported_modules(path: Path, known: set[str]) -> list[tuple[str, int]]:
+    """``(module, line)`` for each module an import statement of *path* loads (see :func:`_loaded`)."""
+    return [(m, line) for target, names, line, _ in _imports(path) for m in _loaded(target, names, known)]
+
+
 def upward_imports(root: Path = PKG) -> list[str]:
+    known = known_modules(root)
     bad = []
     for f in sorted(root.rglob("*.py")):
         me = module_name(f)
         mine = layer_of(me)
         if mine is None:
             continue
-        for target, line in imported_modules(f):
+        for target, line in imported_modules(f, known):
             theirs = layer_of(target)
             if theirs is not None and theirs > mine:
                 bad.append(f"{me}:{line} imports {target} (layer {theirs} > {mine})")
@@ -86,34 +110,6 @@ def test_the_check_sees_lazy_upward_imports(tmp_path):
 
 
 # --------------------------------------------------------------------------- circles and private names
-def known_modules(root: Path) -> set[str]:
-    return {module_name(f) for f in root.rglob("*.py")}
-
-
-def _ancestors(module: str) -> list[str]:
-    parts = module.split(".")
-    return [".".join(parts[:i]) for i in range(1, len(parts))]
-
-
-def _imports(path: Path) -> list[tuple[str, list[str], int]]:
-    """``(module, names, line)`` per import statement of *path*, *module* absolute (calib's or
-    not); *names* are those of ``from module import ...``, else empty."""
-    me = module_name(path)
-    package = me if path.name == "__init__.py" else me.rsplit(".", 1)[0]
-    out = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            out.append((target, [a.name for a in node.names], node.lineno))
-        elif isinstance(node, ast.Import):
-            out += [(a.name, [], node.lineno) for a in node.names]
-    return out
-
-
 def import_graph(root: Path = PKG) -> dict[str, dict[str, int]]:
     """``{module: {calib module it imports: line}}``. ``from m import x`` imports the module
     ``m.x`` when there is one, else (it needs ``m``'s names) ``m``; importing a module first
@@ -125,10 +121,8 @@ def import_graph(root: Path = PKG) -> dict[str, dict[str, int]]:
         me = module_name(f)
         mine = set(_ancestors(me)) | {me}
         edges = graph.setdefault(me, {})
-        for target, names, line in _imports(f):
-            subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in known]
-            loaded = subs if names and len(subs) == len(names) else subs + [target]
-            for t in loaded:
+        for target, names, line, _ in _imports(f):
+            for t in _loaded(target, names, known):
                 if t in known and t != me:
                     for dep in [a for a in _ancestors(t) if a not in mine] + [t]:
                         edges.setdefault(dep, line)
@@ -188,31 +182,17 @@ def private_imports(root: Path = PKG) -> list[str]:
     bad = []
     for f in sorted(root.rglob("*.py")):
         me = module_name(f)
-        tree = ast.parse(f.read_text())
         bound: dict[str, str] = {}      # local name -> calib module
-        for target, names, line in _imports(f):
-            mods = [target] + [f"{target}.{n}" for n in names if f"{target}.{n}" in known]
-            for mod in mods:
+        for target, names, line, binds in _imports(f):
+            for mod in [target] + [f"{target}.{n}" for n in names if f"{target}.{n}" in known]:
                 hit = _private_module(me, mod) if mod in known else None
                 if hit:
                     bad.append(f"{me}:{line} imports {hit}")
             if target in known and target != me:
                 bad += [f"{me}:{line} imports {target}.{n}" for n in names
                         if _private(n) and f"{target}.{n}" not in known]
-            for n in names:
-                if f"{target}.{n}" in known:
-                    bound[n] = f"{target}.{n}"
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for a in node.names:
-                    if a.name in known:
-                        bound[a.asname] = a.name if a.asname else None
-                        bound.setdefault(a.name.split(".")[0], a.name.split(".")[0])
-            elif isinstance(node, ast.ImportFrom):
-                for a in node.names:
-                    if a.asname and a.name in bound:
-                        bound[a.asname] = bound[a.name]
-        for node in ast.walk(tree):
+            bound.update({k: v for k, v in binds.items() if v in known})
+        for node in ast.walk(ast.parse(f.read_text())):
             if not isinstance(node, ast.Attribute):
                 continue
             chain, base = [node.attr], node.value

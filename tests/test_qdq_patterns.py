@@ -283,38 +283,42 @@ def _plan_err(v, ref, target, w1, w2) -> tuple[float, float]:
     return e_r, float(np.abs(w2).reshape(w2.shape[0], -1).sum(1).max()) * e_r
 
 
+def _planned(target: str, precision: str):
+    """The two-Conv graph quantized with ``conv2`` planned *precision*: (report, view, float
+    tensors, output, Conv2's input r and weights' error bounds)."""
+    m, (w1, w2) = _two_convs()
+    q, v, ref, y = _quantize(m, _input(3), target, plan=PrecisionPlan(layers={"conv2": precision}))
+    r = q.quant_report
+    assert getattr(r, f"{precision}_nodes") == ["conv2"] and r.int8_nodes == ["conv1"]
+    assert v.op_of("r") == "Relu"                         # Conv2's input: the float Relu output
+    return r, v, ref, y, w2, _plan_err(v, ref, target, w1, w2)
+
+
 @pytest.mark.parametrize("target", TARGETS)
 def test_fp16_node_is_wrapped_in_casts_without_qdq(target):
-    m, (w1, w2) = _two_convs()
-    x = _input(3)
-    q, v, ref, y = _quantize(m, x, target, plan=PrecisionPlan(layers={"conv2": "fp16"}))
+    _, v, ref, y, w2, (e_r, e_y) = _planned(target, "fp16")
     conv2 = v.node("conv2")
-    assert q.quant_report.fp16_nodes == ["conv2"] and q.quant_report.int8_nodes == ["conv1"]
     for t, src in zip(conv2.input, ["r", "w2", "b2"], strict=True):
         cast = v.prod[t]
         assert cast.op_type == "Cast" and helper.get_attribute_value(cast.attribute[0]) == TensorProto.FLOAT16
         assert cast.input[0] == src                       # the float tensor itself, no DQ in between
     (after,) = v.cons[conv2.output[0]]
     assert after.op_type == "Cast" and helper.get_attribute_value(after.attribute[0]) == F
-    assert after.output[0] == "y" and v.op_of("r") == "Relu"
-    e_r, e_y = _plan_err(v, ref, target, w1, w2)
-    # float16: inputs, weights, the 36 products' sum and the output each round by <= 2**-11 relative
+    assert after.output[0] == "y"
+    # float16: inputs, weights, each of the products' partial sums and the output round by <= 2**-11 relative
+    a = _amax(ref)
     taps = w2[0].size
-    fp16 = (taps + 3) * 2.0 ** -11 * float((np.abs(w2).reshape(5, -1).sum(1)).max()) * (_amax(ref)["r"] + e_r)
-    _close(y, ref["y"], e_y + fp16 + 2.0 ** -11 * _amax(ref)["y"])
+    fp16 = (taps + 3) * 2.0 ** -11 * float(np.abs(w2).reshape(w2.shape[0], -1).sum(1).max()) * (a["r"] + e_r)
+    _close(y, ref["y"], e_y + fp16 + 2.0 ** -11 * a["y"])
 
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_fp32_node_gets_no_qdq_and_keeps_float_weights(target):
-    m, (w1, w2) = _two_convs()
-    x = _input(3)
-    q, v, ref, y = _quantize(m, x, target, plan=PrecisionPlan(layers={"conv2": "fp32"}))
-    conv2 = v.node("conv2")
-    assert q.quant_report.fp32_nodes == ["conv2"] and q.quant_report.int8_nodes == ["conv1"]
-    assert list(conv2.input) == ["r", "w2", "b2"] and v.op_of("r") == "Relu"
+    r, v, ref, y, w2, (_, e_y) = _planned(target, "fp32")
+    assert list(v.node("conv2").input) == ["r", "w2", "b2"]
     np.testing.assert_array_equal(v.inits["w2"], w2)
-    assert q.quant_report.folded == []                     # no Relu fold into an fp32 consumer's input
-    _close(y, ref["y"], _plan_err(v, ref, target, w1, w2)[1])
+    assert r.folded == []                                  # no Relu fold into an fp32 consumer's input
+    _close(y, ref["y"], e_y)
 
 
 # --------------------------------------------------------------------------- folds
