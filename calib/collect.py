@@ -77,7 +77,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import CalibError, EmptyDatasetError
-from .graph import ConstEval, Graph, attr, clip_bounds, tensor_types
+from .graph import STANDARD_DOMAINS, ConstEval, Graph, attr, clip_bounds, tensor_types
 from .model import Model, load_model
 from .stats import ClipSplitObserver, TensorObserver, clip_value
 
@@ -163,7 +163,7 @@ def plan_derivations(model: Model, observed: Sequence[str]) -> dict[str, _Derive
             continue
         out = node.output[0]
         op = node.op_type
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in STANDARD_DOMAINS:
             continue
         d = None
         if op in _ALIAS_OPS and node.input and node.input[0] in obs:
@@ -213,7 +213,7 @@ def plan_ranges(model: Model, direct: Sequence[str]) -> dict[str, tuple[str, flo
     obs = set(direct)
     out: dict[str, tuple[str, float, float]] = {}
     for node in model.nodes:
-        if node.op_type not in ("Relu", "Clip") or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in ("Relu", "Clip") or node.domain not in STANDARD_DOMAINS:
             continue
         if not node.input or not node.output or node.output[0] not in obs or node.input[0] not in obs:
             continue

@@ -30,6 +30,8 @@ import numpy as np
 from .model import onnx_opset
 
 STANDARD_DOMAINS = ("", "ai.onnx")
+# ops with a constant weight whose output channels have an axis (:func:`weight_axis`)
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 # --------------------------------------------------------------------------- attributes and names

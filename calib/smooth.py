@@ -38,7 +38,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .graph import Graph, attr, reduce_node, unique_name, weight_axis
+from .graph import STANDARD_DOMAINS, WEIGHTED_OPS, Graph, attr, reduce_node, unique_name, weight_axis
 from .model import Model, load_model, onnx_opset
 from .preparation import prepared_proto
 
@@ -48,9 +48,7 @@ MAX_RATIO = 2.0 ** 10          # largest s_max / s_min kept
 # a Relu: cross-layer equalisation) is supported but off by default: measured on SqueezeNet 1.1 it
 # cost 1.6 top-1 points (its 8 Relu sites), while the affine sites carry the gains on PP-OCRv4.
 PRODUCERS = ("affine", "batchnorm")
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu")
-_STD = ("", "ai.onnx")
 
 
 @dataclass
@@ -99,10 +97,10 @@ def _input_columns(n, W: np.ndarray):
 
 def _consumer_info(G, n, x: str):
     """(kind, channels, rank, colmax) for a consumer that can absorb input-channel scaling, else None."""
-    if n.domain not in _STD or not n.input or n.input[0] != x or x in n.input[1:]:
+    if n.domain not in STANDARD_DOMAINS or not n.input or n.input[0] != x or x in n.input[1:]:
         return None
     op = n.op_type
-    if op not in WEIGHTED or len(n.input) < 2 or not G.is_const(n.input[1]):
+    if op not in WEIGHTED_OPS or len(n.input) < 2 or not G.is_const(n.input[1]):
         return None
     if op == "Gemm" and attr(n, "transA", 0):
         return None
@@ -139,7 +137,7 @@ def _producer_chain(G, site: SmoothSite):
     t = site.tensor
     while True:
         n = G.producer.get(t)
-        if n is None or n.domain not in _STD:
+        if n is None or n.domain not in STANDARD_DOMAINS:
             return None
         if t != site.tensor and (len(G.consumers.get(t, [])) != 1 or t in G.graph_outputs):
             return None
@@ -171,7 +169,7 @@ def _producer_chain(G, site: SmoothSite):
                 return None
             edits.append((n, None, "bn"))
             return "batchnorm", edits
-        if op in WEIGHTED and len(n.input) >= 2 and G.is_const(n.input[1]) and not G.is_const(n.input[0]):
+        if op in WEIGHTED_OPS and len(n.input) >= 2 and G.is_const(n.input[1]) and not G.is_const(n.input[0]):
             W = G.const(n.input[1])
             if W is None or W.dtype.kind != "f":
                 return None

@@ -55,9 +55,10 @@ named after the tensor they quantize (``<tensor>_QuantizeLinear``, ``<tensor>_de
 from __future__ import annotations
 
 from ..errors import QuantizationError
+from ..graph import WEIGHTED_OPS
 from ..preparation import MIN_OPSET, Preparation, prepare
 from .bias import BIAS_CORRECTABLE_OPS
-from .placement import DATA_MOVEMENT_OPS, ORT_INT8_OPS, POOL_OPS, WEIGHTED_OPS, QParams
+from .placement import DATA_MOVEMENT_OPS, ORT_INT8_OPS, POOL_OPS, QParams
 from .quantize import TARGETS, QuantReport, check_input, quantize_model, required_tensors
 
 __all__ = [

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..graph import STANDARD_DOMAINS, ConstEval, Graph, attr, clip_bounds, weight_axis
+from ..graph import STANDARD_DOMAINS, WEIGHTED_OPS, ConstEval, Graph, attr, clip_bounds, weight_axis
 from ..plan import PrecisionPlan, node_key
 
 # ONNX element types (TensorProto values)
@@ -29,7 +29,6 @@ UINT8 = 2
 INT8 = 3
 FLOAT16 = 10
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOL_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool")
 # ONNX Runtime: ops with an integer kernel reached from DQ -> op -> Q.
 # Mul is left out on purpose: quantizing the Muls of hard-swish / gating blocks costs much
