@@ -164,6 +164,7 @@ class Placer:
         self.P = Placement()
         self.amax = AmaxLookup(G, amax)
         self.consts = ConstEval(G)
+        self.known_q: set[str] = set()    # ONNX Runtime: tensors quantized by the previous walk
 
     def precision(self, n) -> str:
         return self.plan.precision_for(node_key(n)) if self.plan is not None else "int8"
@@ -471,7 +472,6 @@ class OnnxRuntimePlacement(TargetPlacement):
                 r = pl.foldable_activation(n)
                 if r is not None:
                     relu_of[id(n)] = r
-        pl.known_q = set()
         for _ in range(4):
             P.tparams, P.int8_nodes, P.float_fallback, P.relu_fold = {}, [], {}, {}
             P.weight_axis, P.edges = {}, {}
