@@ -8,7 +8,7 @@ when asked for.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 from .errors import CalibError  # noqa: E402
 from .pipeline import CalibrationConfig, CalibrationResult, calibrate  # noqa: E402

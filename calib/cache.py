@@ -247,7 +247,7 @@ def make_sidecar(*, model=None, cache: CalibrationCache | None = None, data=None
                  algorithm: str | None = None, params: Mapping | None = None, samples: int | None = None,
                  seed: int | None = None, created: str | None = None) -> dict:
     """The provenance record of a cache (a JSON-able dict)."""
-    from . import __version__
+    from .version import __version__
 
     if data is not None and hasattr(data, "describe"):
         data = data.describe()

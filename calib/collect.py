@@ -77,9 +77,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import CalibError, EmptyDatasetError
+from .graph import STANDARD_DOMAINS, ConstEval, Graph, attr, clip_bounds, tensor_types
 from .model import Model, load_model
-from .qdq import _attr
-from .stats import ClipSplitObserver, TensorObserver, _clip
+from .stats import ClipSplitObserver, TensorObserver, clip_value
 
 _STOP = object()
 
@@ -106,70 +106,15 @@ class _Derived:
         return f"_Derived({self.name!r}, {self.kind}, {self.op}, {self.sources})"
 
 
-class _ConstEval:
-    """Values of tensors that depend on initializers / Constant nodes only (evaluated once)."""
-
-    def __init__(self, model: Model):
-        self.model = model
-        self.producers = model.producers()
-        self.inits = model.initializer_names
-        self.inputs = {t.name for t in model.inputs}
-        self.cache: dict[str, Any] = {}
-
-    def value(self, name: str) -> "np.ndarray | None":
-        if name in self.cache:
-            return self.cache[name]
-        self.cache[name] = v = self._value(name)
-        return v
-
-    def _value(self, name: str):
-        if name in self.inits or (name in self.producers and self.producers[name].op_type == "Constant"):
-            v = self.model.initializer(name)
-            return None if v is None else np.asarray(v)
-        if name in self.inputs or name not in self.producers:
-            return None
-        # every ancestor must be a constant; no graph inputs, no custom domains
-        nodes, todo, seen = [], [name], set()
-        while todo:
-            t = todo.pop()
-            if t in seen or not t:
-                continue
-            seen.add(t)
-            if t in self.inits:
-                continue
-            if t in self.inputs or t not in self.producers:
-                return None
-            n = self.producers[t]
-            if n.domain not in ("", "ai.onnx") or len(nodes) > 200:
-                return None
-            nodes.append(n)
-            todo.extend(n.input)
-        try:
-            import onnx.helper as oh
-            from onnx.reference import ReferenceEvaluator
-
-            order = {id(n): i for i, n in enumerate(self.model.nodes)}
-            nodes = sorted({id(n): n for n in nodes}.values(), key=lambda n: order[id(n)])
-            inits = [i for i in self.model.proto.graph.initializer if i.name in seen]
-            g = oh.make_graph(nodes, "const", [], [oh.make_empty_tensor_value_info(name)], initializer=inits)
-            m = oh.make_model(g, opset_imports=list(self.model.proto.opset_import), ir_version=self.model.proto.ir_version)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                (v,) = ReferenceEvaluator(m).run(None, {})
-            return np.asarray(v)
-        except Exception:       # anything unusual: simply not derivable
-            return None
-
-
-def _pad_plan(node, model: Model, consts: _ConstEval) -> "np.ndarray | None":
+def _pad_plan(node, model: Model, consts: ConstEval) -> "np.ndarray | None":
     """ONNX pads (begin..., end...) of a Pad that adds only zeros, else None."""
-    mode = _attr(node, "mode", b"constant")
+    mode = attr(node, "mode", b"constant")
     if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
         return None
     ins = list(node.input)
     if model.opset < 11:
-        pads = _attr(node, "pads")
-        value = _attr(node, "value", 0.0)
+        pads = attr(node, "pads")
+        value = attr(node, "value", 0.0)
     else:
         if len(ins) < 2 or not ins[1] or (len(ins) > 3 and ins[3]):     # axes input: not handled
             return None
@@ -210,7 +155,7 @@ def plan_derivations(model: Model, observed: Sequence[str]) -> dict[str, _Derive
     """
     obs = set(observed)
     inputs = {t.name for t in model.inputs}
-    consts = _ConstEval(model)
+    consts = ConstEval(Graph(model.proto))
     plan: dict[str, _Derived] = {}
     shape_known = set(inputs) | {t for t in obs if t not in inputs}   # captured tensors have shapes
     for node in model.nodes:
@@ -218,7 +163,7 @@ def plan_derivations(model: Model, observed: Sequence[str]) -> dict[str, _Derive
             continue
         out = node.output[0]
         op = node.op_type
-        if node.domain not in ("", "ai.onnx"):
+        if node.domain not in STANDARD_DOMAINS:
             continue
         d = None
         if op in _ALIAS_OPS and node.input and node.input[0] in obs:
@@ -228,12 +173,12 @@ def plan_derivations(model: Model, observed: Sequence[str]) -> dict[str, _Derive
                     continue                        # training mode (or unknown): values change
             perm = None
             if op == "Transpose":
-                p = _attr(node, "perm")
+                p = attr(node, "perm")
                 perm = list(p) if p is not None else None
             d = _Derived(out, "alias", op, [node.input[0]], perm=perm,
-                         axis=_attr(node, "axis", 1) if op == "Flatten" else None)
+                         axis=attr(node, "axis", 1) if op == "Flatten" else None)
         elif op == "Concat" and node.input and all(i and i in obs for i in node.input):
-            d = _Derived(out, "concat", op, list(node.input), axis=_attr(node, "axis"))
+            d = _Derived(out, "concat", op, list(node.input), axis=attr(node, "axis"))
         elif op == "Pad" and node.input and node.input[0] in obs:
             pads = _pad_plan(node, model, consts)
             if pads is not None:
@@ -253,24 +198,6 @@ def plan_derivations(model: Model, observed: Sequence[str]) -> dict[str, _Derive
     return plan
 
 
-def _clip_bounds(node, model: Model, consts: _ConstEval) -> "tuple[float, float] | None":
-    """(lo, hi) of a Relu or a Clip with constant bounds, else None."""
-    if node.op_type == "Relu":
-        return 0.0, float("inf")
-    if model.opset < 11:
-        return float(_attr(node, "min", -float("inf"))), float(_attr(node, "max", float("inf")))
-    bounds = []
-    for i, default in ((1, -float("inf")), (2, float("inf"))):
-        if len(node.input) > i and node.input[i]:
-            v = consts.value(node.input[i])
-            if v is None or v.size != 1 or v.dtype.kind != "f":
-                return None
-            bounds.append(float(np.asarray(v, np.float32).reshape(-1)[0]))
-        else:
-            bounds.append(default)
-    return bounds[0], bounds[1]
-
-
 def plan_ranges(model: Model, direct: Sequence[str]) -> dict[str, tuple[str, float, float]]:
     """Range-only derivations: ``{out: (src, lo, hi)}`` for each Relu / Clip (constant bounds)
     whose input and output are both in *direct* (observed directly, in topological order).
@@ -282,15 +209,15 @@ def plan_ranges(model: Model, direct: Sequence[str]) -> dict[str, tuple[str, flo
     NaN or Inf (or is not float32 / float16) does not derive: the output is computed again with
     it captured (:class:`_Updater`), so the results stay exact.
     """
-    consts = _ConstEval(model)
+    consts = ConstEval(Graph(model.proto))
     obs = set(direct)
     out: dict[str, tuple[str, float, float]] = {}
     for node in model.nodes:
-        if node.op_type not in ("Relu", "Clip") or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in ("Relu", "Clip") or node.domain not in STANDARD_DOMAINS:
             continue
         if not node.input or not node.output or node.output[0] not in obs or node.input[0] not in obs:
             continue
-        b = _clip_bounds(node, model, consts)
+        b = clip_bounds(node, consts)
         if b is not None:
             out[node.output[0]] = (node.input[0], b[0], b[1])
     return out
@@ -344,10 +271,7 @@ def _static_nonfloat(model: Model, names: Iterable[str]) -> set[str]:
     They would be dropped at the first batch anyway; not capturing them lets ONNX Runtime
     constant-fold the integer shape/padding arithmetic (and fuse what depends on it).
     """
-    proto = model.infer_shapes().proto
-    types = {vi.name: vi.type.tensor_type.elem_type
-             for vi in list(proto.graph.value_info) + list(proto.graph.output) + list(proto.graph.input)
-             if vi.type.HasField("tensor_type")}
+    types = tensor_types(model.proto)
     nonfloat = {2, 3, 4, 5, 6, 7, 8, 9, 12, 13}    # (u)int8..64, string, bool
     return {n for n in names if types.get(n, 0) in nonfloat}
 
@@ -482,7 +406,7 @@ class _Updater:
 
     def _derive(self, deps, mn: float, mx: float, n: int) -> None:
         for out, lo, hi in deps:
-            cmn, cmx = _clip(mn, lo, hi), _clip(mx, lo, hi)
+            cmn, cmx = clip_value(mn, lo, hi), clip_value(mx, lo, hi)
             self.observers[out].add_range(cmn, cmx, n)
             if out in self.dependents:
                 self._derive(self.dependents[out], cmn, cmx, n)

@@ -78,6 +78,10 @@ class AlreadyQuantizedError(ModelError):
     """The model already contains quantization and must not be quantized again."""
 
 
+class QuantizationError(ModelError):
+    """The model cannot be rewritten with Q/DQ as asked."""
+
+
 # --- statistics -------------------------------------------------------------
 class AlgorithmError(CalibError):
     """A calibration algorithm or its parameters are invalid, or statistics cannot give a range."""
@@ -98,6 +102,11 @@ class CacheMismatchError(CacheError):
 
 class PlanError(CalibError):
     """A precision plan is invalid."""
+
+
+# --- harness ----------------------------------------------------------------
+class HarnessError(CalibError):
+    """The evaluation cannot be run as asked (engines, task, data)."""
 
 
 # --- backends ---------------------------------------------------------------

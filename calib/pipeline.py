@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import __version__
+from .version import __version__
 from .cache import sidecar_path
 from .errors import CalibError, ConfigError, EmptyDatasetError
 from .model import Model, load_model

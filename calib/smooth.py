@@ -29,7 +29,7 @@ Measured (``benchmarks/smoothing.py``, README): PP-OCRv4 det probability-map cos
 0.81 -> 0.995, PP-OCRv4 rec CTC agreement with ``max`` 47% -> 62% (100 held-out lines).
 
 This module only finds sites, computes factors and rewrites graphs; running the data through
-(per-channel ranges, then the statistics of the smoothed tensors) is :mod:`calib.calibrate`'s job.
+(per-channel ranges, then the statistics of the smoothed tensors) is :mod:`calib.pipeline`'s job.
 """
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ from typing import Mapping
 
 import numpy as np
 
+from .graph import STANDARD_DOMAINS, WEIGHTED_OPS, Graph, attr, reduce_node, unique_name, weight_axis
 from .model import Model, load_model, onnx_opset
-from .qdq import _attr, _reduce_node
+from .preparation import prepared_proto
 
 DEFAULT_ALPHA = 0.75
 MAX_RATIO = 2.0 ** 10          # largest s_max / s_min kept
@@ -47,9 +48,7 @@ MAX_RATIO = 2.0 ** 10          # largest s_max / s_min kept
 # a Relu: cross-layer equalisation) is supported but off by default: measured on SqueezeNet 1.1 it
 # cost 1.6 top-1 points (its 8 Relu sites), while the affine sites carry the gains on PP-OCRv4.
 PRODUCERS = ("affine", "batchnorm")
-WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu")
-_STD = ("", "ai.onnx")
 
 
 @dataclass
@@ -82,7 +81,7 @@ def _input_columns(n, W: np.ndarray):
     *W*'s layout) for a consumer *n*, or None when *W* does not fit *n*."""
     op = n.op_type
     if op == "Conv":
-        g = int(_attr(n, "group", 1))
+        g = int(attr(n, "group", 1))
         if W.ndim < 3 or W.shape[0] % g:
             return None
         O, cpg = W.shape[0], W.shape[1]
@@ -91,19 +90,19 @@ def _input_columns(n, W: np.ndarray):
         return rows, lambda r: r.reshape(g, cpg, O // g, -1).transpose(0, 2, 1, 3).reshape(W.shape)
     if (W.ndim < 3) if op == "ConvTranspose" else (W.ndim != 2):
         return None
-    if op == "Gemm" and _attr(n, "transB", 0):
+    if op == "Gemm" and attr(n, "transB", 0):
         return W.T, lambda r: r.T
     return W.reshape(W.shape[0], -1), lambda r: r.reshape(W.shape)   # ConvTranspose [C, ...], B [C, N]
 
 
 def _consumer_info(G, n, x: str):
     """(kind, channels, rank, colmax) for a consumer that can absorb input-channel scaling, else None."""
-    if n.domain not in _STD or not n.input or n.input[0] != x or x in n.input[1:]:
+    if n.domain not in STANDARD_DOMAINS or not n.input or n.input[0] != x or x in n.input[1:]:
         return None
     op = n.op_type
-    if op not in WEIGHTED or len(n.input) < 2 or not G.is_const(n.input[1]):
+    if op not in WEIGHTED_OPS or len(n.input) < 2 or not G.is_const(n.input[1]):
         return None
-    if op == "Gemm" and _attr(n, "transA", 0):
+    if op == "Gemm" and attr(n, "transA", 0):
         return None
     W = G.const(n.input[1])
     if W is None or W.dtype.kind != "f":
@@ -138,7 +137,7 @@ def _producer_chain(G, site: SmoothSite):
     t = site.tensor
     while True:
         n = G.producer.get(t)
-        if n is None or n.domain not in _STD:
+        if n is None or n.domain not in STANDARD_DOMAINS:
             return None
         if t != site.tensor and (len(G.consumers.get(t, [])) != 1 or t in G.graph_outputs):
             return None
@@ -170,19 +169,19 @@ def _producer_chain(G, site: SmoothSite):
                 return None
             edits.append((n, None, "bn"))
             return "batchnorm", edits
-        if op in WEIGHTED and len(n.input) >= 2 and G.is_const(n.input[1]) and not G.is_const(n.input[0]):
+        if op in WEIGHTED_OPS and len(n.input) >= 2 and G.is_const(n.input[1]) and not G.is_const(n.input[0]):
             W = G.const(n.input[1])
             if W is None or W.dtype.kind != "f":
                 return None
             if op == "Conv" and site.kind == "conv" and W.shape[0] == site.channels:
                 pass
-            elif op == "ConvTranspose" and site.kind == "conv" and int(_attr(n, "group", 1)) == 1 \
+            elif op == "ConvTranspose" and site.kind == "conv" and int(attr(n, "group", 1)) == 1 \
                     and W.shape[1] == site.channels:
                 pass
             elif op == "MatMul" and site.kind == "last" and W.ndim == 2 and W.shape[1] == site.channels:
                 pass
             elif op == "Gemm" and site.kind == "last" and W.ndim == 2 and \
-                    W.shape[0 if _attr(n, "transB", 0) else 1] == site.channels:
+                    W.shape[0 if attr(n, "transB", 0) else 1] == site.channels:
                 pass
             else:
                 return None
@@ -199,10 +198,8 @@ def find_sites(model, producers=PRODUCERS) -> list[SmoothSite]:
     """Every tensor of the prepared *model* that :func:`apply` can smooth exactly, absorbing
     ``1/s`` in one of *producers* (``"affine"``, ``"batchnorm"``, ``"weights"``). *model* may
     already be prepared (:func:`calib.qdq.prepare`)."""
-    from .qdq import _Graph, _prepare
-
-    proto, _ = _prepare(load_model(model))
-    return _sites(_Graph(proto), producers)
+    proto, _ = prepared_proto(load_model(model))
+    return _sites(Graph(proto), producers)
 
 
 def _sites(G, producers=("affine", "batchnorm", "weights")) -> list[SmoothSite]:
@@ -264,10 +261,10 @@ def factors(sites: list[SmoothSite], ranges: Mapping[str, np.ndarray], alpha: fl
     return out
 
 
-def _apply(G, factors_: Mapping[str, np.ndarray]) -> list[str]:
-    """Rewrite prepared graph *G* in place; returns the smoothed tensors."""
-    from .qdq import _unique, _weight_axis
-
+def smooth_graph(G: Graph, factors_: Mapping[str, np.ndarray]) -> list[str]:
+    """Rewrite the prepared graph *G* in place with *factors_* (``{tensor: s}``, each tensor a
+    site :func:`find_sites` gives for it); returns the smoothed tensors, in graph order. Raises
+    ValueError for a tensor that is not a site."""
     found = _sites(G)
     order = {site.tensor: k for k, site in enumerate(found)}
     sites = {site.tensor: site for site in found}
@@ -277,9 +274,8 @@ def _apply(G, factors_: Mapping[str, np.ndarray]) -> list[str]:
     taken = G.all_names()
 
     def put(node, idx, arr, dtype):
-        name = _unique(f"{node.input[idx]}_smoothed", taken)
-        G.g.initializer.append(G._np.from_array(np.asarray(arr).astype(dtype), name))
-        node.input[idx] = name
+        node.input[idx] = G.add_initializer(np.asarray(arr).astype(dtype),
+                                            unique_name(f"{node.input[idx]}_smoothed", taken))
 
     done = []
     for x in sorted(factors_, key=order.__getitem__):
@@ -296,7 +292,7 @@ def _apply(G, factors_: Mapping[str, np.ndarray]) -> list[str]:
                     put(n, i, c.astype(np.float64) / s, c.dtype)
             else:   # output-channel rows (and bias) of the producing weighted op
                 W = G.const(n.input[1])
-                axis = _weight_axis(G, n, 1)
+                axis = weight_axis(G, n, 1)
                 put(n, 1, W.astype(np.float64) / s.reshape([-1 if d == axis else 1 for d in range(W.ndim)]), W.dtype)
                 if len(n.input) > 2 and n.input[2]:
                     b = G.const(n.input[2])
@@ -312,11 +308,9 @@ def _apply(G, factors_: Mapping[str, np.ndarray]) -> list[str]:
 
 def apply(model, factors_: Mapping[str, np.ndarray]) -> Model:
     """The prepared *model* with *factors_* applied (computes the same function up to rounding)."""
-    from .qdq import _Graph, _prepare
-
-    proto, _ = _prepare(load_model(model))
-    G = _Graph(proto)
-    _apply(G, factors_)
+    proto, _ = prepared_proto(load_model(model))
+    G = Graph(proto)
+    smooth_graph(G, factors_)
     G.remove_dead()
     return Model.from_proto(proto)
 
@@ -326,14 +320,12 @@ def _extend(model):
     """(model, a graph view of a copy of it to append to, fresh(name) giving unused names)."""
     import onnx
 
-    from .qdq import _Graph, _unique
-
     m = load_model(model)
     proto = onnx.ModelProto()
     proto.CopyFrom(m.proto)
-    G = _Graph(proto)
+    G = Graph(proto)
     taken = G.all_names()
-    return m, G, lambda base: _unique(base, taken)
+    return m, G, lambda base: unique_name(base, taken)
 
 
 def range_probe(model, sites: list[SmoothSite]) -> tuple[Model, dict[str, tuple[str, str]]]:
@@ -363,8 +355,8 @@ def range_probe(model, sites: list[SmoothSite]) -> tuple[Model, dict[str, tuple[
         else:                       # [N, C, spatial...], reduce the spatial axes
             src, axes = x, list(range(2, site.rank))
         lo, hi = fresh(f"{x}.channel_min"), fresh(f"{x}.channel_max")
-        g.node.append(_reduce_node("ReduceMin", src, axes, lo, opset, inits))
-        g.node.append(_reduce_node("ReduceMax", src, axes, hi, opset, inits))
+        g.node.append(reduce_node("ReduceMin", src, axes, lo, opset, inits))
+        g.node.append(reduce_node("ReduceMax", src, axes, hi, opset, inits))
         g.output.extend([oh.make_empty_tensor_value_info(lo), oh.make_empty_tensor_value_info(hi)])
         names[x] = (lo, hi)
     g.initializer.extend(inits)

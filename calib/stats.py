@@ -495,8 +495,9 @@ class TensorObserver:
                 and np.array_equal(self.hist, other.hist))
 
 
-def _clip(v: float, lo: float, hi: float) -> float:
-    return min(max(v, lo), hi)          # the formula of ONNX Clip (hi wins when lo > hi)
+def clip_value(v: float, lo: float, hi: float) -> float:
+    """``min(max(v, lo), hi)``: the formula of ONNX Clip (*hi* wins when ``lo > hi``)."""
+    return min(max(v, lo), hi)
 
 
 class ClipSplitObserver:
@@ -619,8 +620,8 @@ class ClipSplitObserver:
         if self.count == 0:
             return o
         o.count = self.count
-        o.min = _clip(self.min, 0.0, self.hi)
-        o.max = _clip(self.max, 0.0, self.hi)
+        o.min = clip_value(self.min, 0.0, self.hi)
+        o.max = clip_value(self.max, 0.0, self.hi)
         o.exp = _needed_exp(o.max, self._log2)
         if o.exp != self.exps[1]:       # the middle width follows min(max x, hi) = o.max
             raise RuntimeError(f"internal: clipped width 2**{self.exps[1]} != 2**{o.exp}")

@@ -431,7 +431,7 @@ def test_each_constant_is_decoded_once_per_call(monkeypatch, target):
 
 
 def test_decoded_constants_are_read_only_and_forgotten_with_their_tensor():
-    from calib.qdq import _Graph
+    from calib.graph import Graph
 
     w = onnx.numpy_helper.from_array(np.ones((2, 2), np.float32), "w")
     g = onnx.helper.make_graph([onnx.helper.make_node("MatMul", ["x", "w"], ["y"]),
@@ -440,7 +440,7 @@ def test_decoded_constants_are_read_only_and_forgotten_with_their_tensor():
                                [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None),
                                 onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, None)],
                                initializer=[w])
-    G = _Graph(onnx.helper.make_model(g))
+    G = Graph(onnx.helper.make_model(g))
     v = G.const("w")
     assert G.const("w") is v and not v.flags.writeable
     G.g.output.pop(0)                    # y, so the MatMul and w become dead

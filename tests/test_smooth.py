@@ -58,12 +58,12 @@ def test_a_prepared_model_has_the_same_sites_and_rewrite(shared_model):
 
 
 def test_calibrate_prepares_the_model_once(monkeypatch, shared_model, ocr_lines_dir):
-    import calib.qdq
+    import calib.preparation
     from calib.pipeline import calibrate
 
     calls = []
-    fold = calib.qdq._fold_batchnorm
-    monkeypatch.setattr(calib.qdq, "_fold_batchnorm", lambda G: calls.append(1) or fold(G))
+    fold = calib.preparation.fold_batchnorm
+    monkeypatch.setattr(calib.preparation, "fold_batchnorm", lambda G: calls.append(1) or fold(G))
     m = Model.load(shared_model("ppocrv4_det"))
     ds = open_dataset(ocr_lines_dir, m, Preprocess.preset("paddleocr-det", resize=96))
     res = calibrate(m, None, dataset=ds, samples=2, batch_size=1, algorithm="max", evaluate=False,

@@ -27,6 +27,7 @@ import os
 import re
 from pathlib import Path
 
+from ..errors import HarnessError
 from ..utils import atomic_write_all, atomic_write_text, check_writable
 
 SCHEMA = "calib-report"
@@ -201,7 +202,7 @@ class Report:
 
     # -- serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict:
-        from .. import __version__
+        from ..version import __version__
 
         cands = []
         for c in self.candidates:
@@ -375,8 +376,6 @@ class Report:
 
 def load_report(path: "str | os.PathLike") -> dict:
     """Read a report.json back (as a dict), checking the schema and version."""
-    from .runner import HarnessError
-
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if data.get("schema") != SCHEMA:
         raise HarnessError(f"{path}: not a calib report (schema {data.get('schema')!r})")

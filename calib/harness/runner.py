@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..backends.base import Engine
-from ..errors import CalibError, DataError, LabelError
+from ..errors import DataError, HarnessError, LabelError
 from ..model import Model
 from . import metrics as M
 from .attribution import LayerAccumulator, float_activations, map_tensors
@@ -29,10 +29,6 @@ from .stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, Series, bootstrap_ci, mcnem
                     paired_bootstrap_diff)
 
 TASK_NAMES = tuple(M.TASKS)   # one list of tasks: the metric registry's
-
-
-class HarnessError(CalibError):
-    """The evaluation cannot be run as asked (engines, task, data)."""
 
 
 # --------------------------------------------------------------------------- engines

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from ... import __version__ as calib_version
+from ...version import __version__ as calib_version
 from ...errors import (BackendError, CalibError, EngineMismatchError, InputMismatchError,
                        ModelLoadError)
 from ...model import Model, load_model
