@@ -2,6 +2,9 @@
 
 The real models and images sit in ``../shared`` beside the repository (override with
 ``$CALIB_SHARED``). Fixtures that need them skip the test with a clear reason when absent.
+This is the one place that knows where ``../shared`` is: tests take the fixtures below, and a
+module that needs a path at import time (``parametrize`` values, a module-wide skip) imports
+``SHARED`` from here (``from conftest import SHARED``).
 Keep fixtures here generic; module-specific ones belong in the test module.
 """
 from __future__ import annotations
@@ -37,6 +40,11 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def models_dir(shared_dir) -> Path:
     return _need(shared_dir / "models", "shared models folder")
+
+
+@pytest.fixture(scope="session")
+def data_dir(shared_dir) -> Path:
+    return _need(shared_dir / "data", "shared data folder")
 
 
 @pytest.fixture(scope="session")

@@ -4,16 +4,15 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+
+from conftest import SHARED
 
 if importlib.util.find_spec("tensorrt") is not None:
     pytest.skip("TensorRT is installed here; these tests cover machines without it", allow_module_level=True)
 
-MODEL = Path("/work/shared/models/mnist_cntk.onnx")
-_alt = Path(__file__).resolve().parents[2] / "shared" / "models" / "mnist_cntk.onnx"
-MODEL = _alt if _alt.exists() else MODEL
+MODEL = SHARED / "models" / "mnist_cntk.onnx"
 
 
 @pytest.mark.parametrize("argv", [
