@@ -97,8 +97,13 @@ def ort_quantize(model, cal_batches, method: str, out: Path) -> Path:
     """ONNX Runtime's ``quantize_static`` as the benchmarks run it: QDQ, int8 symmetric
     activations, per-channel int8 weights, *method* (MinMax, Entropy, Percentile) over the
     preloaded ``(feed, labels)`` batches; writes *out* and returns it."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):

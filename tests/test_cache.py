@@ -12,8 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, numpy_helper
 
-from calib.cache import (CalibrationCache, amax_from_cache, check_provenance, format_cache, make_sidecar,
-                         parse_cache, read_cache, read_sidecar, write_cache, write_sidecar)
+from calib.cache import (
+    CalibrationCache,
+    amax_from_cache,
+    check_provenance,
+    format_cache,
+    make_sidecar,
+    parse_cache,
+    read_cache,
+    read_sidecar,
+    write_cache,
+    write_sidecar,
+)
 from calib.cli import main
 from calib.errors import CacheError, CacheMismatchError, OutputExistsError
 from calib.model import Model
@@ -178,7 +188,8 @@ def test_sidecar_round_trip_and_provenance(tmp_path):
         check_provenance(rec, other_weights)
     assert "tensor" not in str(ei.value)
     renamed = _tiny_model(tmp_path / "m3.onnx", out_name="relu_out")
-    with pytest.raises(CacheMismatchError, match="missing from this model: 'y'.*unknown to the cache's model: 'relu_out'"):
+    with pytest.raises(CacheMismatchError,
+                       match="missing from this model: 'y'.*unknown to the cache's model: 'relu_out'"):
         check_provenance(rec, renamed)
     with pytest.raises(CacheMismatchError, match="cache tensors differ"):
         check_provenance(rec, model, cache=CalibrationCache.from_amax({"x": 1.0}))

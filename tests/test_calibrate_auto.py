@@ -4,9 +4,10 @@ direction classifier (``ppocr_mobile_v2_cls``) on the shared OCR line images.
 Entropy clips many of its activations to a third of their max or less (text lines on a plain
 background), and the INT8 model follows FP32 on only ~70% of the held-out lines; max and
 percentile follow it on ~90%. ``auto`` scores every algorithm's Q/DQ model against FP32 on
-calibration samples (half of them here, with ranges fitted to the other half); these tests check that its choice is the best by its own scores, that the
-choice holds on held-out lines it never saw, that its artifacts are exactly those of the chosen
-algorithm, and that the choice does not depend on the batch size.
+calibration samples (half of them here, with ranges fitted to the other half); these tests check
+that its choice is the best by its own scores, that the choice holds on held-out lines it never
+saw, that its artifacts are exactly those of the chosen algorithm, and that the choice does not
+depend on the batch size.
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ PKG = Path(__file__).resolve().parents[1] / "calib"
 # (module prefix, layer): base -> readers -> statistics -> algorithms -> artifacts -> backends
 # -> harness -> pipelines (collect runs a backend; calibrate runs everything) -> CLI
 LAYERS = [("calib.errors", 0), ("calib.utils", 0), ("calib.model", 0), ("calib.datasets", 1),
-          ("calib.stats", 2), ("calib.algorithms", 3), ("calib.cache", 4), ("calib.qdq", 4), ("calib.smooth", 4), ("calib.plan", 4),
+          ("calib.stats", 2), ("calib.algorithms", 3),
+          ("calib.cache", 4), ("calib.qdq", 4), ("calib.smooth", 4), ("calib.plan", 4),
           ("calib.backends", 5), ("calib.harness", 6), ("calib.collect", 7), ("calib.calibrate", 7),
           ("calib.cli", 8), ("calib.__main__", 8)]
 
