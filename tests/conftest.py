@@ -26,6 +26,21 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help="also run the tests marked slow (each repeats a claim a default test covers)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests are opt-in: ``--runslow`` runs them too, ``-m slow`` only them."""
+    if config.getoption("--runslow") or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: a default test covers its claim; run with --runslow (tests/README.md)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:
     return REPO

@@ -70,6 +70,9 @@ def test_the_choice_holds_on_held_out_lines(runs):
     assert _metric(auto, "kl_divergence") < 0.5 * _metric(ent, "kl_divergence")
     assert _metric(auto, "top1_agreement") > _metric(ent, "top1_agreement") + 0.05
     assert "warning" in ent["held_out"] and "--algorithm auto" in ent["held_out"]["warning"]
+    # the poor fidelity is called out once in the printed summary, with what to try
+    warn = [ln for ln in ent["lines"] if ln.startswith("warning:")]
+    assert len(warn) == 1 and ent["held_out"]["warning"] in warn[0]
 
 
 def test_auto_writes_exactly_the_chosen_algorithms_artifacts(runs):

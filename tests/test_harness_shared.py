@@ -28,7 +28,9 @@ def effnet(data_dir, models_dir):
     m = Model.load(models_dir / "efficientnet_lite0.onnx")
     ds = open_dataset(data_dir / "imagenet-sample", m, "efficientnet-lite", classes=data_dir / "imagenet1k_classes.tsv")
     calib_ds = ds.split("calib").subset(limit=48, seed=0)
-    return m, _int8(m, calib_ds), ds.split("eval").subset(limit=160, seed=0)
+    # 64 held-out photos: the attributed pass runs both models unfused at ONNX Runtime's basic level
+    # (~75 ms a photo each on 2 cores); held-out top-1 on the whole eval split is test_calibrate's
+    return m, _int8(m, calib_ds), ds.split("eval").subset(limit=64, seed=0)
 
 
 def test_efficientnet_int8_report_with_intervals_mcnemar_and_layers(effnet, tmp_path):
@@ -39,7 +41,7 @@ def test_efficientnet_int8_report_with_intervals_mcnemar_and_layers(effnet, tmp_
     out = tmp_path / "effnet"
     rep = evaluate(OrtEngine(m, name="fp32"), [OrtEngine(q, name="int8")], eval_ds, attribute=True, out=out,
                    batch_size=16, resamples=1000)
-    assert rep.task == "classification" and rep.samples == 160
+    assert rep.task == "classification" and rep.samples == 64
     top1 = rep.metric("top1")
     # FP32 on the easy sample images is around 88%; the interval brackets the estimate
     assert 0.75 < top1.reference["estimate"] <= 1.0
