@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, numpy_helper
 
@@ -126,7 +126,8 @@ _cache_line = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+# no time limits: a loaded machine must not fail the fuzzing (HealthCheck.too_slow is one)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_cache_line, max_size=8), st.sampled_from(["\n", "\r\n", "\r"]))
 def test_fuzz_text_never_raises_anything_but_cache_error(lines, sep):
     try:
@@ -143,7 +144,8 @@ def test_fuzz_text_never_raises_anything_but_cache_error(lines, sep):
     assert parse_cache(data).scales == c.scales
 
 
-@settings(max_examples=400, deadline=None)
+# no time limits: a loaded machine must not fail the fuzzing (HealthCheck.too_slow is one)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
 def test_fuzz_bytes_never_raises_anything_but_cache_error(data):
     try:
