@@ -8,12 +8,22 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, numpy_helper
 
-from calib.cache import (CalibrationCache, amax_from_cache, check_provenance, format_cache, make_sidecar,
-                         parse_cache, read_cache, read_sidecar, write_cache, write_sidecar)
+from calib.cache import (
+    CalibrationCache,
+    amax_from_cache,
+    check_provenance,
+    format_cache,
+    make_sidecar,
+    parse_cache,
+    read_cache,
+    read_sidecar,
+    write_cache,
+    write_sidecar,
+)
 from calib.cli import main
 from calib.errors import CacheError, CacheMismatchError, OutputExistsError
 from calib.model import Model
@@ -116,7 +126,8 @@ _cache_line = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+# no time limits: a loaded machine must not fail the fuzzing (HealthCheck.too_slow is one)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_cache_line, max_size=8), st.sampled_from(["\n", "\r\n", "\r"]))
 def test_fuzz_text_never_raises_anything_but_cache_error(lines, sep):
     try:
@@ -133,7 +144,8 @@ def test_fuzz_text_never_raises_anything_but_cache_error(lines, sep):
     assert parse_cache(data).scales == c.scales
 
 
-@settings(max_examples=400, deadline=None)
+# no time limits: a loaded machine must not fail the fuzzing (HealthCheck.too_slow is one)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
 def test_fuzz_bytes_never_raises_anything_but_cache_error(data):
     try:
@@ -178,7 +190,8 @@ def test_sidecar_round_trip_and_provenance(tmp_path):
         check_provenance(rec, other_weights)
     assert "tensor" not in str(ei.value)
     renamed = _tiny_model(tmp_path / "m3.onnx", out_name="relu_out")
-    with pytest.raises(CacheMismatchError, match="missing from this model: 'y'.*unknown to the cache's model: 'relu_out'"):
+    with pytest.raises(CacheMismatchError,
+                       match="missing from this model: 'y'.*unknown to the cache's model: 'relu_out'"):
         check_provenance(rec, renamed)
     with pytest.raises(CacheMismatchError, match="cache tensors differ"):
         check_provenance(rec, model, cache=CalibrationCache.from_amax({"x": 1.0}))

@@ -12,8 +12,8 @@ from calib.backends.onnxruntime import OrtEngine
 from calib.cli import main
 from calib.datasets import open_dataset
 from calib.model import Model
+from conftest import SHARED
 
-SHARED = Path("/work/shared")
 IMAGES = SHARED / "data" / "imagenet-sample"
 CLASSES = SHARED / "data" / "imagenet1k_classes.tsv"
 LIMIT = 96

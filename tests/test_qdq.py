@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import collections
 import glob
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +21,8 @@ from calib.errors import AlreadyQuantizedError, CalibError  # noqa: E402
 from calib.model import Model  # noqa: E402
 from calib.plan import PrecisionPlan  # noqa: E402
 from calib.qdq import prepare, quantize_model, required_tensors  # noqa: E402
+from conftest import SHARED  # noqa: E402
 
-SHARED = Path(os.environ.get("CALIB_SHARED", "/work/shared"))
 MODELS = SHARED / "models"
 IMAGES = sorted(glob.glob(str(SHARED / "data" / "imagenet-sample" / "*.JPEG")))
 OCR = sorted(glob.glob(str(SHARED / "data" / "ocr-lines" / "*.png")))
@@ -415,7 +413,7 @@ def test_each_constant_is_decoded_once_per_call(monkeypatch, target):
         if n.op_type == "Constant":
             for a in n.attribute:
                 a.t.name = n.output[0]
-    amax = {t: 1.0 for t in [i.name for i in p.inputs] + p.activation_tensors()}
+    amax = dict.fromkeys([i.name for i in p.inputs] + p.activation_tensors(), 1.0)
     factors = {s.tensor: np.linspace(0.5, 2.0, s.channels).astype(np.float32) for s in find_sites(p)}
     decoded = collections.Counter()
     to_array = onnx.numpy_helper.to_array
