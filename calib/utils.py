@@ -78,7 +78,8 @@ JOURNAL_NAME = "journal.json"
 JOURNAL_FORMAT = "calib-output-journal"
 LOCK_WAIT_S = 30.0
 # Test hook, used only by the tests: "N:SIGNAL" sends SIGNAL (KILL, TERM, INT) to this process
-# right after the N-th rename of a commit; "N:sleep=S" sleeps S seconds there (holding the lock).
+# right after the N-th rename of a commit (N = 0: when every file is staged, before the commit);
+# "N:sleep=S" sleeps S seconds there (holding the lock).
 TEST_HOOK_ENV = "CALIB_TEST_HOOK_AFTER_RENAME"
 
 # every set this process committed (the CLI says whether an interrupted run wrote anything)
@@ -109,7 +110,7 @@ def check_output_dir(folder: str | os.PathLike, recover: bool = True) -> Path:
         with tempfile.TemporaryFile(prefix=PROBE_PREFIX, dir=probe):
             pass
     except OSError as exc:
-        raise OutputError(d, reason(exc)) from None
+        raise OutputError(d, reason(exc) if probe == d else f"cannot create it in {probe}: {reason(exc)}") from None
     if recover and probe == d:
         recover_outputs(d)
     return d
@@ -222,18 +223,24 @@ def _fsync_dir(d: Path) -> None:
             os.close(fd)
 
 
-def _rollback(folder: Path, stage: Path, entries: list[dict]) -> None:
-    """Put every journalled target back as it was before the commit began (idempotent)."""
+def _rollback(folder: Path, stage: Path, entries: list[dict]) -> list[str]:
+    """Put every journalled target back as it was before the commit began (idempotent); the names
+    of those that had changed."""
+    changed = []
     for e in reversed(entries):
         target, old = folder / e["name"], stage / "old" / e["name"]
         if e["existed"]:
             if os.path.lexists(old):
+                if not (os.path.lexists(target) and os.path.samestat(os.lstat(old), os.lstat(target))):
+                    changed.append(e["name"])
                 os.replace(old, target)
         else:
             with contextlib.suppress(FileNotFoundError):
                 if os.lstat(target).st_ino == e["ino"]:   # ours, not a file someone made since
                     os.unlink(target)
+                    changed.append(e["name"])
     _fsync_dir(folder)
+    return changed[::-1]
 
 
 def _sweep(folder: Path, targets: Iterable[str] = ()) -> list[str]:
@@ -255,8 +262,7 @@ def _sweep(folder: Path, targets: Iterable[str] = ()) -> list[str]:
             except (OSError, ValueError):   # cannot happen (put in place atomically): keep it for a person
                 continue
             if journal is not None:
-                _rollback(folder, p, journal["targets"])
-                restored += [e["name"] for e in journal["targets"]]
+                restored += _rollback(folder, p, journal["targets"])
             shutil.rmtree(p, ignore_errors=True)
         elif (name.startswith(PROBE_PREFIX) or legacy.fullmatch(name)) and p.is_file() and not p.is_symlink():
             with contextlib.suppress(OSError):
@@ -386,33 +392,42 @@ def _one_folder(targets: list[Path]) -> Path:
 def _writing(targets: list[Path], overwrite: bool, option: str) -> Iterator[_Stage]:
     """Lock the targets' folder, clean it up, yield a stage to put the files in, and commit them
     when the block ends without an exception. An OSError becomes :class:`OutputError` naming the
-    file it concerns (the exception's ``calib_target``, else the folder)."""
+    file it concerns (the exception's ``calib_target``, else the folder). A folder created here and
+    left empty by a failure is removed again."""
     folder = _one_folder(targets)
+    created = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]   # leaf first
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(folder, reason(exc)) from None
-    with _locked(folder):
-        restored = _sweep(folder, [t.name for t in targets])
-        if restored:
-            warnings.warn(f"{folder}: an earlier write was interrupted; restored the previous version of "
-                          f"{', '.join(restored)}", stacklevel=3)
-        for t in targets:
-            _check_target(t, overwrite, option)   # again: nothing may have appeared meanwhile
-        try:
-            stage = _Stage(folder)
-        except OSError as exc:
-            raise OutputError(folder, reason(exc)) from None
-        try:
-            yield stage
-            pending = stage.commit([t.name for t in targets], overwrite, option)
-        except OSError as exc:
-            raise OutputError(getattr(exc, "calib_target", folder), reason(exc)) from None
-        finally:
-            stage.discard()
-    if pending:   # after the rollback, with the lock released: the signal takes effect now
-        signal.raise_signal(pending[0])
-        raise OutputError(folder, f"interrupted by signal {pending[0]}; the previous files were kept")
+    try:
+        with _locked(folder):
+            restored = _sweep(folder, [t.name for t in targets])
+            if restored:
+                warnings.warn(f"{folder}: an earlier write was interrupted; restored the previous version of "
+                              f"{', '.join(restored)}", stacklevel=3)
+            for t in targets:
+                _check_target(t, overwrite, option)   # again: nothing may have appeared meanwhile
+            try:
+                stage = _Stage(folder)
+            except OSError as exc:
+                raise OutputError(folder, reason(exc)) from None
+            try:
+                yield stage
+                _test_hook(0)
+                signals = stage.commit([t.name for t in targets], overwrite, option)
+            except OSError as exc:
+                raise OutputError(getattr(exc, "calib_target", folder), reason(exc)) from None
+            finally:
+                stage.discard()
+        if signals:   # rolled back, the lock released: the signal takes effect now
+            signal.raise_signal(signals[0])
+            raise OutputError(folder, f"interrupted by signal {signals[0]}; the previous files were kept")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            for p in created:
+                p.rmdir()
+        raise
     COMMITTED.append(folder)
 
 
