@@ -170,7 +170,7 @@ def test_two_force_writers_at_once_leave_one_complete_set(mnist, previous):
         assert a.poll() is None and time.monotonic() < deadline, a.communicate()
         time.sleep(0.05)
     b = _subprocess(_argv(mnist, out, "--seed", "2", "--force"))
-    (a_out, a_err), (b_out, b_err) = a.communicate(timeout=300), b.communicate(timeout=300)
+    (_, a_err), (_, b_err) = a.communicate(timeout=300), b.communicate(timeout=300)
     assert a.returncode == 0 and b.returncode == 0, (a_err, b_err)
     assert "error" not in a_err + b_err
     assert consistent_seed(out) == 2
@@ -369,3 +369,51 @@ def test_existing_outputs_are_worded_for_the_api_and_for_the_cli(mnist, previous
     assert main(_argv(mnist, out)) == 2
     assert _one_error_line(capsys.readouterr().err) == \
         f"error: {out / STEM}.cache already exists; pass --force to replace it"
+
+
+# --- item 8: a summary per model; the Q/DQ report line once --------------------------------------
+def test_two_models_calibrated_into_one_folder_keep_their_own_summaries(mnist, tmp_path, capsys):
+    other = tmp_path / "digits.onnx"
+    other.write_bytes(mnist[0].read_bytes())
+    out = tmp_path / "out"
+    assert main(_argv(mnist, out)) == 0
+    assert main(_argv((other, mnist[1]), out, "--seed", "1")) == 0, capsys.readouterr().err
+    assert "wrote " + str(out / "digits.summary.json") in capsys.readouterr().out
+    assert sorted(_files(out)) == sorted([*SET, *(n.replace(STEM, "digits") for n in SET)])
+    for stem, model in ((STEM, mnist[0]), ("digits", other)):
+        summary = json.loads((out / f"{stem}.summary.json").read_text())
+        assert summary["model"] == str(model) and summary["outputs"]["summary"] == str(out / f"{stem}.summary.json")
+        assert summary["sha256"]["cache"] == sha256_file(out / f"{stem}.cache")
+
+
+def _model_with_an_all_zero_input_to_a_conv(path: Path) -> None:
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    inits = [nh.from_array(np.zeros(1, np.float32), "zero"),
+             nh.from_array(rng.normal(size=(2, 1, 3, 3)).astype(np.float32), "w"),
+             nh.from_array(np.zeros(2, np.float32), "b"), nh.from_array(np.ones((1, 2, 4, 4), np.float32), "one")]
+    nodes = [oh.make_node("Mul", ["x", "zero"], ["zeros"]), oh.make_node("Conv", ["zeros", "w", "b"], ["c"]),
+             oh.make_node("Add", ["c", "one"], ["y"])]
+    g = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 6, 6])],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 4])], inits)
+    onnx.save(oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)], ir_version=8), path)
+
+
+def test_the_qdq_report_line_is_printed_once(tmp_path):
+    """The Conv's input is all zeros, so it has no range and stays float: the Q/DQ report says so
+    once, in the summary, not once per Q/DQ model built (probe, final, each auto candidate). In a
+    subprocess: the line came through Python's logging, which pytest would capture."""
+    model, data = tmp_path / "zero.onnx", tmp_path / "x.npy"
+    _model_with_an_all_zero_input_to_a_conv(model)
+    np.save(data, np.random.default_rng(1).normal(size=(40, 1, 6, 6)).astype(np.float32))
+    for algorithm in ("auto", "entropy"):
+        rc, out, err = _run(["calibrate", "--model", str(model), "--data", str(data), "--algorithm", algorithm,
+                             "--out", str(tmp_path / algorithm)])
+        assert rc == 0, err
+        said = [ln for ln in (out + err).splitlines() if "left float" in ln]
+        assert said == ["Q/DQ model: tensorrt: 0 int8 nodes, 0 quantized activations, 0 fp16, 0 fp32 by plan, "
+                        "1 left float, no amax for 1 tensor(s): zeros"], out + err
