@@ -57,6 +57,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -159,10 +160,13 @@ class _Lock:
         deadline = time.monotonic() + wait
         delay = 0.02
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:   # never through a link planted at the lock's name (it is truncated below)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
             except OSError as exc:
-                raise OutputError(self.path.parent, reason(exc)) from None
+                raise OutputError(self.path.parent, f"{LOCK_NAME}: {reason(exc)}") from None
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OutputError(self.path.parent, f"{LOCK_NAME} is not a regular file")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -243,6 +247,20 @@ def _rollback(folder: Path, stage: Path, entries: list[dict]) -> list[str]:
     return changed[::-1]
 
 
+def _journal_entries(path: Path) -> list[dict]:
+    """The targets a journal lists, checked: plain file names (no path), so that a journal planted in
+    the folder cannot make a rollback touch anything outside it. ValueError if malformed."""
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(rec, dict) or rec.get("format") != JOURNAL_FORMAT or not isinstance(rec.get("targets"), list):
+        raise ValueError(f"{path} is not a calib output journal")
+    for e in rec["targets"]:
+        name = e.get("name") if isinstance(e, dict) else None
+        if not (isinstance(name, str) and name == os.path.basename(name) and name not in ("", ".", "..")
+                and isinstance(e.get("existed"), bool) and isinstance(e.get("ino"), int)):
+            raise ValueError(f"{path}: bad entry {e!r}")
+    return rec["targets"]
+
+
 def _sweep(folder: Path, targets: Iterable[str] = ()) -> list[str]:
     """With the lock held: roll back interrupted commits and remove calib's leftovers in *folder*;
     the names of the targets restored."""
@@ -256,13 +274,13 @@ def _sweep(folder: Path, targets: Iterable[str] = ()) -> list[str]:
         p = folder / name
         if name.startswith(STAGE_PREFIX) and p.is_dir() and not p.is_symlink():
             try:
-                journal = json.loads((p / JOURNAL_NAME).read_text(encoding="utf-8"))
+                entries = _journal_entries(p / JOURNAL_NAME)
             except FileNotFoundError:
-                journal = None
-            except (OSError, ValueError):   # cannot happen (put in place atomically): keep it for a person
+                entries = None
+            except (OSError, ValueError):   # not a journal calib wrote: left for a person to look at
                 continue
-            if journal is not None:
-                restored += _rollback(folder, p, journal["targets"])
+            if entries is not None:
+                restored += _rollback(folder, p, entries)
             shutil.rmtree(p, ignore_errors=True)
         elif (name.startswith(PROBE_PREFIX) or legacy.fullmatch(name)) and p.is_file() and not p.is_symlink():
             with contextlib.suppress(OSError):

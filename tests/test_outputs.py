@@ -190,7 +190,8 @@ def test_a_second_writer_that_cannot_wait_is_refused_naming_the_first(mnist, pre
         assert lock.acquire(0)
         stage = Path({str(out)!r}) / "{STAGE_PREFIX}live"
         (stage / "old").mkdir(parents=True)
-        (stage / "journal.json").write_text('{{"targets": [{{"name": "{STEM}.cache", "existed": true, "ino": 0}}]}}')
+        (stage / "journal.json").write_text('{{"format": "calib-output-journal", "version": 1, "targets": '
+                                            '[{{"name": "{STEM}.cache", "existed": true, "ino": 0}}]}}')
         print("locked", flush=True)
         sys.stdin.read()
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -224,6 +225,28 @@ def test_leftovers_of_crashed_runs_are_removed_and_nothing_else(mnist, previous,
     left = _files(out)
     assert {k: left.pop(k) for k in mine} == mine
     assert sorted(left) == sorted(SET)
+
+
+def test_planted_lock_link_and_journal_cannot_reach_outside_the_folder(mnist, previous, tmp_path, capsys):
+    """Someone who can write into the output folder plants a lock that links to a file elsewhere, and
+    a journal naming a file outside the folder: calib truncates nothing through the link (one
+    line instead), and rolls nothing back outside the folder."""
+    out, before = previous
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (out / LOCK_NAME).symlink_to(victim)
+    assert main(_argv(mnist, out, "--seed", "1", "--force")) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot write {out}: {LOCK_NAME}: ")
+    assert victim.read_text() == "precious\n"
+    (out / LOCK_NAME).unlink()
+    stage = out / f"{STAGE_PREFIX}planted"
+    (stage / "old").mkdir(parents=True)
+    (stage / "old" / "victim.txt").write_text("overwritten")
+    (stage / "journal.json").write_text(json.dumps({"format": "calib-output-journal", "version": 1, "targets": [
+        {"name": "../victim.txt", "existed": True, "ino": 0}]}))
+    assert main(_argv(mnist, out, "--seed", "1", "--force")) == 0, capsys.readouterr().err
+    assert victim.read_text() == "precious\n" and (stage / "journal.json").exists()   # left for a person
 
 
 def test_check_provenance_refuses_a_cache_of_another_run(mnist, previous, tmp_path, capsys):
@@ -288,7 +311,7 @@ def tmpfs(tmp_path):
     def mount(options: str) -> Path:
         d = tmp_path / f"mnt{len(mounted)}"
         d.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], capture_output=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)], capture_output=True, check=False)
         if r.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip() or r.returncode}")
         mounted.append(d)
@@ -415,5 +438,5 @@ def test_the_qdq_report_line_is_printed_once(tmp_path):
                              "--out", str(tmp_path / algorithm)])
         assert rc == 0, err
         said = [ln for ln in (out + err).splitlines() if "left float" in ln]
-        assert said == ["Q/DQ model: tensorrt: 0 int8 nodes, 0 quantized activations, 0 fp16, 0 fp32 by plan, "
-                        "1 left float, no amax for 1 tensor(s): zeros"], out + err
+        assert said == [("Q/DQ model: tensorrt: 0 int8 nodes, 0 quantized activations, 0 fp16, 0 fp32 by plan, "
+                         "1 left float, no amax for 1 tensor(s): zeros")], out + err
