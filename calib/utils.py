@@ -87,19 +87,19 @@ TEST_HOOK_ENV = "CALIB_TEST_HOOK_AFTER_RENAME"
 COMMITTED: list[Path] = []
 
 
-def reason(exc: OSError) -> str:
+def _reason(exc: OSError) -> str:
     """The human part of an OSError (``No space left on device``)."""
     return exc.strerror or str(exc) or type(exc).__name__
 
 
 # --- checks before any work ---------------------------------------------------
-def check_output_dir(folder: str | os.PathLike, recover: bool = True) -> Path:
+def check_output_dir(folder: str | os.PathLike) -> Path:
     """Raise :class:`OutputError` unless *folder* is a writable folder or can be created as one.
 
     A missing folder is not created here (a run that fails before writing leaves nothing); its
     nearest existing parent must be a writable folder. Writability is tried, not guessed from
-    permission bits (which say nothing for root or a read-only mount). With *recover*, an
-    interrupted write into the folder is rolled back first (:func:`recover_outputs`).
+    permission bits (which say nothing for root or a read-only mount). An interrupted write into
+    the folder is rolled back (:func:`recover_outputs`).
     """
     d = Path(folder)
     probe = d
@@ -111,8 +111,8 @@ def check_output_dir(folder: str | os.PathLike, recover: bool = True) -> Path:
         with tempfile.TemporaryFile(prefix=PROBE_PREFIX, dir=probe):
             pass
     except OSError as exc:
-        raise OutputError(d, reason(exc) if probe == d else f"cannot create it in {probe}: {reason(exc)}") from None
-    if recover and probe == d:
+        raise OutputError(d, _reason(exc) if probe == d else f"cannot create it in {probe}: {_reason(exc)}") from None
+    if probe == d:
         recover_outputs(d)
     return d
 
@@ -163,7 +163,7 @@ class _Lock:
             try:   # never through a link planted at the lock's name (it is truncated below)
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
             except OSError as exc:
-                raise OutputError(self.path.parent, f"{LOCK_NAME}: {reason(exc)}") from None
+                raise OutputError(self.path.parent, f"{LOCK_NAME}: {_reason(exc)}") from None
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise OutputError(self.path.parent, f"{LOCK_NAME} is not a regular file")
@@ -417,7 +417,7 @@ def _writing(targets: list[Path], overwrite: bool, option: str) -> Iterator[_Sta
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(folder, reason(exc)) from None
+        raise OutputError(folder, _reason(exc)) from None
     try:
         with _locked(folder):
             restored = _sweep(folder, [t.name for t in targets])
@@ -429,13 +429,13 @@ def _writing(targets: list[Path], overwrite: bool, option: str) -> Iterator[_Sta
             try:
                 stage = _Stage(folder)
             except OSError as exc:
-                raise OutputError(folder, reason(exc)) from None
+                raise OutputError(folder, _reason(exc)) from None
             try:
                 yield stage
                 _test_hook(0)
                 signals = stage.commit([t.name for t in targets], overwrite, option)
             except OSError as exc:
-                raise OutputError(getattr(exc, "calib_target", folder), reason(exc)) from None
+                raise OutputError(getattr(exc, "calib_target", folder), _reason(exc)) from None
             finally:
                 stage.discard()
         if signals:   # rolled back, the lock released: the signal takes effect now
@@ -517,4 +517,4 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 __all__ = ["LOCK_NAME", "LOCK_WAIT_S", "STAGE_PREFIX", "TEST_HOOK_ENV", "atomic_path", "atomic_write_all",
            "atomic_write_bytes", "atomic_write_text", "check_output_dir", "check_outputs", "check_writable",
-           "printable", "reason", "recover_outputs", "sha256_bytes", "sha256_file"]
+           "printable", "recover_outputs", "sha256_bytes", "sha256_file"]
