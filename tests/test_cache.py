@@ -240,3 +240,46 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["cache", "show", str(tmp_path / "missing.cache")]) != 0
     assert "not found" in capsys.readouterr().err
     assert main(["cache", "diff", str(bad), str(bad), "--threshold", "-1"]) != 0
+
+
+def test_cli_escapes_control_characters_in_tensor_names(tmp_path, capsys):
+    """A cache can name a tensor with ESC sequences (clear the screen, recolour), a
+    backspace or a right-to-left override: the tables show them escaped, JSON keeps them."""
+    evil = {"clear\x1b[2J\x1b[31mred": 1.0, "back\bspace": 2.0, "\u202eevil.onnx": 3.0, "ok ünïcode (1)": 4.0}
+    a, b = tmp_path / "a.cache", tmp_path / "b.cache"
+    write_cache(a, CalibrationCache.from_amax(evil))
+    write_cache(b, CalibrationCache.from_amax({k: v * 2 for k, v in evil.items()} | {"only\x07b": 1.0}))
+    assert main(["cache", "show", str(a)]) == 0
+    shown = capsys.readouterr().out
+    assert main(["cache", "diff", str(a), str(b)]) == 0
+    diffed = capsys.readouterr().out
+    for out in (shown, diffed):
+        assert not any(c in out for c in "\x1b\b\x07\u202e"), repr(out)
+        assert "clear\\x1b[2J\\x1b[31mred" in out and "back\\x08space" in out and "\\u202eevil.onnx" in out
+        assert "ok ünïcode (1)" in out        # printable text is left alone
+    assert "only\\x07b" in diffed
+    assert main(["cache", "show", str(a), "--json"]) == 0
+    assert {r["tensor"] for r in json.loads(capsys.readouterr().out)["tensors"]} == set(evil)
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`calib cache diff a b | head -1`: the reader is gone (here before calib writes at all, so
+    that the outcome does not depend on the pipe's size); calib stops without a BrokenPipeError
+    traceback, nor the interpreter's complaint at exit, with SIGPIPE's status 141, as Unix tools do."""
+    import os
+    import subprocess
+    import sys
+
+    names = [f"/model/block_{i}/conv_{i % 7}/Relu_output_0" for i in range(2000)]
+    a, b = tmp_path / "a.cache", tmp_path / "b.cache"
+    write_cache(a, CalibrationCache.from_amax({n: 1.0 + i for i, n in enumerate(names)}))
+    write_cache(b, CalibrationCache.from_amax({n: 2.0 + i for i, n in enumerate(names)}))
+    for argv in (["cache", "diff", str(a), str(b)], ["cache", "show", str(a), "--json"]):
+        r, w = os.pipe()
+        os.close(r)                            # as head does once it has its line
+        try:
+            p = subprocess.run([sys.executable, "-m", "calib", *argv], stdout=w, stderr=subprocess.PIPE,
+                               timeout=120, check=False)
+        finally:
+            os.close(w)
+        assert p.stderr.decode() == "" and p.returncode == 141, (argv, p.returncode, p.stderr.decode())

@@ -307,6 +307,6 @@ def test_json_is_valid_on_stdout_for_every_command(calibrated, tmp_path, capsys)
         docs[name] = json.loads(out)
     assert docs["inspect"]["inputs"][0]["name"] == "data_0"
     assert docs["calibrate"]["schema"] == "calib-calibrate-summary"
-    assert docs["calibrate"] == json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert docs["calibrate"] == json.loads((tmp_path / "c" / f"{MODEL.stem}.summary.json").read_text())
     assert len(docs["cache show"]["tensors"]) > 0 and docs["cache diff"]["moved"] == []
     assert docs["evaluate"]["schema"] == "calib-report"

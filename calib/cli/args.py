@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 from ..datasets import DEFAULT_BATCH_SIZE, PRESETS, SPLITS, Preprocess, open_dataset, parse_floats
 from ..datasets.preprocess import INTERPOLATIONS
 from ..errors import CalibError, ConfigError, DataError, EmptyDatasetError
-from ..utils import atomic_write_text, check_writable
+from ..utils import atomic_write_text, check_output_dir, check_outputs
 
 
 def positive_int(text: str) -> int:
@@ -217,7 +217,7 @@ class Output:
     def check(self, *names: str) -> list[Path]:
         """The paths of *names* in the folder, each refused if it exists without ``--force``
         (call before the work, so that nothing runs for output that cannot be written)."""
-        return [check_writable(self.path(n), self.force) for n in names]
+        return check_outputs([self.path(n) for n in names], self.force)
 
     def write_json(self, name: str, obj) -> Path:
         """Write *obj* as ``<dir>/<name>`` (indented JSON), atomically."""
@@ -240,7 +240,10 @@ class OutputArgs(ArgGroup):
 
     def parse(self, args) -> Output:
         """:class:`Output`; ``--out`` naming an existing file, or a name ending like one of the files
-        the command writes (``m.plan``), is refused: it is always a folder."""
+        the command writes (``m.plan``), is refused: it is always a folder. So is a folder that
+        cannot be written (read-only, under a file, no permission): checked here, before any work
+        (:func:`calib.utils.check_output_dir`; a missing folder is created when the outputs are
+        written)."""
         if args.out is None:
             return Output(None, args.force)
         d = Path(args.out)
@@ -248,6 +251,7 @@ class OutputArgs(ArgGroup):
             raise CalibError(f"--out is a folder, but {d} is a file")
         if not d.exists() and d.suffix.lower() in self.not_suffixes:
             raise CalibError(f"--out is a folder that {self.writes} go into, not a file name: got {d}")
+        check_output_dir(d)
         return Output(d, args.force)
 
 
