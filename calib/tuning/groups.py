@@ -87,7 +87,7 @@ class QuantGroup:
         return d
 
 
-def _input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+def input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
     """Concrete shape of every model input: *shapes* where given, else the declared one; a
     dynamic first (batch) dimension is 1. Raises InputMismatchError naming what is missing."""
     shapes = dict(shapes or {})
@@ -357,7 +357,7 @@ def find_groups(model, shapes: Mapping[str, Sequence[int]] | None = None) -> lis
     with dynamic dimensions other than the batch; raises
     :class:`~calib.errors.InputMismatchError` when they are missing or do not fit."""
     model = load_model(model)
-    inputs = _input_shapes(model, shapes)
+    inputs = input_shapes(model, shapes)
     try:
         follows = {} if hasattr(model, "preparation") else prepare(model).preparation.follows
     except CalibError:        # an opset preparation cannot raise: nothing is folded then
