@@ -111,10 +111,10 @@ def input_shapes(model: Model, shapes: Mapping[str, Sequence[int]] | None) -> di
             continue
         dims = [d if isinstance(d, int) else (1 if i == 0 else None) for i, d in enumerate(declared)]
         if any(d is None for d in dims):
+            example = "x".join(["1"] + [str(d) if isinstance(d, int) else "D" for d in declared[1:]])
             raise InputMismatchError(
-                f"input '{t.name}' has dynamic dimensions {tuple(declared)}: give concrete shapes "
-                f"(e.g. {t.name}:1x{'x'.join(str(d) if isinstance(d, int) else 'N' for d in declared[1:])}, "
-                f"or a sample batch's shapes)")
+                f"input '{t.name}' has dynamic dimensions {tuple(declared)}: give its concrete shape "
+                f"(shapes= or --shapes {t.name}:{example}, each D a size; the batch counts as 1)")
         out[t.name] = tuple(dims)
     return out
 
