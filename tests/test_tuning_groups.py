@@ -27,16 +27,6 @@ REC_SHAPES = {"x": (1, 3, 48, 320)}
 
 
 @pytest.fixture(scope="module")
-def effnet(efficientnet_path):
-    return Model.load(efficientnet_path)
-
-
-@pytest.fixture(scope="module")
-def effnet_groups(effnet):
-    return find_groups(effnet)
-
-
-@pytest.fixture(scope="module")
 def rec(shared_model):
     return Model.load(shared_model("ppocrv4_rec"))
 
@@ -63,16 +53,16 @@ def _check_partition(model: Model, groups: list[QuantGroup]) -> None:
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0
-def test_effnet_every_node_in_exactly_one_group(effnet, effnet_groups):
-    _check_partition(effnet, effnet_groups)
-    kinds = Counter(g.kind for g in effnet_groups)
+def test_effnet_every_node_in_exactly_one_group(efficientnet, efficientnet_groups):
+    _check_partition(efficientnet, efficientnet_groups)
+    kinds = Counter(g.kind for g in efficientnet_groups)
     # 49 convolutions: 40 plain, 9 closing a residual block (MBConv with a skip), one Gemm head
     assert kinds["conv"] + kinds["residual"] == 49 and kinds["residual"] == 9 and kinds["gemm"] == 1
-    assert find_groups(effnet) == effnet_groups                     # deterministic
+    assert find_groups(efficientnet) == efficientnet_groups                     # deterministic
 
 
-def test_effnet_conv_clip_and_zero_pad_are_one_group(effnet_groups):
-    by = _by_node(effnet_groups)
+def test_effnet_conv_clip_and_zero_pad_are_one_group(efficientnet_groups):
+    by = _by_node(efficientnet_groups)
     g = by["/_blocks.1/_expand_conv/Conv"]
     assert g.kind == "conv" and g.id == "/_blocks.1/_expand_conv/Conv"
     assert "/_blocks.1/_swish/Clip" in g.nodes                       # Conv + ReLU6 (BN folded in the export)
@@ -85,10 +75,10 @@ def test_effnet_conv_clip_and_zero_pad_are_one_group(effnet_groups):
     assert by["/_avg_pooling/GlobalAveragePool"].kind == "pool"
 
 
-def test_effnet_costs_by_hand(effnet, effnet_groups):
-    by = {g.id: g for g in effnet_groups}
+def test_effnet_costs_by_hand(efficientnet, efficientnet_groups):
+    by = {g.id: g for g in efficientnet_groups}
     stem = by["/_conv_stem/Conv"]
-    w = effnet.initializer("onnx::Conv_911")                        # the stem Conv's weight
+    w = efficientnet.initializer("onnx::Conv_911")                        # the stem Conv's weight
     assert w.shape == (32, 3, 3, 3)
     # stride 2 on 224 x 224 (padded): 112 x 112 outputs, each 3 x 3 x 3 multiply-accumulates
     assert stem.macs == 32 * 112 * 112 * 3 * 3 * 3
@@ -149,23 +139,23 @@ def test_rec_needs_concrete_shapes(rec):
 
 
 # --------------------------------------------------------------------------- plans per group
-def test_group_plan_writes_every_node_of_a_group(effnet_groups):
-    by = {g.id: g for g in effnet_groups}
-    plan = group_plan(effnet_groups, {"/_conv_stem/Conv": "fp32", "/_fc/Gemm": "FP16",
+def test_group_plan_writes_every_node_of_a_group(efficientnet_groups):
+    by = {g.id: g for g in efficientnet_groups}
+    plan = group_plan(efficientnet_groups, {"/_conv_stem/Conv": "fp32", "/_fc/Gemm": "FP16",
                                       "/_blocks.0/_project_conv/Conv": "int8"}, comment="test")
     assert plan.default == "int8" and plan.comment == "test"
     assert set(plan.layers) == set(by["/_conv_stem/Conv"].nodes) | set(by["/_fc/Gemm"].nodes)
     assert {plan.precision_for(k) for k in by["/_fc/Gemm"].nodes} == {"fp16"}
     with pytest.raises(PlanError, match="unknown group"):
-        group_plan(effnet_groups, {"/no/such": "fp32"})
+        group_plan(efficientnet_groups, {"/no/such": "fp32"})
     with pytest.raises(PlanError, match="unknown precision 'int4'"):
-        group_plan(effnet_groups, {"/_fc/Gemm": "int4"})
+        group_plan(efficientnet_groups, {"/_fc/Gemm": "int4"})
 
 
 @pytest.fixture(scope="module")
-def effnet_amax(effnet, imagenet_dir):
+def effnet_amax(efficientnet, imagenet_dir):
     """Max ranges of the tensors both targets need, over 16 real photographs."""
-    p = prepare(effnet)
+    p = prepare(efficientnet)
     ds = open_dataset(imagenet_dir, p, "efficientnet-lite", limit=16)
     tensors = sorted(set(required_tensors(p, "tensorrt")) | set(required_tensors(p, "onnxruntime")))
     obs = collect_statistics(p, ds.batches(batch_size=8), tensors, progress=False, histogram=False)
@@ -177,12 +167,12 @@ def _r16(a):
 
 
 @pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
-def test_group_plan_applied_fp32_and_fp16(effnet, effnet_groups, effnet_amax, target):
+def test_group_plan_applied_fp32_and_fp16(efficientnet, efficientnet_groups, effnet_amax, target):
     prepared, amax, feed = effnet_amax
-    by = {g.id: g for g in effnet_groups}
+    by = {g.id: g for g in efficientnet_groups}
     stem, expand, fc = by["/_conv_stem/Conv"], by["/_blocks.1/_expand_conv/Conv"], by["/_fc/Gemm"]
-    plan = group_plan(effnet_groups, {stem.id: "fp32", expand.id: "fp16", fc.id: "fp16"})
-    q = quantize_model(effnet, amax, target=target, plan=plan, fp16_fallback=True)
+    plan = group_plan(efficientnet_groups, {stem.id: "fp32", expand.id: "fp16", fc.id: "fp16"})
+    q = quantize_model(efficientnet, amax, target=target, plan=plan, fp16_fallback=True)
     r = q.quant_report
     # the folded Pad and its constants are plan entries too, but not unmatched: they follow the Conv
     assert r.unmatched_plan_entries == []
@@ -200,8 +190,8 @@ def test_group_plan_applied_fp32_and_fp16(effnet, effnet_groups, effnet_amax, ta
     x_in, y_out = "/_blocks.0/_project_conv/Conv_output_0", "/_blocks.1/_swish/Clip_output_0"
     f_in, f_out = "/Reshape_output_0", q.outputs[0].name
     got = OrtEngine(q, capture=[x_in, y_out, f_in], threads=1).run(feed)
-    conv = next(n for n in effnet.nodes if n.name == expand.id)
-    w, b = effnet.initializer(conv.input[1])[:, :, 0, 0], effnet.initializer(conv.input[2])
+    conv = next(n for n in efficientnet.nodes if n.name == expand.id)
+    w, b = efficientnet.initializer(conv.input[1])[:, :, 0, 0], efficientnet.initializer(conv.input[2])
     x = got[x_in]
     emu = np.clip(_r16(np.einsum("oc,nchw->nohw", _r16(w).astype(np.float64), _r16(x).astype(np.float64))
                        + _r16(b)[None, :, None, None]), 0, 6)
@@ -215,7 +205,7 @@ def test_group_plan_applied_fp32_and_fp16(effnet, effnet_groups, effnet_amax, ta
     plain = np.clip(np.einsum("oc,nchw->nohw", w.astype(np.float64), x.astype(np.float64)) + b[None, :, None, None], 0, 6)
     assert (np.abs(plain - emu) > tol).any()
 
-    wf, bf = effnet.initializer("_fc.weight"), effnet.initializer("_fc.bias")
+    wf, bf = efficientnet.initializer("_fc.weight"), efficientnet.initializer("_fc.bias")
     logits = got[f_out]
     emu = _r16(_r16(got[f_in]).astype(np.float64) @ _r16(wf).T.astype(np.float64) + _r16(bf))
     np.testing.assert_array_equal(logits, _r16(logits))

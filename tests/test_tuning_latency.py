@@ -15,31 +15,20 @@ from calib.backends.tensorrt.profiling import collect_layer_times
 from calib.collect import collect_statistics
 from calib.datasets import open_dataset
 from calib.errors import CalibError, TensorRTUnavailableError
-from calib.model import Model
 from calib.qdq import prepare, quantize_model, required_tensors
-from calib.tuning import QuantGroup, find_groups
+from calib.tuning import QuantGroup
 from calib.tuning.latency import GPUS, RooflineLatency, TensorRTLatency, latency_model
 
 
 @pytest.fixture(scope="module")
-def effnet(efficientnet_path):
-    return Model.load(efficientnet_path)
+def by_id(efficientnet_groups):
+    return {g.id: g for g in efficientnet_groups}
 
 
 @pytest.fixture(scope="module")
-def groups(effnet):
-    return find_groups(effnet)
-
-
-@pytest.fixture(scope="module")
-def by_id(groups):
-    return {g.id: g for g in groups}
-
-
-@pytest.fixture(scope="module")
-def ort_int8(effnet, imagenet_dir):
+def ort_int8(efficientnet, imagenet_dir):
     """EfficientNet-Lite0 as --target onnxruntime writes it, max ranges over 8 photographs."""
-    p = prepare(effnet)
+    p = prepare(efficientnet)
     ds = open_dataset(imagenet_dir, p, "efficientnet-lite", limit=8)
     obs = collect_statistics(p, ds.batches(batch_size=8), required_tensors(p, "onnxruntime"), progress=False,
                              histogram=False)
@@ -47,39 +36,41 @@ def ort_int8(effnet, imagenet_dir):
 
 
 # --------------------------------------------------------------------------- ONNX Runtime
-def test_onnxruntime_times_per_group(effnet, groups, ort_int8):
-    lat = latency_model("onnxruntime", effnet, groups, int8_model=ort_int8, runs=5, warmup=2, threads=1)
+def test_onnxruntime_times_per_group(efficientnet, efficientnet_groups, ort_int8):
+    lat = latency_model("onnxruntime", efficientnet, efficientnet_groups, int8_model=ort_int8, runs=5, warmup=2,
+                        threads=1)
     assert lat.name == "onnxruntime" and lat.description.startswith("measured: ONNX Runtime")
     assert "fp16 not measured" in lat.description
     for p in ("fp32", "int8"):
         # every quantizable group ran something, and every profiled node found its group
-        assert all(lat.times[p].get(g.id, 0.0) > 0 for g in groups if g.quantizable), p
+        assert all(lat.times[p].get(g.id, 0.0) > 0 for g in efficientnet_groups if g.quantizable), p
         assert lat.unattributed[p] == 0.0
         total = sum(lat.times[p].values())
         # per-node medians are parts of a run: at most the median run, and not a small part of it
         # (a loaded machine preempts some node in most runs, which the medians leave out)
         assert 0.2 * lat.whole[p] < total <= 1.05 * lat.whole[p], (p, total, lat.whole[p])
-    all8 = lat.predict(groups, {})
+    all8 = lat.predict(efficientnet_groups, {})
     assert all8 == pytest.approx(sum(lat.times["int8"].values()))
-    assert lat.predict(groups, {g.id: "fp32" for g in groups}) == pytest.approx(sum(lat.times["fp32"].values()))
-    g = groups[5]
+    all32 = lat.predict(efficientnet_groups, {g.id: "fp32" for g in efficientnet_groups})
+    assert all32 == pytest.approx(sum(lat.times["fp32"].values()))
+    g = efficientnet_groups[5]
     assert lat.group_latency(g, "fp16") == lat.group_latency(g, "fp32")      # not measured: FP32 time
     with pytest.raises(CalibError, match="unknown precision"):
         lat.group_latency(g, "int4")
 
 
-def test_onnxruntime_needs_the_int8_model(effnet, groups):
+def test_onnxruntime_needs_the_int8_model(efficientnet, efficientnet_groups):
     with pytest.raises(CalibError, match="needs int8_model"):
-        latency_model("onnxruntime", effnet, groups)
+        latency_model("onnxruntime", efficientnet, efficientnet_groups)
     with pytest.raises(CalibError, match="has no Q/DQ nodes"):
-        latency_model("onnxruntime", effnet, groups, int8_model=effnet)
+        latency_model("onnxruntime", efficientnet, efficientnet_groups, int8_model=efficientnet)
 
 
 # --------------------------------------------------------------------------- roofline
-def test_roofline_by_hand(effnet, groups, by_id):
+def test_roofline_by_hand(efficientnet, efficientnet_groups, by_id):
     proj = by_id["/_blocks.0/_project_conv/Conv"]
     assert (proj.macs, proj.activation_bytes, proj.weight_count) == (16 * 112 * 112 * 32, 48 * 112 * 112 * 4, 528)
-    t4 = latency_model("roofline:t4", effnet, groups)
+    t4 = latency_model("roofline:t4", efficientnet, efficientnet_groups)
     assert t4.name == "roofline:t4" and "not measured" in t4.description
     # T4 INT8: 130 TOPS, 320 GB/s, 2 us launch; 1-byte activations and weights: memory bound
     compute = 2 * 16 * 112 * 112 * 32 / 130e12
@@ -94,20 +85,20 @@ def test_roofline_by_hand(effnet, groups, by_id):
     assert h100.group_latency(big, "fp16") == pytest.approx(2e9 / 989.5e12 + 2e-6)
     assert h100.group_latency(big, "fp32") == pytest.approx(2e9 / 494.5e12 + 2e-6)          # TF32 tensor cores
     # a group that is never INT8 costs its FP32 time under an int8 plan
-    other = next(g for g in groups if not g.quantizable and g.activation_bytes)
+    other = next(g for g in efficientnet_groups if not g.quantizable and g.activation_bytes)
     assert h100.group_latency(other, "int8") == h100.group_latency(other, "fp32")
     # whole model: INT8 < FP16 < FP32 on every GPU
     for gpu in GPUS:
-        m = latency_model(f"roofline:{gpu}", effnet, groups)
-        p8, p16, p32 = (m.predict(groups, {g.id: p for g in groups}) for p in ("int8", "fp16", "fp32"))
+        m = latency_model(f"roofline:{gpu}", efficientnet, efficientnet_groups)
+        p8, p16, p32 = (m.predict(efficientnet_groups, dict.fromkeys(by_id, p)) for p in ("int8", "fp16", "fp32"))
         assert 0 < p8 < p16 < p32, gpu
 
 
-def test_unknown_specs(effnet, groups):
+def test_unknown_specs(efficientnet, efficientnet_groups):
     with pytest.raises(CalibError, match="unknown GPU 'v100'.*h100, a100, l4, t4, orin"):
-        latency_model("roofline:v100", effnet, groups)
+        latency_model("roofline:v100", efficientnet, efficientnet_groups)
     with pytest.raises(CalibError, match="unknown latency model 'cpu'"):
-        latency_model("cpu", effnet, groups)
+        latency_model("cpu", efficientnet, efficientnet_groups)
 
 
 # --------------------------------------------------------------------------- TensorRT (MOCK)
@@ -132,29 +123,30 @@ def _profiled(scale: float = 1.0):
     return times
 
 
-def test_tensorrt_layer_times_to_groups(effnet, groups, by_id):
-    lat = latency_model("tensorrt", effnet, groups, layer_times={"int8": _profiled(), "fp16": _profiled(2.0)})
+def test_tensorrt_layer_times_to_groups(efficientnet, efficientnet_groups, by_id):
+    lat = latency_model("tensorrt", efficientnet, efficientnet_groups,
+                        layer_times={"int8": _profiled(), "fp16": _profiled(2.0)})
     assert isinstance(lat, TensorRTLatency) and lat.description.startswith("measured: TensorRT")
     stem, dw = by_id["/_conv_stem/Conv"], by_id["/_blocks.1/_depthwise_conv/Conv"]
     assert lat.group_latency(stem, "int8") == pytest.approx((0.01 + 0.05) * 1e-3)      # its input's Q too
     assert lat.group_latency(dw, "int8") == pytest.approx((0.02 + 0.03) * 1e-3)
     assert lat.group_latency(by_id["/_blocks.2/_project_conv/Conv"], "fp16") == pytest.approx(0.08e-3)
-    # a Myelin region spanning several groups is split evenly among them
+    # a Myelin region spanning several efficientnet_groups is split evenly among them
     pool, fc = by_id["/_avg_pooling/GlobalAveragePool"], by_id["/_fc/Gemm"]
     share = lat.group_latency(pool, "int8")
     assert share > 0 and lat.group_latency(fc, "int8") == pytest.approx(share)
-    spanned = [g for g in groups if lat.times["int8"].get(g.id) == pytest.approx(share)]
+    spanned = [g for g in efficientnet_groups if lat.times["int8"].get(g.id) == pytest.approx(share)]
     assert share * len(spanned) == pytest.approx(0.09e-3)
     assert lat.unattributed["int8"] == ["myelin_graph_7"]
-    assert lat.predict(groups, {}) == pytest.approx((sum(ms for _, ms in LAYERS) - 0.5) * 1e-3)
+    assert lat.predict(efficientnet_groups, {}) == pytest.approx((sum(ms for _, ms in LAYERS) - 0.5) * 1e-3)
     with pytest.raises(CalibError, match="no fp32 engine profiled"):
         lat.group_latency(stem, "fp32")
 
 
-def test_tensorrt_without_tensorrt(effnet, groups, tmp_path):
+def test_tensorrt_without_tensorrt(efficientnet, efficientnet_groups, tmp_path):
     with pytest.raises(CalibError, match="needs engines"):
-        latency_model("tensorrt", effnet, groups)
+        latency_model("tensorrt", efficientnet, efficientnet_groups)
     engine = tmp_path / "m.plan"
     engine.write_bytes(b"not an engine")
     with pytest.raises(TensorRTUnavailableError, match="needs TensorRT"):
-        latency_model("tensorrt", effnet, groups, engines={"int8": engine})
+        latency_model("tensorrt", efficientnet, efficientnet_groups, engines={"int8": engine})

@@ -380,7 +380,9 @@ def find_groups(model, shapes: Mapping[str, Sequence[int]] | None = None) -> lis
                    if t and t in gr.const and types.get(t) in _FLOAT_TYPES}
         members.append((g, idx, reads | writes, weights))
         needed |= reads | writes | weights
-        needed |= {t for i in idx if nodes[i].op_type in WEIGHTED_OPS for t in list(nodes[i].input[:2]) + [nodes[i].output[0]]}
+        for i in idx:       # node_macs reads the shapes of a weighted op's two inputs and its output
+            if nodes[i].op_type in WEIGHTED_OPS:
+                needed |= {*nodes[i].input[:2], nodes[i].output[0]}
     shape = _shapes_of(model, inputs, needed)
 
     def size(t):
