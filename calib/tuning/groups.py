@@ -351,7 +351,8 @@ class _Grouper:
 
 
 def find_groups(model, shapes: Mapping[str, Sequence[int]] | None = None) -> list[QuantGroup]:
-    """The quantization groups of *model* (a :class:`~calib.model.Model` or a path), every node in
+    """The quantization groups of *model* (a :class:`~calib.model.Model` or a path: the original
+    model, whose nodes precision plans name, not :func:`calib.preparation.prepare`'s), every node in
     exactly one, in topological order of their anchors (see the module docs). *shapes*: concrete
     input shapes (input name -> dims; a dynamic batch dimension is taken as 1), needed for inputs
     with dynamic dimensions other than the batch; raises
