@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import CalibError, InputMismatchError, PlanError
-from ..graph import STANDARD_DOMAINS, WEIGHTED_OPS, concrete_shapes, tensor_types, unique_name
+from ..graph import STANDARD_DOMAINS, WEIGHTED_OPS, attr, concrete_shapes, tensor_types, unique_name
 from ..model import Model, load_model
 from ..plan import PRECISIONS, PrecisionPlan, node_key
 from ..preparation import prepare
@@ -138,7 +138,6 @@ class _Grouper:
     """The graph indexes and the node -> group assignment one :func:`find_groups` call builds."""
 
     def __init__(self, model: Model):
-        self.model = model
         g = model.proto.graph
         self.nodes = list(g.node)
         self.keys = [node_key(n) for n in self.nodes]
@@ -287,7 +286,7 @@ class _Grouper:
         self.groups[gi]["kind"] = "residual"
         self.extend_epilogue(gi, n.output[0])
 
-    def run(self, follows: Mapping[str, str]) -> None:
+    def run(self, follows: Mapping[str, str], types: Mapping[str, int]) -> None:
         nodes = self.nodes
         for i, n in enumerate(nodes):
             if n.op_type == "MatMul" and self.free(i) and n.domain in STANDARD_DOMAINS:
@@ -315,7 +314,6 @@ class _Grouper:
                 i = parent[i]
             return i
 
-        types = tensor_types(self.model.proto)
         shape_calc = [False] * len(nodes)      # Shape / Size and what computes from them only
         for i, n in enumerate(nodes):
             src = [self.producer.get(t) for t in n.input if t and t not in self.const]
@@ -363,10 +361,10 @@ def find_groups(model, shapes: Mapping[str, Sequence[int]] | None = None) -> lis
         follows = {} if hasattr(model, "preparation") else prepare(model).preparation.follows
     except CalibError:        # an opset preparation cannot raise: nothing is folded then
         follows = {}
-    gr = _Grouper(model)
-    gr.run(follows)
-    nodes = gr.nodes
     types = tensor_types(model.proto)
+    gr = _Grouper(model)
+    gr.run(follows, types)
+    nodes = gr.nodes
     batch = next(iter(inputs.values()))[0] if inputs else 1
     needed = set()
     members = []
@@ -424,8 +422,6 @@ def node_macs(node, shapes: Mapping[str, Sequence[int]]) -> int:
     if op == "ConvTranspose":
         return int(np.prod(a, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
     if op == "Gemm":
-        from ..graph import attr
-
         k = a[0] if attr(node, "transA", 0) else a[-1]
         return int(np.prod(y, dtype=np.int64) * k)
     return int(np.prod(y, dtype=np.int64) * a[-1])     # MatMul: the reduced dimension of A
