@@ -382,11 +382,15 @@ def bias_probe_samples(ds, seed: int):
 
 
 def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, factors=None, probe_ds=None,
-              threads=None, progress=False, label: str = "bias correction") -> Model:
+              threads=None, progress=False, label: str = "bias correction",
+              fp16_fallback: bool | None = None) -> Model:
     """``quantize_model(prepared, amax_q, ...)``, and with *probe_ds* (a dataset, or anything with
     ``len()`` and ``batches(batch_size=, progress=)``) bias-corrected on its samples, which run one at
     a time so that the correction does not depend on batching (:func:`calib.collect.bias_shifts`).
     The model's ``bias_correction`` attribute says what was done (None without *probe_ds*).
+
+    *fp16_fallback*: as :func:`calib.qdq.quantize_model` (True to score a TensorRT plan's fp16
+    nodes in ONNX Runtime on float16-rounded values).
 
     ``quantize_model`` logs its report's summary when tensors lack a range or stay float; here,
     where one model is quantized several times (the probe, every ``auto`` candidate), that line
@@ -397,7 +401,8 @@ def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, f
 
     def quantize(**extra):
         with _muted("calib.qdq"):
-            return quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors, **extra)
+            return quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors,
+                                  fp16_fallback=fp16_fallback, **extra)
 
     if probe_ds is None or len(probe_ds) == 0:
         q = quantize()

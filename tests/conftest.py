@@ -77,6 +77,22 @@ def efficientnet_path(shared_model) -> Path:
 
 
 @pytest.fixture(scope="session")
+def efficientnet(efficientnet_path):
+    """EfficientNet-Lite0 as a :class:`calib.model.Model` (shared: do not edit its proto)."""
+    from calib.model import Model
+
+    return Model.load(efficientnet_path)
+
+
+@pytest.fixture(scope="session")
+def efficientnet_groups(efficientnet):
+    """EfficientNet-Lite0's quantization groups (:func:`calib.tuning.find_groups`)."""
+    from calib.tuning import find_groups
+
+    return find_groups(efficientnet)
+
+
+@pytest.fixture(scope="session")
 def squeezenet_path(shared_model) -> Path:
     return shared_model("squeezenet1_1_fp32")
 
