@@ -426,7 +426,7 @@ def test_plan_entries_of_folded_nodes_follow_their_conv(named):
     assert p.renamed == ({} if named else {"node_of_c": "node_of_bn_out"})
     x = _input(4)
     for target in TARGETS:
-        q, v, _, _ = _quantize(m, x, target, plan=PrecisionPlan({k: "fp32" for k in keys} | {"gone": "fp16"}))
+        q, v, _, _ = _quantize(m, x, target, plan=PrecisionPlan(dict.fromkeys(keys, "fp32") | {"gone": "fp16"}))
         r = q.quant_report
         assert r.unmatched_plan_entries == ["gone"] and r.folded_plan_entries == {keys[1]: keys[0]}
         assert not v.ops("QuantizeLinear") and not v.ops("DequantizeLinear")

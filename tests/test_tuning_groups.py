@@ -202,7 +202,8 @@ def test_group_plan_applied_fp32_and_fp16(efficientnet, efficientnet_groups, eff
     tol = 2.0 ** -10 * np.abs(emu) + 2.0 ** -20 * terms
     assert (np.abs(y - emu) <= tol).all()
     # without the rounding (float32 throughout) the values differ by more than that somewhere
-    plain = np.clip(np.einsum("oc,nchw->nohw", w.astype(np.float64), x.astype(np.float64)) + b[None, :, None, None], 0, 6)
+    conv = np.einsum("oc,nchw->nohw", w.astype(np.float64), x.astype(np.float64))
+    plain = np.clip(conv + b[None, :, None, None], 0, 6)
     assert (np.abs(plain - emu) > tol).any()
 
     wf, bf = efficientnet.initializer("_fc.weight"), efficientnet.initializer("_fc.bias")
