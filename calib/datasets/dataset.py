@@ -39,6 +39,7 @@ import collections
 import hashlib
 import json
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from ..errors import (CorruptSampleError, DataError, DataNotFoundError, EmptyDat
                       PreprocessError)
 from .preprocess import Preprocess, make_plan, preset_names
 from .sources import (ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, DataWarning, ImageSource,
-                      StreamSource, check_finite, from_array, from_arrays, list_images, load_script, open_hdf5,
+                      StreamSource, check_finite, from_array, from_arrays, list_files, load_script, open_hdf5,
                       open_numpy)
 
 SPLITS = ("calib", "eval")
@@ -546,6 +547,9 @@ def _open_source(source, inputs, pre, *, classes, labels, strict, hdf5_map):
         path = Path(text)
         if not path.exists():
             raise DataNotFoundError(f"data path not found: {path}")
+        if not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            raise DataError(f"data path {path} is not a regular file or a folder (a FIFO, socket or device "
+                            f"is never opened)")
         if path.is_dir():
             return _open_folder(path, inputs, pre, classes=classes, labels=labels, strict=strict,
                                 hdf5_map=hdf5_map)
@@ -567,11 +571,10 @@ def _open_source(source, inputs, pre, *, classes, labels, strict, hdf5_map):
 
 
 def _open_folder(path: Path, inputs, pre, *, classes, labels, strict, hdf5_map):
-    images, others = list_images(path)
+    images, arrays, others = list_files(path)
     if images:
         return _image_source(path, images, inputs, pre, single_file=False, classes=classes, labels=labels,
                              strict=strict)
-    arrays = sorted(o for o in others if Path(o).suffix.lower() in ARRAY_EXTENSIONS)
     if arrays:
         return open_numpy(path, inputs, hdf5_map, labels, files=arrays)
     if not others:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import stat
 import sys
 import warnings
 import zipfile
@@ -79,24 +80,58 @@ def check_finite(name: str, arr: np.ndarray, ids: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------
 # images
 # ---------------------------------------------------------------------------
-def list_images(root: Path) -> tuple[list[str], list[str]]:
-    """Image files under *root* (recursive, hidden entries skipped), as sorted relative POSIX
-    paths, plus a few other file names (for error messages)."""
-    found: list[str] = []
-    others: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = Path(dirpath).relative_to(root)
-        for f in filenames:
-            if f.startswith("."):
+def list_files(root: Path) -> tuple[list[str], list[str], list[str]]:
+    """``(images, arrays, others)`` under *root*: image files, ``.npy``/``.npz`` files and a
+    few other file names (for error messages), as sorted relative POSIX paths; recursive,
+    hidden entries skipped.
+
+    Hostile folders are read safely: a link to a directory is followed at most once per real
+    directory (device, inode), so link loops (``self -> .``) end; a file reached under several
+    names (links, hard links) counts once, under a name without links when it has one, else
+    the first in sorted order; FIFOs, sockets, devices and broken links are skipped without
+    being opened. Real directories are read before any link is followed.
+    """
+    seen_dirs: set[tuple[int, int]] = set()
+    best: dict[tuple[int, int], tuple[bool, str]] = {}     # file identity -> (via a link, rel path)
+    real: list[tuple[str, str]] = [("", os.fspath(root))]   # (rel path, path) not reached via a link
+    linked: list[tuple[str, str]] = []                       # reached through a link: after the real ones
+    while real or linked:
+        via_link = not real
+        if real:
+            rel, path = real.pop()
+        else:
+            linked.sort(reverse=True)
+            rel, path = linked.pop()
+        try:
+            st = os.stat(path)
+            if (st.st_dev, st.st_ino) in seen_dirs:
                 continue
-            rp = (rel / f).as_posix()
-            if Path(f).suffix.lower() in IMAGE_EXTENSIONS:
-                found.append(rp)
-            elif len(others) < 1000:
-                others.append(rp)
-    found.sort()
-    return found, others
+            seen_dirs.add((st.st_dev, st.st_ino))
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue      # unreadable (as os.walk): left out
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            erel = f"{rel}/{e.name}" if rel else e.name
+            try:
+                link = e.is_symlink()
+                est = e.stat()                    # follows links; never opens the file
+            except OSError:
+                continue                          # broken link, vanished entry
+            if stat.S_ISDIR(est.st_mode):
+                (linked if link or via_link else real).append((erel, e.path))
+            elif stat.S_ISREG(est.st_mode):
+                key = (est.st_dev, est.st_ino)
+                cand = (link or via_link, erel)
+                if key not in best or cand < best[key]:
+                    best[key] = cand
+    images, arrays, others = [], [], []
+    for _, rel in best.values():
+        suffix = os.path.splitext(rel)[1].lower()
+        (images if suffix in IMAGE_EXTENSIONS else arrays if suffix in ARRAY_EXTENSIONS else others).append(rel)
+    return sorted(images), sorted(arrays), sorted(others)[:1000]
 
 
 class ImageSource:
