@@ -55,6 +55,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=file or sys.stderr)
 
 
+def _escape_undecodable_names() -> None:
+    """Print file names that are not valid UTF-8 (kept by Python as lone surrogates) escaped, as
+    stderr already does, instead of failing with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "strict") == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -65,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _escape_undecodable_names()
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

@@ -154,7 +154,7 @@ class FeedLayout:
             else:
                 raise InputMismatchError(f"{what}: a value of shape {fmt_shape(a.shape)} cannot feed model input "
                                          f"'{t.name}' {fmt_shape(t.shape)}")
-        return np.ascontiguousarray(a.astype(want))
+        return np.array(a, dtype=want, order="C")   # (ascontiguousarray makes 0-d 1-d)
 
     def axis(self, name: str) -> int | None:
         return self.axes[name]
@@ -569,7 +569,7 @@ class ArraySource:
                 continue
             first = None
             for p in self.parts:
-                v = np.ascontiguousarray(np.asarray(p.arrays[t.name][...]).astype(t.dtype))
+                v = np.array(p.arrays[t.name][...], dtype=t.dtype, order="C")
                 if first is None:
                     first, out[t.name] = p, v
                 elif not np.array_equal(v, out[t.name]):
@@ -851,7 +851,7 @@ def _arrays_for_inputs(d: Mapping[str, Any], layout: FeedLayout, where: str, con
         kind = layout.check(t, a.shape, a.dtype, f"{where}input '{t.name}'")
         if kind == "constant":
             if constants is not None:
-                a = np.ascontiguousarray(a.astype(t.dtype))
+                a = np.array(a, dtype=t.dtype, order="C")
                 if t.name not in constants:
                     check_finite(t.name, a, None, None)
                     constants[t.name] = a
