@@ -224,7 +224,7 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     t_start = time.perf_counter()
     m = load_model(model)
     check_input(m, target)   # already quantized or float16: refused before any work
-    check_control_flow(m)    # subgraphs that compute: refused before any work
+    check_control_flow(m)    # If / Loop / Scan: refused before any work
     plan = load_plan(config.plan)   # a bad plan fails here, before any work
     stem = m.name
     paths = output_paths(m.path, out, stem)
@@ -375,19 +375,11 @@ def _used(ds) -> int:
     return len(ds.used_ids) if hasattr(ds, "used_ids") else len(ds)
 
 
-# Operators a subgraph (If, Loop, Scan) may hold and still be left to run as it is: they move,
-# reshape and compare values but compute nothing that calibration would quantize.
-PLUMBING_OPS = frozenset({"Identity", "Constant", "ConstantOfShape", "Shape", "Size", "Reshape", "Squeeze",
-                          "Unsqueeze", "Flatten", "Expand", "Transpose", "Gather", "Slice", "Concat", "Split",
-                          "Cast", "Equal", "Not", "And", "Or", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
-                          "Where", "Range", "If"})
-
-
 def check_control_flow(m: Model) -> None:
     """Refuse *m* (:class:`calib.errors.ModelError` naming the node) when a node holds subgraphs
-    (If, Loop, Scan) that compute: the tensors inside a subgraph cannot be observed or given Q/DQ
-    nodes, so the cache and the Q/DQ model would leave those layers out without a word.
-    Subgraphs that only move or reshape values (:data:`PLUMBING_OPS`) run as they are."""
+    (If, Loop, Scan): the tensors inside a subgraph cannot be observed or given Q/DQ nodes, so
+    the cache and the Q/DQ model would leave those layers out (or break the subgraphs' references
+    to the main graph) without a word."""
     import onnx
 
     from .errors import ModelError
@@ -401,12 +393,12 @@ def check_control_flow(m: Model) -> None:
                     yield from inner(n)
 
     for node in m.nodes:
-        compute = next((n for n in inner(node) if n.op_type not in PLUMBING_OPS), None)
-        if compute is not None:
-            graphs = [a.name for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)]
+        graphs = [a.name for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)]
+        if graphs:
+            ops = sorted({n.op_type for n in inner(node)})
             raise ModelError(f"{m.name}: node '{node.name or node.output[0]}' ({node.op_type}) holds subgraphs "
-                             f"({', '.join(graphs)}) that compute ({compute.op_type} '{compute.name or compute.output[0]}'"
-                             f", ...), which calib cannot calibrate: tensors inside a subgraph cannot be observed or "
+                             f"({', '.join(graphs)}; {', '.join(ops[:6]) or 'empty'}{' ...' if len(ops) > 6 else ''})"
+                             f", which calib cannot calibrate: tensors inside a subgraph cannot be observed or "
                              f"quantized; export the model without control flow (fixed shapes, constant conditions "
                              f"folded) or quantize the subgraph as a model of its own")
 

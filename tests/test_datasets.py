@@ -541,6 +541,7 @@ def test_split_and_subset_compose_on_the_real_image_folder(imagenet_dir, monkeyp
         return hashed(prefix, ids)
 
     monkeypatch.setattr(dsmod.selection, "prefix_keys", counting)
+    base = open_dataset(imagenet_dir, rgb_model(), RAW_EXACT)     # a fresh source: no split keys kept yet
     cal = base.split("calib")
     assert calls == {"split": 500, "limit": 0}
     cal.subset(40, 3).subset(10, 4)

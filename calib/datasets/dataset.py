@@ -206,13 +206,25 @@ class Dataset:
             return first if op[0] == "limit" else _Lazy(sel.filters + (("exclude", first),))
         if op[0] == "split":
             _, part, frac = op
-            if not len(sel):
-                return sel
-            return np.concatenate([c[selection.in_split(ids_at(c), part, frac)]
-                                   for c in np.array_split(sel, max(1, -(-len(sel) // selection.CHUNK)))])
+            return sel[self._in_split(sel, part, frac)] if len(sel) else sel
         _, n, seed = op
         keep = selection.smallest(sel, n, seed, ids_at)
         return keep if op[0] == "limit" else np.setdiff1d(sel, keep, assume_unique=True)
+
+    def _in_split(self, rows: np.ndarray, part: str, frac: float) -> np.ndarray:
+        """Mask of the sorted source *rows* in split *part*. A split of most of a source hashes every
+        id once and keeps the keys on the source (8 bytes a row; materialised selections have at
+        most ``selection.EXACT_MAX`` rows), so the calib and eval splits share them."""
+        src = self.source
+        keys = getattr(src, "_split_keys", None)
+        if keys is None and 4 * len(rows) > src.n_samples:
+            keys = np.concatenate([selection.prefix_keys(selection.SPLIT_PREFIX, src.ids_at(c))
+                                   for c in selection.chunks(src.n_samples)])
+            src._split_keys = keys
+        if keys is not None:
+            return selection.keys_in_split(keys[rows], part, frac)
+        return np.concatenate([selection.in_split(src.ids_at(c), part, frac)
+                               for c in np.array_split(rows, -(-len(rows) // selection.CHUNK))])
 
     def _derive(self, op: tuple, **changes) -> "Dataset":
         """This dataset narrowed by one more selection step *op*, applied to the ids already selected
@@ -398,7 +410,8 @@ class Dataset:
             a = feed[t.name]
             was = a.dtype
             if a.dtype != t.dtype:
-                a = a.astype(t.dtype)
+                with np.errstate(over="ignore"):     # values beyond the dtype's range: checked just below
+                    a = a.astype(t.dtype)
             check_finite(t.name, a, ids, layout.axis(t.name), cast_from=was if was != a.dtype else None)
             out[t.name] = np.ascontiguousarray(a)
         return self._with_constants(out)

@@ -39,7 +39,7 @@ def id_bytes(sample_id: str) -> bytes:
 def prefix_keys(prefix: bytes, ids: Sequence[str]) -> np.ndarray:
     """uint64 of the first 8 bytes (big-endian) of ``sha256(prefix + id)`` for each id."""
     sha = hashlib.sha256
-    buf = b"".join(sha(prefix + id_bytes(s)).digest()[:8] for s in ids)
+    buf = b"".join([sha(prefix + s.encode("utf-8", "surrogateescape")).digest()[:8] for s in ids])
     return np.frombuffer(buf, dtype=">u8").astype(np.uint64)
 
 
@@ -58,8 +58,12 @@ def split_threshold(eval_fraction: float) -> int:
 
 def in_split(ids: Sequence[str], part: str, eval_fraction: float) -> np.ndarray:
     """Boolean mask: which of *ids* belong to split *part* (``"calib"`` or ``"eval"``)."""
+    return keys_in_split(prefix_keys(SPLIT_PREFIX, ids), part, eval_fraction)
+
+
+def keys_in_split(keys: np.ndarray, part: str, eval_fraction: float) -> np.ndarray:
+    """Boolean mask: which split keys (:func:`prefix_keys` with ``SPLIT_PREFIX``) fall in *part*."""
     t = split_threshold(eval_fraction)
-    keys = prefix_keys(SPLIT_PREFIX, ids)
     is_eval = keys < np.uint64(t) if t < (1 << 64) else np.ones(len(keys), dtype=bool)
     return is_eval if part == "eval" else ~is_eval
 
