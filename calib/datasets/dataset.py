@@ -12,7 +12,15 @@ Sampling (``limit`` + ``seed``)
     The ``limit`` samples whose ``sha256("<seed>\\0<id>")`` are smallest are kept (read in id
     order). The same ids give the same subset on every run and machine, and adding files to the
     folder only swaps in the new files that rank lower. Iterables have no ids beyond position:
-    there ``limit`` keeps the first N samples.
+    there ``limit`` keeps the first N samples. Ids are hashed as UTF-8 with ``surrogateescape``
+    (a file name that is not UTF-8 hashes as its own bytes).
+
+Large sources
+    Selections are arrays of row indices, computed in chunks (:mod:`calib.datasets.selection`).
+    A source of more than ``selection.EXACT_MAX`` samples is not listed at all until a limit
+    narrows it: a limit there keeps the first ``limit`` rows that pass the split in the order of
+    a seeded permutation of the rows (``selection.Permutation``), so an HDF5 file that claims
+    10^9 rows costs what the samples used cost. Below that size the rule above holds exactly.
 
 Split (``split="calib"|"eval"``, ``eval_fraction``)
     A sample is in ``eval`` iff ``int(sha256("calib-split\\0<id>")[:16], 16) / 2**64 <
@@ -29,9 +37,15 @@ Batching
     use ``batch_size=1`` to avoid padding entirely.
 
 Corrupt images
-    Skipped and counted (``Dataset.skipped`` after a pass, ``describe()["skipped"]``); one
-    :class:`DataWarning` at the end of the pass. ``strict=True`` raises
+    Skipped and counted (``Dataset.skipped`` after a pass, ``describe()["skipped"]``,
+    ``Dataset.used_ids``); one :class:`DataWarning` at the end of a pass that skipped an image no
+    earlier pass over the source reported. ``strict=True`` raises
     :class:`~calib.errors.CorruptSampleError` naming the file.
+
+Inputs
+    Each input's samples lie along its batch axis (0 unless ``batch_axes`` says otherwise); an
+    input without samples (a scalar, or one given in ``constants``) gets the same value in every
+    batch (:class:`~calib.datasets.sources.FeedLayout`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Sample sources behind :class:`calib.datasets.Dataset`.
 
-A random-access source has ``ids`` (one string per sample, stable across runs and machines),
-optional integer ``labels`` and either ``load(i)`` (one sample, called from worker threads:
-images) or ``load_batch(indices)`` (sorted indices, one read per batch: HDF5 and NumPy, read
+A random-access source has ``n_samples``, ``ids_at(rows)`` (one string per sample, stable across
+runs and machines, computed for the rows asked for), ``labels_at(rows)`` (int64 or None), a
+:class:`FeedLayout` and its ``constants``, and either ``load(i)`` (one sample, called from worker
+threads: images) or ``load_batch(rows)`` (sorted rows, one read per batch: HDF5 and NumPy, read
 lazily in slices). A streaming source (Python iterables, loader scripts) yields samples.
 """
 from __future__ import annotations
