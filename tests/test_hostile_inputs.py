@@ -67,6 +67,12 @@ def _run(*args, limit: int | None = None, timeout: int = 300) -> subprocess.Comp
     return proc
 
 
+def _script(path: Path, *lines: str) -> Path:
+    """A loader script: ``import numpy as np`` and *lines*."""
+    path.write_text("\n".join(["import numpy as np", *lines]) + "\n")
+    return path
+
+
 def _save(model: onnx.ModelProto, path: Path) -> Path:
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -325,15 +331,13 @@ def test_stateful_model_with_batch_axis_and_constant(tmp_path, capsys):
     res = calib.calibrate(str(model), vad_data(), batch_axes={"state": 1}, constants={"sr": 16000}, write=False,
                           progress=False)
     assert res.scales == pytest.approx(scales, rel=1e-6)
-    script = tmp_path / "loader.py"
-    script.write_text("import numpy as np\n"
-                      f"D = dict(np.load({str(tmp_path / 'vad.npz')!r}))\n"
-                      "def load_data(sr=16000):\n"
-                      "    for k in range(0, 40, 8):\n"
-                      "        yield {'input': D['input'][k:k + 8], 'state': D['state'][:, k:k + 8], 'sr': sr}\n"
-                      "def changing():\n"
-                      "    yield from load_data(16000)\n"
-                      "    yield from load_data(8000)\n")
+    script = _script(tmp_path / "loader.py", f"D = dict(np.load({str(tmp_path / 'vad.npz')!r}))",
+                     "def load_data(sr=16000):",
+                     "    for k in range(0, 40, 8):",
+                     "        yield {'input': D['input'][k:k + 8], 'state': D['state'][:, k:k + 8], 'sr': sr}",
+                     "def changing():",
+                     "    yield from load_data(16000)",
+                     "    yield from load_data(8000)")
     out2 = tmp_path / "out2"
     rc, _, err = _cli(capsys, "calibrate", "--model", model, "--data-loader-script", f"{script}:load_data",
                       "--batch-axis", "state=1", "--out", out2)
@@ -460,12 +464,8 @@ def test_data_flags_loader_script_and_input_map(tmp_path, capsys):
         main(["calibrate", "--help"])
     assert "imported and run as Python code" in " ".join(capsys.readouterr().out.split())
     model = tiny_model(tmp_path / "tiny.onnx")
-    script = tmp_path / "feeds.py"
-    script.write_text("import numpy as np\n"
-                      "def load_data():\n"
-                      "    rng = np.random.default_rng(0)\n"
-                      "    for _ in range(5):\n"
-                      "        yield {'x': rng.standard_normal((4, 4)).astype(np.float32)}\n")
+    script = _script(tmp_path / "feeds.py", "def load_data():", "    rng = np.random.default_rng(0)",
+                     "    for _ in range(5):", "        yield {'x': rng.standard_normal((4, 4)).astype(np.float32)}")
     out = tmp_path / "out"
     rc, _, err = _cli(capsys, "calibrate", "--model", model, "--data-loader-script", f"{script}:load_data",
                       "--out", out)
