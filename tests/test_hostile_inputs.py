@@ -27,14 +27,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
+from test_calibrate_cli import CLASSES, IMAGES, MODEL, STEM, _one_error_line
+from test_datasets import _documented_selection
 
 from calib.cache import read_cache
 from calib.cli import main
 from calib.datasets import open_dataset, selection, split_of
 from calib.datasets.sources import list_files
 from calib.model import Model
-from test_calibrate_cli import CLASSES, IMAGES, MODEL, STEM, _files, _one_error_line
-from test_datasets import _documented_selection
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 1 << 30
