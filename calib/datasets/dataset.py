@@ -515,7 +515,7 @@ class Dataset:
         """JSON-able provenance: where the samples came from and how they were chosen and prepared."""
         d = self.source.describe()
         sha, count = hashlib.sha256(), 0
-        chunks = ([self.source.ids_at(c) for c in self._row_chunks()] if self._sel is not None
+        chunks = ((self.source.ids_at(c) for c in self._row_chunks()) if self._sel is not None
                   else [self._stream_ids()])
         for ids in chunks:
             if ids:

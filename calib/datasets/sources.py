@@ -659,9 +659,13 @@ def _check_map(mapping: dict, inputs) -> None:
                                  f"inputs (inputs: {', '.join(t.name for t in inputs)})")
 
 
-def _missing(path, what: str, key: str, t, have: list[str]) -> MissingDatasetKeyError:
+def _missing(path, what: str, key: str, t, have: list[str], layout: FeedLayout | None = None
+             ) -> MissingDatasetKeyError:
     listed = f"{', '.join(have[:20]) or 'none'}{' ...' if len(have) > 20 else ''}"
     hint = f" (map one with {INPUT_MAP_FLAG} {t.name}={what.upper()})" if t is not None and key == t.name else ""
+    if t is not None and layout is not None and layout.axis(t.name) is None:
+        hint = f"{hint[:-1]}, or give its value with --constant {t.name}=VALUE)" if hint else \
+            f" (give its value with --constant {t.name}=VALUE)"
     need = f" for model input '{t.name}'" if t is not None else ""
     return MissingDatasetKeyError(f"{path} has no {what} '{key}'{need}; it has: {listed}{hint}")
 
@@ -737,7 +741,7 @@ def open_hdf5(path: Path, layout: FeedLayout, input_map=None, labels=None, *,
             key = mapping.get(t.name, t.name)
             d = _hdf5_object(f, key, allow_external, path)
             if not isinstance(d, h5py.Dataset):
-                raise _missing(path, "dataset", key, t, names)
+                raise _missing(path, "dataset", key, t, names, layout)
             if layout.check(t, d.shape, d.dtype, f"{path}:{key}") == "sample":
                 raise InputMismatchError(f"{path}:{key}: dataset of shape {fmt_shape(d.shape)} cannot feed model "
                                          f"input '{t.name}' {fmt_shape(t.shape)}; HDF5 datasets hold samples along "
@@ -792,7 +796,7 @@ def _arrays_from_file(path: Path, layout: FeedLayout, mapping: dict[str, str]):
             if len(wanted) == 1 and len([k for k in heads if k not in LABEL_KEYS]) == 1 and t.name not in mapping:
                 key = next(k for k in heads if k not in LABEL_KEYS)   # one array, one input: take it
             else:
-                raise _missing(path, "array", key, t, sorted(heads))
+                raise _missing(path, "array", key, t, sorted(heads), layout)
         head = heads[key]
         kind = layout.check(t, head.shape, head.dtype, f"{path}:{key}")
         arrays[t.name] = _NpzMember(path, key, head)
@@ -847,7 +851,10 @@ def _arrays_for_inputs(d: Mapping[str, Any], layout: FeedLayout, where: str, con
         if t.name not in d:
             if t.name in layout.constants:
                 continue
-            raise MissingDatasetKeyError(f"{where}no array for model input '{t.name}'; got: {', '.join(d) or 'none'}")
+            hint = (f" (it takes one value for every sample: give it with --constant {t.name}=VALUE or in every "
+                    f"item)" if layout.axis(t.name) is None else "")
+            raise MissingDatasetKeyError(f"{where}no array for model input '{t.name}'; got: {', '.join(d) or 'none'}"
+                                         f"{hint}")
         a = np.asarray(d[t.name])
         kind = layout.check(t, a.shape, a.dtype, f"{where}input '{t.name}'")
         if kind == "constant":
