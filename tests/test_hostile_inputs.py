@@ -57,12 +57,18 @@ def _cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def _run(*args, limit: int | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``python -m calib ARGS`` in a child whose address space is capped at *limit* bytes."""
+    """``python -m calib ARGS`` in a child whose address space is capped at *limit* bytes. The cap
+    counts reserved address space, which grows with the thread count: a capped child runs 2 ONNX
+    Runtime threads, 2 decode threads and 2 malloc arenas, whatever the machine's core count."""
     def cap():
         if limit:
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    env = dict(os.environ)
+    if limit:
+        env.update(MALLOC_ARENA_MAX="2", CALIB_DATA_WORKERS="2")
+        args = (*args, "--threads", "2")
     proc = subprocess.run([sys.executable, "-m", "calib", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=cap)
+                          text=True, timeout=timeout, preexec_fn=cap, env=env)
     assert "Traceback" not in proc.stderr and "MemoryError" not in proc.stderr, proc.stderr[-3000:]
     return proc
 
