@@ -45,7 +45,7 @@ Corrupt images
 Inputs
     Each input's samples lie along its batch axis (0 unless ``batch_axes`` says otherwise); an
     input without samples (a scalar, or one given in ``constants``) gets the same value in every
-    batch (:class:`~calib.datasets.sources.FeedLayout`).
+    batch (:class:`~calib.datasets.layout.FeedLayout`).
 """
 from __future__ import annotations
 
@@ -67,9 +67,9 @@ from ..errors import (CorruptSampleError, DataError, DataNotFoundError, EmptyDat
 from . import selection
 from .preprocess import Preprocess, make_plan, preset_names
 from .selection import EXACT_MAX
-from .sources import (ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, DataWarning, FeedLayout, ImageSource,
-                      StreamSource, check_finite, from_array, from_arrays, list_files, load_script, open_hdf5,
-                      open_numpy)
+from .layout import FeedLayout, check_finite
+from .sources import (ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, DataWarning, ImageSource, StreamSource,
+                      from_array, from_arrays, list_files, load_script, open_hdf5, open_numpy)
 
 SPLITS = ("calib", "eval")
 DEFAULT_BATCH_SIZE = 16
@@ -615,7 +615,7 @@ def open_dataset(source, model, preprocess=None, *, limit: int | None = None, se
     ``{input: key}`` or ``"input=key,..."``, the HDF5 dataset or .npz array that feeds each input
     (also ``labels=...``). *batch_axes* (``{input: axis or None}``) and *constants*
     (``{input: value}``): where an input's samples lie when not on axis 0, and the values of
-    inputs that take one for every sample (see :class:`~calib.datasets.sources.FeedLayout`).
+    inputs that take one for every sample (see :class:`~calib.datasets.layout.FeedLayout`).
     *allow_external_data*: let HDF5 external links, external storage and virtual datasets make
     the reader open other files (refused by default). Raises a :class:`~calib.errors.DataError`
     subclass with a one-line message.
