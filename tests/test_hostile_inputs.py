@@ -27,19 +27,25 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
-from test_calibrate_cli import CLASSES, IMAGES, MODEL, STEM, _one_error_line
-from test_datasets import _documented_selection
 
 from calib.cache import read_cache
 from calib.cli import main
 from calib.datasets import open_dataset, selection, split_of
 from calib.datasets.sources import list_files
 from calib.model import Model
+from test_calibrate_cli import CLASSES, IMAGES, MODEL, STEM, _one_error_line
+from test_datasets import _documented_selection
 
 REPO = Path(__file__).resolve().parents[1]
 GiB = 1 << 30
 pytestmark = pytest.mark.skipif(not (IMAGES.is_dir() and MODEL.is_file()), reason="bundled datasets/ missing")
 
+
+
+def _summary_file(folder):
+    """The one ``<stem>.summary.json`` calibrate wrote into *folder*."""
+    (path,) = Path(folder).glob("*.summary.json")
+    return path
 
 def _photos(d: Path, n: int) -> list[str]:
     d.mkdir(parents=True, exist_ok=True)
@@ -221,7 +227,7 @@ def test_a_billion_claimed_hdf5_rows_cost_what_the_samples_used_cost(tmp_path):
     proc = _run("calibrate", "--model", model, "--data", tmp_path / "huge.h5", "--samples", "16",
                 "--eval-samples", "16", "--out", out, limit=GiB)
     assert proc.returncode == 0, proc.stderr
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads(_summary_file(out).read_text())
     assert s["calibration_samples"] == 16 and s["held_out"]["samples"] == 16
     ids = json.loads((out / "tiny.cache.json").read_text())["data"]["ids"]
     assert len(set(ids)) == 16 and all(split_of(i) == "calib" and 0 <= int(i) < 10 ** 9 for i in ids)
@@ -305,7 +311,7 @@ def test_file_names_that_are_not_utf8(tmp_path):
     side = json.loads((out / f"{STEM}.cache.json").read_text())
     ids = {os.fsencode(i) for i in side["data"]["ids"]}     # the names on disk, byte for byte
     assert ids <= set(raw) and any(b"\xff" in i for i in ids)
-    json.loads((out / "summary.json").read_text())
+    json.loads(_summary_file(out).read_text())
     proc = _run("inspect", "--model", MODEL, "--data", data, "--preset", "caffe", "--classes", CLASSES, "--json")
     assert proc.returncode == 0 and json.loads(proc.stdout)["fp32_run"]["samples"] == 12
     rep = tmp_path / "report"
@@ -403,7 +409,7 @@ def test_real_silero_vad(silero, tmp_path, capsys):
     rc, so, err = _cli(capsys, "calibrate", "--model", silero / "silero_vad_openvino_16k.onnx", "--data",
                        tmp_path / "vad576.npz", "--batch-axis", "state=1", "--batch-size", "1", "--out", out)
     assert rc == 0, err
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads(_summary_file(out).read_text())
     assert s["tensors"] > 50 and s["calibration_samples"] + s["held_out"]["samples"] == 40
 
 
@@ -476,7 +482,7 @@ def test_data_flags_loader_script_and_input_map(tmp_path, capsys):
     rc, _, err = _cli(capsys, "calibrate", "--model", model, "--data-loader-script", f"{script}:load_data",
                       "--out", out)
     assert rc == 0, err
-    assert json.loads((out / "summary.json").read_text())["calibration_samples"] > 0
+    assert json.loads(_summary_file(out).read_text())["calibration_samples"] > 0
     # --input-map (old name --hdf5-map) maps .npz keys; a missing key suggests it
     np.savez(tmp_path / "k.npz", feats=np.ones((6, 4), np.float32), other=np.ones((6, 2), np.float32))
     rc, _, err = _cli(capsys, "inspect", "--model", model, "--data", tmp_path / "k.npz")
@@ -500,7 +506,7 @@ def test_skipped_images_are_reported_once_and_not_counted_as_used(tmp_path):
     assert len(warns) == 1 and victim in warns[0], proc.stderr
     used = sorted(set(calib_ids) & set(names) - {victim})
     side = json.loads((out / f"{STEM}.cache.json").read_text())
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads(_summary_file(out).read_text())
     assert side["samples"] == s["calibration_samples"] == len(used) and side["data"]["ids"] == used
     assert f"on {len(used)} samples" in proc.stdout.splitlines()[0]
     assert f"measured on {len(used)} calibration samples" in proc.stdout
@@ -527,5 +533,5 @@ def test_mask_tensors_are_not_called_all_zeros(tmp_path, capsys):
     assert any("all zeros" in ln and "zeros" in ln.split(":")[-1] for ln in lines), so
     assert any("infinities" in ln and "mask" in ln.split(":")[-1] for ln in lines), so
     assert not any("all zeros" in ln and "mask" in ln.split(":")[-1].replace(",", " ").split() for ln in lines)
-    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    s = json.loads(_summary_file(tmp_path / "o").read_text())
     assert "mask" in s["unranged_with_inf"] and "zeros" not in s["unranged_with_inf"]
