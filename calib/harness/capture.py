@@ -28,8 +28,15 @@ the reference's captures and one candidate's together:
 
 Shrinking the batch alone could not bound a model whose single sample exceeds the budget, and
 chunks alone would re-run the network's front for models whose batch merely is too large, hence
-both, micro-batches first. All runs use ONNX Runtime's basic graph optimisations (so every
-intermediate tensor exists) without the memory arena (captured outputs would pin its chunks).
+both, micro-batches first.
+
+All runs are without graph optimisation (``optimize="none"``), so every captured tensor holds
+the value the model defines: ONNX Runtime's optimisers do not all leave a graph output alone
+(at the basic level its transpose optimiser changed the captured Reshape outputs of a Q/DQ
+MiniLM's attention), and with every tensor captured they would have little left to fuse anyway.
+They run without the memory arena (captured outputs would pin its chunks), and, when several
+chunks take turns, without spinning intra-op threads (the idle threads of one session would
+spin on the cores the next one needs).
 """
 from __future__ import annotations
 
@@ -65,7 +72,7 @@ class CapturePlan:
         if len(self.chunks) == 1 and self.samples >= batch:
             return "one run per batch"
         return (f"{len(self.chunks)} chunk(s) of tensors, {self.samples} sample(s) per run "
-                f"(largest chunk {self.largest / 2 ** 20:.0f} MiB per sample)")
+                f"(largest chunk {self.largest / 2 ** 20:.3g} MiB per sample)")
 
 
 def plan_captures(sizes: Sequence[int], batch: int, budget: int = ATTRIBUTE_MEMORY, step: int = 1) -> CapturePlan:
@@ -221,9 +228,10 @@ class CaptureRunner:
             if not outputs and not last:
                 return None
             names = outputs + (list(e.output_names) if last else [])
-            return OrtEngine(_pruned(e.model, names), name=e.info.name, threads=self.threads, optimize="basic",
-                             precision=e.info.precision, arena=False)
+            return OrtEngine(_pruned(e.model, names), name=e.info.name, threads=self.threads, optimize="none",
+                             precision=e.info.precision, arena=False, spinning=spinning)
 
+        spinning = len(plan.chunks) == 1    # idle threads of many sessions run in turn would spin on the cores
         engines = []
         for k, chunk in enumerate(plan.chunks):
             last = k == len(plan.chunks) - 1

@@ -413,8 +413,9 @@ def _attribution(ref: Engine, cands: list[Engine], attribute, smoothing, budget:
         accs[j] = LayerAccumulator(c.info.name, ref_model, pairs, scales)
     if not accs:
         return None, notes
-    notes.append("per-layer attribution: the reference and the attributed candidates ran with ONNX Runtime's "
-                 "basic graph optimisations (so intermediate tensors exist); all metrics come from these runs")
+    notes.append("per-layer attribution: the reference and the attributed candidates ran in ONNX Runtime without "
+                 "graph optimisation (so every intermediate tensor exists as the model defines it); all metrics "
+                 "come from these runs")
     return CaptureRunner(ref, {j: cands[j] for j in accs}, accs, budget), notes
 
 
