@@ -55,6 +55,7 @@ from ..model import Model
 from .attribution import LayerAccumulator
 
 ATTRIBUTE_MEMORY = 256 * 2 ** 20     # bytes of captured tensors held at once: reference + one candidate
+_KEEP_PLANS = 4                      # engine sets kept for plans of other input sizes
 _ITEMSIZE = {"float": 4, "float16": 2, "double": 8, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2,
              "int8": 1, "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1}
 
@@ -203,6 +204,7 @@ class CaptureRunner:
         self._sizes: dict[tuple, list[int]] = {}
         self._plan: CapturePlan | None = None
         self._engines: tuple = ()
+        self._built: dict[tuple, tuple] = {}   # chunks -> engines, the last few plans (input sizes vary)
         self.plans: dict[str, int] = {}       # plan description -> batches that used it
         self.timing: dict[str, float] = {}
 
@@ -260,7 +262,13 @@ class CaptureRunner:
         step = self.ref_model.fixed_batch or 1
         plan = plan_captures(self._sizes_for(feed, step), n, self.budget, step)
         if self._plan is None or plan.chunks != self._plan.chunks:
-            self._build(plan)
+            if plan.chunks in self._built:
+                self._engines, self._plan = self._built[plan.chunks], plan
+            else:
+                self._build(plan)
+                if len(self._built) >= _KEEP_PLANS:
+                    del self._built[next(iter(self._built))]
+                self._built[plan.chunks] = self._engines
         desc = plan.describe(n)
         self.plans[desc] = self.plans.get(desc, 0) + 1
         ref_parts: list[dict] = []
