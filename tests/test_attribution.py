@@ -304,4 +304,6 @@ def test_attribution_stays_under_1_5_gb_on_the_detector_at_736_px(shared_dir, tm
     rep = json.loads((out / "report.json").read_text())
     att = rep["candidates"][0]["attribution"]
     assert att["samples"] == 2 and len(att["layers"]) > 300
+    assert {"masked", "nonfinite", "unsmoothed"} <= att["layers"][0].keys()
+    assert sum(l["unsmoothed"] for l in att["layers"]) >= 27          # det's smoothed tensors, read off the graph
     assert any("chunk(s) of tensors" in n for n in rep["notes"])

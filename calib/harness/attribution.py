@@ -148,8 +148,8 @@ _AFFINE = ("Mul", "Div", "Add", "Sub")
 _PRODUCERS = ("affine", "batchnorm", "weights")                  # every kind of site calib.smooth knows
 
 
-def _smoothing_chain(G, x: str) -> list[tuple[str, object, int | None]]:
-    """``[(tensor, producing node, constant input slot or None)]`` from *x* back to the node that
+def _smoothing_chain(G, x: str) -> list[tuple[str, object, tuple[int, ...]]]:
+    """``[(tensor, producing node, the input slots of the constants it scales)]`` from *x* back to the node that
     absorbs ``1/s`` when :mod:`calib.smooth` smooths *x*: every tensor listed holds ``1/s`` times
     its unsmoothed values. Walks the elementwise ops calib.smooth rewrites (Add/Sub with a
     constant, Relu/LeakyRelu/PRelu, Identity) and ends at a Mul/Div with a constant, or at any other
@@ -165,15 +165,15 @@ def _smoothing_chain(G, x: str) -> list[tuple[str, object, int | None]]:
             slots = [k for k in (0, 1) if G.is_const(n.input[k])]
             if len(slots) != 1:
                 return out
-            out.append((t, n, slots[0]))
+            out.append((t, n, (slots[0],)))
             if op in ("Mul", "Div"):
                 return out
             t = n.input[1 - slots[0]]
         elif op in _PASS_THROUGH:
-            out.append((t, n, None))
+            out.append((t, n, ()))
             t = n.input[0]
-        else:
-            out.append((t, n, 1 if op == "BatchNormalization" else None))
+        else:   # scale and bias of a BatchNormalization; a weighted op's quantized rows are not read
+            out.append((t, n, (1, 2) if op == "BatchNormalization" else ()))
             return out
 
 
@@ -198,8 +198,10 @@ def smoothing_factors(reference: Model, candidate: Model) -> dict[str, np.ndarra
     *candidate* holds smoothed by :mod:`calib.smooth` (its channel ``c`` divided by ``s_c``), read
     off the constants the rewrite scaled: along the tensor's chain (:func:`_smoothing_chain`),
     ``s`` is the reference constant over the candidate's (the inverse for a Div's divisor; a
-    BatchNormalization's scale). Every constant of the chain must give the same ``s`` where it
-    is defined, and ``s`` must differ from 1, else the tensor is not reported. Exact up to
+    BatchNormalization's scale and bias). Every constant of the chain must give the same ``s``
+    where it is defined, and ``s`` must differ from 1, else the tensor is not reported (a
+    candidate whose constants differ for another reason, a fine-tuned model, is not mistaken
+    for a smoothed one unless its chain holds a single constant). Exact up to
     float32 rounding; a chain ending at a weighted op (``1/s`` in its quantized weights) is not
     recovered -- pass those factors explicitly. A reference calib.smooth cannot prepare (an opset
     it cannot raise) has no sites: ``{}``."""
@@ -217,9 +219,9 @@ def smoothing_factors(reference: Model, candidate: Model) -> dict[str, np.ndarra
             continue
         s = np.full(site.channels, np.nan)
         ok = True
-        for t, rn, k in _smoothing_chain(Gr, site.tensor):
+        for t, rn, k in ((t, rn, k) for t, rn, slots in _smoothing_chain(Gr, site.tensor) for k in slots):
             cn = Gc.producer.get(t)
-            if k is None or cn is None or cn.op_type != rn.op_type or len(cn.input) <= k:
+            if cn is None or cn.op_type != rn.op_type or len(cn.input) <= k or len(rn.input) <= k:
                 continue
             rc, cc = Gr.const(rn.input[k]), Gc.const(cn.input[k]) if Gc.is_const(cn.input[k]) else None
             if rc is None or cc is None or rc.dtype.kind != "f" or cc.dtype.kind != "f":
