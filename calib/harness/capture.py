@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends.base import Engine
+from ..graph import pruned
 from ..model import Model
 from .attribution import LayerAccumulator
 
@@ -135,46 +136,9 @@ def tensor_bytes(model: Model, feed: Mapping[str, np.ndarray], threads: int | No
     return out
 
 
-def _subgraph_names(node) -> set[str]:
-    """Every tensor name the subgraphs of *node* (If, Loop, Scan bodies) read, outer ones included."""
-    out: set[str] = set()
-    for a in node.attribute:
-        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-            for n in g.node:
-                out.update(n.input)
-                out |= _subgraph_names(n)
-    return out
-
-
 def _pruned(model: Model, outputs: Sequence[str]) -> Model:
-    """A copy of *model* whose graph outputs are *outputs* (in order), with only the nodes and
-    initializers they need (one backward pass over the topologically sorted nodes)."""
-    import onnx
-    import onnx.helper as oh
-
-    src = model.proto.graph
-    needed = set(outputs)
-    keep = []
-    for n in reversed(src.node):
-        if any(o in needed for o in n.output):
-            keep.append(n)
-            needed.update(i for i in n.input if i)
-            needed |= _subgraph_names(n)
-    declared = {o.name: o for o in src.output}
-    proto = onnx.ModelProto()
-    graph = proto.graph
-    for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(proto, field, getattr(model.proto, field))
-    proto.opset_import.extend(model.proto.opset_import)
-    proto.functions.extend(model.proto.functions)
-    graph.name = src.name
-    graph.input.extend(src.input)
-    graph.node.extend(reversed(keep))
-    graph.initializer.extend(i for i in src.initializer if i.name in needed)
-    graph.sparse_initializer.extend(i for i in src.sparse_initializer if i.values.name in needed)
-    graph.output.extend(declared[o] if o in declared else oh.make_empty_tensor_value_info(o)
-                        for o in dict.fromkeys(outputs))
-    return Model.from_proto(proto, model.path)
+    """A copy of *model* whose graph outputs are *outputs*, with only what they need."""
+    return Model.from_proto(pruned(model.proto, outputs), model.path)
 
 
 def _threads(e: Engine) -> int | None:
