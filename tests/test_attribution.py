@@ -114,8 +114,9 @@ def _minus_inf_mask(model: Model) -> Model:
                   and any(i in consts and consts[i].size == 1 and consts[i].item() == F32_MIN for i in n.input))
     sub = next(n for n in g.node if n.op_type == "Sub" and n.output[0] in mul.input)
     mask = sub.input[1]                                 # the float mask, 1 where attended
+    minus_inf = numpy_helper.from_array(np.array(-np.inf, np.float32))
     new = [oh.make_node("Constant", [], ["mask.zero"], value=numpy_helper.from_array(np.array(0, np.float32))),
-           oh.make_node("Constant", [], ["mask.minus_inf"], value=numpy_helper.from_array(np.array(-np.inf, np.float32))),
+           oh.make_node("Constant", [], ["mask.minus_inf"], value=minus_inf),
            oh.make_node("Equal", [mask, "mask.zero"], ["mask.padded"], name="mask.padded"),
            oh.make_node("Where", ["mask.padded", "mask.minus_inf", "mask.zero"], [mul.output[0]], name=mul.name)]
     del g.node[k]
