@@ -43,8 +43,8 @@
     * the saturation spike: ``saturation="protect"`` (default) returns the max when the last
       non-empty bin is a spike (more than 8 times the mean count of the 8 bins below it, at
       least 8 values, and at least half of those 8 bins non-empty, so that isolated far
-      outliers above empty bins still count as a tail): the tensor was saturated by the graph (ReLU6 / Clip outputs pile up
-      at exactly 6). KL compares shapes, not error sizes, so the literal search
+      outliers above empty bins still count as a tail): the tensor was saturated by the graph
+      (ReLU6 / Clip outputs pile up at exactly 6). KL compares shapes, not error sizes, so the literal search
       (``saturation="ignore"``) happily clips the spike, moving every saturated value by
       ``6 - t``. Long, thin tails (no spike) are still clipped as TensorRT clips them.
     * spikes inside the range: ``spikes="protect"`` (default) never puts the threshold below a
@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

@@ -40,9 +40,10 @@ import math
 import os
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import CacheError, CacheMismatchError
 from .utils import atomic_write_all, atomic_write_bytes, sha256_bytes
@@ -91,7 +92,7 @@ class CalibrationCache:
 
     @classmethod
     def from_amax(cls, amax: Mapping[str, float], algorithm: str = "EntropyCalibration2",
-                  version: int = DEFAULT_TRT_VERSION) -> "CalibrationCache":
+                  version: int = DEFAULT_TRT_VERSION) -> CalibrationCache:
         return cls({k: float(v) / 127.0 for k, v in amax.items()}, algorithm, version)
 
     @property
@@ -207,7 +208,7 @@ def read_cache(path: str | os.PathLike) -> CalibrationCache:
     return parse_cache(data, source=str(p))
 
 
-def amax_from_cache(cache: "CalibrationCache | str | os.PathLike") -> dict[str, float]:
+def amax_from_cache(cache: CalibrationCache | str | os.PathLike) -> dict[str, float]:
     """``{tensor: amax}`` (= scale * 127) from a cache object or file."""
     if not isinstance(cache, CalibrationCache):
         cache = read_cache(cache)
@@ -314,7 +315,8 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise CacheError(f"provenance sidecar not found: {p}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CacheError(f"cannot read provenance sidecar {p}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        why = str(exc).splitlines()[0] if str(exc) else exc
+        raise CacheError(f"cannot read provenance sidecar {p}: {why}") from None
     if not isinstance(rec, dict) or rec.get("format") != SIDECAR_FORMAT:
         raise CacheError(f"{p} is not a calib cache sidecar (format is not '{SIDECAR_FORMAT}')")
     if not isinstance(rec.get("version"), int) or rec["version"] > SIDECAR_VERSION:
@@ -328,8 +330,8 @@ def _few(names: list[str], n: int = 3) -> str:
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def check_provenance(sidecar: "Mapping | str | os.PathLike", model,
-                     cache: "CalibrationCache | str | os.PathLike | None" = None) -> None:
+def check_provenance(sidecar: Mapping | str | os.PathLike, model,
+                     cache: CalibrationCache | str | os.PathLike | None = None) -> None:
     """Raise :class:`CacheMismatchError` if the cache was made for another model (or tensor set), or
     is not the cache its sidecar describes.
 

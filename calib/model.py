@@ -98,7 +98,7 @@ class Model:
 
     # -- construction -------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Model":
+    def load(cls, path: str | os.PathLike) -> Model:
         """Load an ONNX file (external data too). Raises :class:`ModelLoadError`."""
         import onnx
 
@@ -120,7 +120,7 @@ class Model:
         return cls(proto, p)
 
     @classmethod
-    def from_proto(cls, proto, path: Path | None = None) -> "Model":
+    def from_proto(cls, proto, path: Path | None = None) -> Model:
         return cls(proto, path)
 
     # -- identity -----------------------------------------------------------
@@ -256,7 +256,7 @@ class Model:
         except Exception as exc:
             raise ModelLoadError(f"{self.name}: ONNX checker: {str(exc).splitlines()[0]}") from None
 
-    def infer_shapes(self) -> "Model":
+    def infer_shapes(self) -> Model:
         """Return a copy with inferred shapes for intermediate tensors (best effort)."""
         import onnx
 
@@ -285,6 +285,6 @@ class Model:
         }
 
 
-def load_model(model: "str | os.PathLike | Model") -> Model:
+def load_model(model: str | os.PathLike | Model) -> Model:
     """Accept a path or a :class:`Model` and return a :class:`Model`."""
     return model if isinstance(model, Model) else Model.load(model)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from .errors import PlanError
 from .utils import atomic_write_text
@@ -58,7 +58,8 @@ class PrecisionPlan:
     def __post_init__(self):
         self.default = _check_precision(self.default, "plan default")
         if not isinstance(self.layers, Mapping):
-            raise PlanError(f"plan layers must be an object of node name -> precision, got {type(self.layers).__name__}")
+            raise PlanError(f"plan layers must be an object of node name -> precision, "
+                            f"got {type(self.layers).__name__}")
         layers = {}
         for k, v in self.layers.items():
             if not isinstance(k, str) or not k:
@@ -94,7 +95,7 @@ class PrecisionPlan:
         return json.dumps(self.to_dict(), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_dict(cls, d, source: str = "plan") -> "PrecisionPlan":
+    def from_dict(cls, d, source: str = "plan") -> PrecisionPlan:
         if not isinstance(d, dict):
             raise PlanError(f"{source}: a precision plan must be a JSON object, got {type(d).__name__}")
         fmt = d.get("format")
@@ -102,7 +103,8 @@ class PrecisionPlan:
             raise PlanError(f"{source}: not a precision plan (format is {fmt!r}, expected {FORMAT!r})")
         ver = d.get("version")
         if ver != VERSION or isinstance(ver, bool):
-            raise PlanError(f"{source}: unsupported precision plan version {ver!r} (this calib reads version {VERSION})")
+            raise PlanError(f"{source}: unsupported precision plan version {ver!r} "
+                            f"(this calib reads version {VERSION})")
         unknown = sorted(set(d) - _KEYS)
         if unknown:
             raise PlanError(f"{source}: unknown plan key(s) {', '.join(map(repr, unknown))} "
@@ -116,7 +118,7 @@ class PrecisionPlan:
             raise PlanError(f"{source}: {exc}") from None
 
     @classmethod
-    def loads(cls, text: str, source: str = "plan") -> "PrecisionPlan":
+    def loads(cls, text: str, source: str = "plan") -> PrecisionPlan:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -124,7 +126,7 @@ class PrecisionPlan:
         return cls.from_dict(d, source)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "PrecisionPlan":
+    def load(cls, path: str | os.PathLike) -> PrecisionPlan:
         p = Path(path)
         try:
             text = p.read_text(encoding="utf-8")
@@ -140,7 +142,7 @@ class PrecisionPlan:
         return atomic_write_text(path, self.dumps(), overwrite=overwrite)
 
 
-def load_plan(plan: "PrecisionPlan | str | os.PathLike | Mapping | None") -> PrecisionPlan | None:
+def load_plan(plan: PrecisionPlan | str | os.PathLike | Mapping | None) -> PrecisionPlan | None:
     """Accept a plan, a path to one, a dict, or None."""
     if plan is None or isinstance(plan, PrecisionPlan):
         return plan

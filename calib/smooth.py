@@ -12,8 +12,9 @@ model computes the same function (up to rounding) while ``X`` itself has evener 
   trailing ``Mul``/``Div`` (and every ``Add``/``Sub`` constant after it), a standalone
   ``BatchNormalization``'s scale and bias, or the output-channel rows and bias of a weighted op
   (``Conv``, ``ConvTranspose``, ``Gemm``, ``MatMul`` with a constant weight; supported, but off by
-  default: see ``PRODUCERS``). ``Relu``, ``LeakyRelu`` and ``PRelu`` in between are positively homogeneous (``f(x/s) = f(x)/s`` for
-  ``s > 0``) and are passed through. No node is added, so the graph TensorRT fuses is unchanged.
+  default: see ``PRODUCERS``). ``Relu``, ``LeakyRelu`` and ``PRelu`` in between are positively
+  homogeneous (``f(x/s) = f(x)/s`` for ``s > 0``) and are passed through. No node is added, so
+  the graph TensorRT fuses is unchanged.
 * **where it is consumed**, every consumer must be a weighted op taking ``X`` as its data input
   with a constant weight (Conv of any group, ConvTranspose, MatMul, Gemm), whose weights are
   quantized per output channel: the input-channel scaling is absorbed by their weights.
@@ -32,8 +33,8 @@ This module only finds sites, computes factors and rewrites graphs; running the 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 
@@ -384,7 +385,8 @@ def observed(model, sites: list[SmoothSite], factors_: Mapping[str, np.ndarray])
         site = by_name[x]
         out = fresh(f"{x}.smoothed")
         inv = fresh(f"{out}_inverse_factors")
-        g.initializer.append(numpy_helper.from_array(site.shape_of(1.0 / np.asarray(s, np.float64)).astype(np.float32), inv))
+        inverse = site.shape_of(1.0 / np.asarray(s, np.float64)).astype(np.float32)
+        g.initializer.append(numpy_helper.from_array(inverse, inv))
         g.node.append(oh.make_node("Mul", [x, inv], [out], name=out))
         names[x] = out
     return Model.from_proto(G.proto, m.path), names

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class Engine(abc.ABC):
         for feed in feeds:
             yield self.run(feed)
 
-    def close(self) -> None:  # pragma: no cover - default no-op
+    def close(self) -> None:  # noqa: B027  (pragma: no cover) an optional hook: engines without resources keep it
         pass
 
     def __enter__(self):

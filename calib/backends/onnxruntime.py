@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -100,14 +100,14 @@ class OrtEngine(Engine):
     so peak memory would grow with the sample count.
     """
 
-    def __init__(self, model: "Model | str | os.PathLike", *, name: str | None = None,
+    def __init__(self, model: Model | str | os.PathLike, *, name: str | None = None,
                  threads: int | None = None, capture: Sequence[str] = (), optimize: str | None = None,
                  precision: str | None = None, spinning: bool = True, reuse: int = 0,
                  arena: bool | None = None):
         import onnxruntime as ort
 
         self.model = load_model(model)
-        self.capture = [c for c in capture]
+        self.capture = list(capture)
         if self.capture:
             unknown = sorted(set(self.capture) - set(self.model.activation_tensors())
                              - {t.name for t in self.model.inputs})
@@ -129,15 +129,16 @@ class OrtEngine(Engine):
                 ops = sorted({f"{n.domain + ':' if n.domain else ''}{n.op_type}" for n in self.model.nodes
                               if n.domain not in ("", "ai.onnx", "com.microsoft")})
                 hint = f" (custom ops: {', '.join(ops)})" if ops else ""
-                raise CustomOpError(f"{self.model.name}: needs an operator ONNX Runtime does not implement{hint}: {msg}") from None
+                raise CustomOpError(f"{self.model.name}: needs an operator ONNX Runtime does not implement"
+                                    f"{hint}: {msg}") from None
             raise ModelLoadError(f"{self.model.name}: ONNX Runtime cannot load the model: {msg}") from None
         self._inputs = self.model.inputs
         self._step = self.model.fixed_batch      # a fixed batch dimension: batches are split to it
         self._outputs = [o.name for o in self.session.get_outputs()]
         self.reuse = max(0, int(reuse))
-        self._ring: "tuple | None" = None      # (input signature, [{output: buffer}] * reuse)
+        self._ring: tuple | None = None      # (input signature, [{output: buffer}] * reuse)
         self._slot = 0
-        self._last: "tuple | None" = None      # (signature, {output: (shape, dtype)}) of the last plain run
+        self._last: tuple | None = None      # (signature, {output: (shape, dtype)}) of the last plain run
         self._io = None
         self.info = EngineInfo(name=name or self.model.name, backend="onnxruntime",
                                precision=precision or ("int8" if self.model.is_quantized else
@@ -214,7 +215,7 @@ class OrtEngine(Engine):
             self._last = (sig, shapes) if len(shapes) == len(out) else None
         return out
 
-    def _buffers(self, sig) -> "dict[str, np.ndarray] | None":
+    def _buffers(self, sig) -> dict[str, np.ndarray] | None:
         """The next slot of the output ring for inputs of signature *sig*, or None for a plain
         run. A ring is made when two runs in a row have the same input shapes and dtypes (the
         second run fills its first slot); a new signature drops it."""

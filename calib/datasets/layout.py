@@ -7,7 +7,8 @@ file, the key and the input, and find NaN/Inf in what the model is fed.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -224,7 +224,7 @@ class Preprocess:
 
     # -- construction --------------------------------------------------------
     @classmethod
-    def preset(cls, name: str, **overrides) -> "Preprocess":
+    def preset(cls, name: str, **overrides) -> Preprocess:
         """A named preset, with any field overridden (``Preprocess.preset("caffe", resize=256)``)."""
         key = PRESET_ALIASES.get(str(name).lower(), str(name).lower())
         if key not in PRESETS:
@@ -235,11 +235,11 @@ class Preprocess:
             raise PreprocessError(f"unknown preprocessing field(s) {', '.join(bad)}; "
                                   f"fields are {', '.join(sorted(fields - {'name'}))}")
         values = dict(PRESETS[key][1])
-        values.update({k: v for k, v in overrides.items()})
+        values.update(overrides)
         values["name"] = key
         return cls(**values)
 
-    def replace(self, **changes) -> "Preprocess":
+    def replace(self, **changes) -> Preprocess:
         return dataclasses.replace(self, **changes)
 
     # -- serialisation -------------------------------------------------------
@@ -251,7 +251,7 @@ class Preprocess:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocess":
+    def from_dict(cls, d: dict) -> Preprocess:
         if not isinstance(d, dict):
             raise PreprocessError(f"preprocessing must be a JSON object, got {type(d).__name__}")
         d = dict(d)
@@ -456,7 +456,8 @@ def _check_plan_pixels(name, shape, fixed, mode, size, crop, pad_to) -> None:
             steps.append((what, hw))
     for what, (h, w) in steps:
         if h * w > MAX_SAMPLE_PIXELS:
-            why = (f"model input '{name}' {tuple(shape)} takes {h}x{w} images" if fixed is not None and tuple(fixed) == (h, w)
+            model_size = fixed is not None and tuple(fixed) == (h, w)
+            why = (f"model input '{name}' {tuple(shape)} takes {h}x{w} images" if model_size
                    else f"the {what} makes images of at least {h}x{w} pixels")
             raise PreprocessError(f"{why}: more than the {MAX_SAMPLE_PIXELS} pixels (4096x4096) a sample may have")
 

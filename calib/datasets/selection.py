@@ -21,7 +21,7 @@ that is not valid UTF-8, the plain UTF-8 encoding otherwise.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -74,7 +74,7 @@ def smallest(idx: np.ndarray, n: int, seed: int, ids_at: Callable[[np.ndarray], 
         return idx
     if n <= 0:
         return idx[:0]
-    prefix = f"{seed}\0".encode("utf-8")
+    prefix = f"{seed}\0".encode()
     keys = np.concatenate([prefix_keys(prefix, ids_at(idx[k:k + CHUNK])) for k in range(0, len(idx), CHUNK)])
     kth = np.partition(keys, n - 1)[n - 1]
     keep = keys < kth

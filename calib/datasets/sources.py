@@ -16,13 +16,20 @@ import stat
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
-from ..errors import (CorruptSampleError, DataError, DataNotFoundError, InputMismatchError, LabelError,
-                      MissingDatasetKeyError)
+from ..errors import (
+    CorruptSampleError,
+    DataError,
+    DataNotFoundError,
+    InputMismatchError,
+    LabelError,
+    MissingDatasetKeyError,
+)
 from .labels import as_labels, read_classes, read_labels
 from .layout import BATCH_AXIS_HINT, FeedLayout, check_finite, fmt_shape, parse_pairs
 from .preprocess import ImagePlan, load_image
@@ -183,7 +190,7 @@ class _NpzMember:
     read whole on first access (and briefly cached); larger ones row by row along axis 0 from
     the zip stream, so memory follows the rows asked for, not the size the header claims."""
 
-    def __init__(self, path: Path, key: str, head: "_NpzHead"):
+    def __init__(self, path: Path, key: str, head: _NpzHead):
         self.path, self.key, self.head = path, key, head
         self.shape, self.dtype = head.shape, head.dtype
 
@@ -265,7 +272,8 @@ def _npz_headers(path: Path) -> dict[str, _NpzHead]:
                                              f"{fmt_shape(shape)} ({nbytes} bytes) but holds {info.file_size - offset}")
                 out[key] = _NpzHead(tuple(shape), dtype, bool(fortran), info.filename, offset, nbytes)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise CorruptSampleError(f"cannot read {path} as .npz: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        why = str(exc).splitlines()[0] if str(exc) else exc
+        raise CorruptSampleError(f"cannot read {path} as .npz: {why}") from None
     return out
 
 
@@ -786,8 +794,8 @@ class StreamSource:
                 raise LabelError(f"item {n_item}: some items have labels and some do not")
             axes = {name: self.layout.axis(name) for name in arrays}
             for r in range(count):
-                yield (str(k), {name: (np.take(a, r, axis=axes[name]) if axes[name] else a[r]) for name, a in arrays.items()},
-                       (int(lab[r]) if lab is not None else None))
+                feed = {name: (np.take(a, r, axis=axes[name]) if axes[name] else a[r]) for name, a in arrays.items()}
+                yield (str(k), feed, (int(lab[r]) if lab is not None else None))
                 k += 1
         self.total = k
         self.has_labels = bool(labelled)

@@ -12,8 +12,18 @@ per-layer SQNR (:mod:`.attribution`), captured within ``attribute_memory`` bytes
 """
 from .attribution import Attribution, LayerAccumulator, map_tensors, smoothing_factors
 from .capture import ATTRIBUTE_MEMORY
-from .metrics import (REGISTRY, TASKS, CTCDecoder, Metric, MetricContext, MetricError, edit_distance,
-                      load_metric, metric, register_metric)
+from .metrics import (
+                      REGISTRY,
+                      TASKS,
+                      CTCDecoder,
+                      Metric,
+                      MetricContext,
+                      MetricError,
+                      edit_distance,
+                      load_metric,
+                      metric,
+                      register_metric,
+)
 from .report import SCHEMA, VERSION, Report, load_report
 from .runner import HarnessError, MetricResult, compare, detect_task, engine, evaluate, read_text_labels
 from .stats import Interval, Series, bootstrap_ci, mcnemar_exact, mcnemar_p, paired_bootstrap_diff

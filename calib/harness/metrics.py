@@ -39,7 +39,8 @@ import importlib.util
 import inspect
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class Metric:
         """Extra JSON-able results (e.g. percentiles)."""
         return {}
 
-    def fresh(self) -> "Metric":
+    def fresh(self) -> Metric:
         return copy.deepcopy(self)
 
     def spec(self) -> dict:
@@ -487,7 +488,7 @@ class CTCDecoder:
             self.table = [""] + chars   # index 0: blank
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str], key: str = "character") -> "CTCDecoder":
+    def from_metadata(cls, metadata: dict[str, str], key: str = "character") -> CTCDecoder:
         text = metadata.get(key)
         if text is None:
             return cls(None)
@@ -720,7 +721,7 @@ def _as_factory(obj, name: str | None = None) -> Callable[[], Metric]:
     raise MetricError(f"cannot use {obj!r} as a metric")
 
 
-def load_metric(spec: "str | Metric | Callable") -> Metric:
+def load_metric(spec: str | Metric | Callable) -> Metric:
     """A registry name, ``file.py:func``, ``module:func``, a Metric or a callable -> a fresh Metric."""
     if isinstance(spec, Metric):
         return spec.fresh()

@@ -14,9 +14,10 @@ from __future__ import annotations
 import csv
 import os
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,14 +27,13 @@ from ..model import Model
 from . import metrics as M
 from .attribution import LayerAccumulator, float_activations, map_tensors, smoothing_factors, smoothing_scales
 from .capture import ATTRIBUTE_MEMORY, CaptureRunner
-from .stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, Series, bootstrap_ci, mcnemar_exact,
-                    paired_bootstrap_diff)
+from .stats import DEFAULT_RESAMPLES, DEFAULT_SEED, Series, bootstrap_ci, mcnemar_exact, paired_bootstrap_diff
 
 TASK_NAMES = tuple(M.TASKS)   # one list of tasks: the metric registry's
 
 
 # --------------------------------------------------------------------------- engines
-def engine(source: "Engine | Model | str | os.PathLike", *, name: str | None = None,
+def engine(source: Engine | Model | str | os.PathLike, *, name: str | None = None,
            capture: Sequence[str] = (), **kw) -> Engine:
     """An :class:`Engine` from an engine (returned as is), a :class:`Model` or an ONNX path.
 
@@ -97,7 +97,7 @@ def _as_batch(item, counter: int) -> _Batch:
     return _Batch(dict(feed), labels, list(ids))
 
 
-def read_text_labels(path: "str | os.PathLike") -> dict[str, str]:
+def read_text_labels(path: str | os.PathLike) -> dict[str, str]:
     """``file<TAB>text`` per line (PaddleOCR / calib ocr-lines labels.tsv) -> {file name: text}."""
     p = Path(path)
     if not p.is_file():
@@ -227,9 +227,9 @@ class _Acc:
 
 
 # --------------------------------------------------------------------------- the pass
-def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Model | str"], data,
+def compare(reference: Engine | Model | str, candidates: Sequence[Engine | Model | str], data,
             *, task: str = "auto", metrics: Sequence[Any] | None = None, extra_metrics: Sequence[Any] = (),
-            attribute: bool | Sequence[str] = False, labels: "Mapping[str, Any] | str | None" = None,
+            attribute: bool | Sequence[str] = False, labels: Mapping[str, Any] | str | None = None,
             batch_size: int = 16, progress=None, resamples: int = DEFAULT_RESAMPLES,
             seed: int = DEFAULT_SEED, top_layers: int = 10, dataset_info: dict | None = None,
             output: str | None = None, smoothing=None, attribute_memory: int = ATTRIBUTE_MEMORY):
@@ -337,7 +337,7 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
         elif (b.labels is not None) != has_labels:
             raise DataError("some batches have labels and others do not")
 
-        for k, m in enumerate(metric_list):
+        for k in range(len(metric_list)):
             if ref_accs[k] is not None:
                 ref_accs[k].add(ref_accs[k].metric.update(ref_out, b.labels))
         for j, out in enumerate(cand_all):
@@ -363,7 +363,7 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
     ref_series = [a.series() if a is not None else None for a in ref_accs]
     ref_ci: dict[int, dict] = {}   # the reference's interval is the same for every candidate
     results = []
-    for j, c in enumerate(cands):
+    for j in range(len(cands)):
         rs = []
         for k, m in enumerate(metric_list):
             rs.append(_summarise(m, cand_accs[j][k], ref_series[k], resamples, seed, ref_ci, k))
@@ -482,14 +482,14 @@ def _fmt_summary(extra: dict) -> str:
 
 
 def evaluate(reference, candidates, dataset, *, task: str = "auto", attribute: bool | Sequence[str] = False,
-             out: "str | os.PathLike | None" = None, force: bool = False, metrics=None, extra_metrics=(),
+             out: str | os.PathLike | None = None, force: bool = False, metrics=None, extra_metrics=(),
              labels=None, batch_size: int = 16, progress=None, resamples: int = DEFAULT_RESAMPLES,
              seed: int = DEFAULT_SEED, plots: bool = True, output: str | None = None, smoothing=None,
              attribute_memory: int = ATTRIBUTE_MEMORY):
     """Paths / Models / Engines in, :class:`Report` out; with *out*, the report files are written there
     (refusing to overwrite them unless *force*). The other arguments are :func:`compare`'s."""
-    from .report import report_paths
     from ..utils import check_outputs
+    from .report import report_paths
 
     cand_list = [candidates] if isinstance(candidates, (str, os.PathLike, Model, Engine)) else list(candidates)
     if out is not None:   # fail before the (long) pass, not after

@@ -20,8 +20,8 @@ resampled statistic). With a fixed ``seed`` the result is reproducible.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 

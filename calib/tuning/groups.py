@@ -38,8 +38,8 @@ multiply-accumulates of Conv (output elements x input channels per group x kerne
 ConvTranspose (input elements x output channels per group x kernel size), Gemm and MatMul
 (output elements x the reduced dimension); ``activation_bytes`` the float32 bytes of the
 activations the group reads from other groups and writes for them (its internal tensors are
-fused away; a Shape reads no values); ``weight_count`` the elements of the float constants its nodes read (weights, biases,
-per-channel scales; scalars such as Clip bounds are not counted).
+fused away; a Shape reads no values); ``weight_count`` the elements of the float constants its
+nodes read (weights, biases, per-channel scales; scalars such as Clip bounds are not counted).
 """
 from __future__ import annotations
 

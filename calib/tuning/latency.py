@@ -168,7 +168,6 @@ def profile_onnxruntime(model, feed: Mapping[str, np.ndarray], runs: int = 10, w
     import onnxruntime as ort
 
     from ..backends.onnxruntime import ort_message, session_options
-
     from ..plan import node_key
 
     model = load_model(model)
@@ -408,7 +407,7 @@ class TensorRTLatency(LatencyModel):
         return float(self.times[p].get(group.id, 0.0))
 
 
-def measure_tensorrt(model, groups: Sequence[QuantGroup], engines: Mapping[str, "str | os.PathLike"], *,
+def measure_tensorrt(model, groups: Sequence[QuantGroup], engines: Mapping[str, str | os.PathLike], *,
                      feed=None, iterations: int = 20, warmup: int = 5) -> TensorRTLatency:
     """:class:`TensorRTLatency` from TensorRT's profiler on *engines* (precision -> engine file,
     e.g. ``{"fp32": ..., "fp16": ..., "int8": ...}`` built by ``calib build``); raises

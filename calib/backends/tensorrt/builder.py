@@ -11,17 +11,17 @@ import json
 import re
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
-from ...version import __version__ as calib_version
-from ...errors import (BackendError, CalibError, EngineMismatchError, InputMismatchError,
-                       ModelLoadError)
+from ...errors import BackendError, CalibError, EngineMismatchError, InputMismatchError, ModelLoadError
 from ...model import Model, load_model
 from ...utils import atomic_write_all, atomic_write_bytes, check_outputs, sha256_bytes, sha256_file
+from ...version import __version__ as calib_version
 from .matching import LayerAssignment, assign_plan, onnx_layer_basename
 from .versions import Capabilities, TrtVersion
 
@@ -69,7 +69,7 @@ def resolve_profile(model: Model, mins: Mapping, opts: Mapping, maxs: Mapping,
         ds = tuple(data_shapes[t.name]) if data_shapes and t.name in data_shapes else None
         opt = opts.get(t.name) or maxs.get(t.name) or ds
         mx = maxs.get(t.name) or opt
-        mn = mins.get(t.name) or (tuple([1, *opt[1:]]) if opt else None)
+        mn = mins.get(t.name) or ((1, *opt[1:]) if opt else None)
         if opt is None:
             raise InputMismatchError(
                 f"input '{t.name}' has dynamic shape {list(t.shape)}: give --min/--opt/--max "
@@ -101,7 +101,8 @@ def read_engine_sidecar(engine_path) -> dict | None:
     except (OSError, ValueError) as exc:
         raise EngineMismatchError(f"{p}: engine sidecar cannot be read: {exc}") from None
     if not isinstance(d, dict) or d.get("format") != ENGINE_FORMAT:
-        raise EngineMismatchError(f"{p}: not a calib engine sidecar (format {d.get('format') if isinstance(d, dict) else None!r})")
+        fmt = d.get("format") if isinstance(d, dict) else None
+        raise EngineMismatchError(f"{p}: not a calib engine sidecar (format {fmt!r})")
     return d
 
 
@@ -126,7 +127,7 @@ def check_engine_sidecar(sidecar: dict, engine_path, trt_version: str, gpu: dict
 
 def make_engine_sidecar(*, trt_version: str, gpu: dict, model: Model, mode: str, precision: str,
                         plan, cache_path: Path | None, cache_sha256: str | None, profiles: dict,
-                        num_profiles: int, options: "BuildOptions", assignment: LayerAssignment | None,
+                        num_profiles: int, options: BuildOptions, assignment: LayerAssignment | None,
                         build_seconds: float, engine_bytes: bytes) -> dict:
     return {
         "format": ENGINE_FORMAT, "version": ENGINE_FORMAT_VERSION,
@@ -204,8 +205,9 @@ def choose_mode(caps: Capabilities, requested: str | None, model: Model) -> str:
 
 #: TensorRT types with no NumPy dtype (BF16 has one through ml_dtypes, which onnx installs, when it
 #: imports): DataType member -> what it holds.
-NO_NUMPY_DTYPE = {"BF16": "bfloat16, and ml_dtypes is missing", "FP8": "8-bit floats, E4M3", "INT4": "packed 4-bit integers",
-                  "FP4": "packed 4-bit floats, E2M1", "E8M0": "8-bit power-of-two scales"}
+NO_NUMPY_DTYPE = {"BF16": "bfloat16, and ml_dtypes is missing", "FP8": "8-bit floats, E4M3",
+                  "INT4": "packed 4-bit integers", "FP4": "packed 4-bit floats, E2M1",
+                  "E8M0": "8-bit power-of-two scales"}
 
 
 def numpy_dtype(trt, dt, tensor: str) -> np.dtype:
@@ -244,9 +246,9 @@ def build_engine(model, out, *, cache=None, dataset=None, plan=None, options: Bu
     instead of a cache; the caller supplies it (the CLI passes :func:`calib.calibrate`), so this
     backend never reaches up into the calibration pipeline.
     """
+    from ...plan import load_plan
     from . import import_tensorrt
     from .cuda import device_properties, require_gpu
-    from ...plan import load_plan
 
     options = options or BuildOptions()
     trt = import_tensorrt()

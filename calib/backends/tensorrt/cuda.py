@@ -9,7 +9,7 @@ error name. No pycuda.
 from __future__ import annotations
 
 import ctypes
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -117,7 +117,7 @@ class Event:
     def synchronize(self) -> None:
         check(self._rt.cudaEventSynchronize(self.event), "cudaEventSynchronize")
 
-    def elapsed_ms(self, start: "Event") -> float:
+    def elapsed_ms(self, start: Event) -> float:
         return float(check(self._rt.cudaEventElapsedTime(start.event, self.event), "cudaEventElapsedTime"))
 
     def close(self) -> None:

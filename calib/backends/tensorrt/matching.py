@@ -9,11 +9,10 @@ belong to no node and take the plan's default.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 from ...plan import node_key
-
 
 # The name TensorRT's ONNX parser gives the layer(s) of a node is the plan's node key.
 onnx_layer_basename = node_key

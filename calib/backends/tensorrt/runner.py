@@ -9,9 +9,9 @@ and optimization profile) measure concurrent throughput. Latency is timed with C
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -167,7 +167,8 @@ class TrtEngine(Engine):
                 if a.dtype.kind == "f" and self._np[n].kind == "f":
                     a = a.astype(self._np[n])
                 else:
-                    raise InputMismatchError(f"input '{n}': data dtype {a.dtype} does not match engine dtype {self._np[n]}")
+                    raise InputMismatchError(f"input '{n}': data dtype {a.dtype} does not match engine dtype "
+                                             f"{self._np[n]}")
             out[n] = np.ascontiguousarray(a)
         return out
 

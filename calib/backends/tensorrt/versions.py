@@ -31,8 +31,8 @@ the real wheels of every version that claims the feature.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ...errors import TensorRTUnavailableError
 
@@ -47,7 +47,7 @@ class TrtVersion:
     build: int = 0
 
     @classmethod
-    def parse(cls, text: str) -> "TrtVersion":
+    def parse(cls, text: str) -> TrtVersion:
         """Parse ``tensorrt.__version__`` ("10.16.1.11", "8.6.1.post1", "11.0.0.114")."""
         m = re.match(r"^\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?(?:\.(\d+))?", str(text))
         if not m:
