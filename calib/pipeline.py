@@ -142,6 +142,11 @@ class CalibrationResult:
     qdq_model: Model | None = None
     observers: dict = field(default_factory=dict, repr=False)
     smoothing: dict = field(default_factory=dict, repr=False)   # tensor -> per-channel factors
+    # the Q/DQ model's ranges: amax with each smoothed tensor's range replaced by that of its
+    # smoothed values (what quantize_model takes together with the smoothing factors)
+    qdq_amax: dict = field(default_factory=dict, repr=False)
+    # the bytes of the TensorRT cache and its sidecar (written or not)
+    cache_files: dict = field(default_factory=dict, repr=False)
 
     def summary_lines(self) -> list[str]:
         return list(self.summary.get("lines", []))
@@ -176,6 +181,18 @@ def calibration_ids(qdq_path: str | os.PathLike) -> list[str] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return [str(i) for i in ids] if isinstance(ids, list) else None
+
+
+def calibration_splits(ds, samples: int | None, seed: int):
+    """``(calibration samples, eval split)`` of *ds* as :func:`calibrate` draws them: up to
+    *samples* of its ``calib`` split by the seeded rule, and its disjoint ``eval`` split (None for
+    a dataset of one sample, which is calibrated on whole)."""
+    if len(ds) < 2:
+        return ds, None
+    calib_ds = ds.split("calib")
+    if samples is not None and samples < len(calib_ds):
+        calib_ds = calib_ds.subset(limit=samples, seed=seed)
+    return calib_ds, ds.split("eval")
 
 
 def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = None, *, preprocess=None,
@@ -232,10 +249,7 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
         data, m, preprocess, seed=seed, classes=classes, labels=labels, strict=strict)
     if len(ds) == 0:
         raise EmptyDatasetError(f"no samples in {data}")
-    calib_ds = ds.split("calib") if len(ds) >= 2 else ds
-    eval_ds = ds.split("eval") if len(ds) >= 2 else None
-    if samples is not None and samples < len(calib_ds):
-        calib_ds = calib_ds.subset(limit=samples, seed=seed)
+    calib_ds, eval_ds = calibration_splits(ds, samples, seed)
     if len(calib_ds) == 0:
         raise EmptyDatasetError(f"no samples left for calibration in {data}")
 
@@ -349,7 +363,8 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
                     (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))],
                    overwrite=force)
     return CalibrationResult(amax=amax, scales=scales, paths=paths if write else {}, summary=summary,
-                             qdq_model=qdq, observers=observers, smoothing=factors)
+                             qdq_model=qdq, observers=observers, smoothing=factors, qdq_amax=amax_q,
+                             cache_files={"cache": cache_bytes, "sidecar": sidecar_bytes(sidecar)})
 
 
 def _merged(parts):
@@ -381,14 +396,16 @@ def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, f
     """``quantize_model(prepared, amax_q, ...)``, and with *probe_ds* (a dataset, or anything with
     ``len()`` and ``batches(batch_size=, progress=)``) bias-corrected on its samples, which run one at
     a time so that the correction does not depend on batching (:func:`calib.collect.bias_shifts`).
-    The model's ``bias_correction`` attribute says what was done (None without *probe_ds*)."""
+    The model's ``bias_correction`` attribute says what was done (None without *probe_ds*), and its
+    ``bias_shifts`` attribute holds the measured shifts (node key -> per-channel mean; empty without
+    *probe_ds*), which ``quantize_model(..., bias_shift=)`` can reuse for another plan."""
     from .collect import bias_shifts
     from .qdq import quantize_model
 
     kw = dict(target=target, plan=plan, smooth=factors)
     if probe_ds is None or len(probe_ds) == 0:
         q = quantize_model(prepared, amax_q, **kw)
-        q.bias_correction = None
+        q.bias_correction, q.bias_shifts = None, {}
         return q
     probe = quantize_model(prepared, amax_q, bias_probe=True, **kw)
     outputs = probe.quant_report.bias_probes
@@ -396,6 +413,7 @@ def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, f
                          threads=threads) if outputs else {}
     q = quantize_model(prepared, amax_q, bias_shift=shifts, **kw)
     q.bias_correction = {"layers": len(q.quant_report.bias_corrected), "samples": len(probe_ds)}
+    q.bias_shifts = shifts
     return q
 
 

@@ -116,3 +116,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def json_safe(obj):
+    """*obj* with every non-finite float written as the string ``"nan"``, ``"inf"`` or ``"-inf"``
+    (strict JSON has no such numbers), NumPy scalars as Python ones, tuples as lists and keys as
+    strings, recursively."""
+    import math
+
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return "nan"
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):   # NumPy scalars
+        return json_safe(obj.item())
+    return obj

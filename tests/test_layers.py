@@ -9,12 +9,14 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "calib"
 
 # (module prefix, layer): base -> readers -> statistics -> algorithms -> artifacts -> backends
-# -> harness -> pipelines (collect runs a backend; pipeline.calibrate runs everything) -> CLI
+# -> harness -> tuning (the mixed-precision search, scoring plans with the harness) -> pipelines
+# (collect runs a backend; pipeline.calibrate runs everything; mixed.search) -> CLI
 LAYERS = [("calib.errors", 0), ("calib.utils", 0), ("calib.model", 0), ("calib.graph", 0), ("calib.version", 0),
           ("calib.datasets", 1), ("calib.stats", 2), ("calib.algorithms", 3),
           ("calib.cache", 4), ("calib.preparation", 4), ("calib.qdq", 4), ("calib.smooth", 4), ("calib.plan", 4),
-          ("calib.backends", 5), ("calib.harness", 6), ("calib.collect", 7), ("calib.pipeline", 7),
-          ("calib.cli", 8), ("calib.__main__", 8)]
+          ("calib.backends", 5), ("calib.harness", 6), ("calib.tuning", 7),
+          ("calib.collect", 8), ("calib.pipeline", 8), ("calib.mixed", 8),
+          ("calib.cli", 9), ("calib.__main__", 9)]
 
 
 def layer_of(module: str) -> int | None:
@@ -104,7 +106,7 @@ def test_the_check_sees_lazy_upward_imports(tmp_path):
     global PKG
     saved, PKG = PKG, pkg
     try:
-        assert upward_imports(pkg) == ["calib.backends.x:2 imports calib.pipeline (layer 7 > 5)"]
+        assert upward_imports(pkg) == ["calib.backends.x:2 imports calib.pipeline (layer 8 > 5)"]
     finally:
         PKG = saved
 

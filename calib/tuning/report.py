@@ -1,0 +1,118 @@
+"""``search.png``: the sensitivity of every group and the trace of the search, from ``search.json``.
+
+Top: one bar per quantizable group in layer order, the sensitivity the search ranked by (the
+budget metric's loss with the group alone in INT8, or the proxy's SQNR drop), coloured by the
+precision the chosen plan gives the group; the proxy's SQNR drop as dots on the right axis when
+both were measured. Bottom: evaluation number against the budget metric (with its interval, green
+where the budget held, red where not; the budget as a dashed line) and the predicted latency
+(right axis); the chosen evaluation is starred.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Any, Mapping
+
+COLOURS = {"int8": "#3b75af", "fp16": "#ef8636", "fp32": "#c53a32"}
+
+
+def _f(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _short(name: str, width: int = 22) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
+def plot_search(summary: Mapping[str, Any]) -> bytes:
+    """The PNG of :mod:`calib.tuning.report` for a ``search.json`` dict."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    sens = summary["sensitivity"]
+    budget = summary["budget"]
+    precision = {g["id"]: g["precision"] for g in summary["groups"]}
+    rows = sorted(sens["groups"], key=lambda g: g["order"])
+    n = len(rows)
+    fig = Figure(figsize=(max(10.0, min(24.0, 0.22 * n + 4)), 8.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, height_ratios=[1.1, 1.0])
+
+    direct = sens.get("direct_mode") is not None
+    x = list(range(n))
+    if direct:
+        vals = [max(_f(g["direct_loss"]), 0.0) if math.isfinite(_f(g["direct_loss"])) else 0.0 for g in rows]
+        unit = {"pt": " (pt)", "dB": " (dB)"}.get(_unit(budget["metric"]), "")
+        what = ("with the group alone in INT8" if sens["direct_mode"] == "only"
+                else "gained by keeping the group out of INT8")
+        ylabel = f"{budget['metric']} loss{unit}\n{what}"
+    else:
+        vals = [max(_f(g["proxy_db"]), 0.0) if math.isfinite(_f(g["proxy_db"])) else 0.0 for g in rows]
+        ylabel = "SQNR drop across the group (dB)\nall INT8 vs FP32"
+    top.bar(x, vals, color=[COLOURS.get(precision.get(g["group"]), "#888888") for g in rows], width=0.8)
+    top.set_ylabel(ylabel)
+    top.set_xlim(-0.7, n - 0.3)
+    top.set_xticks(x)
+    top.set_xticklabels([_short(g["group"]) for g in rows], rotation=90, fontsize=6 if n > 40 else 7)
+    handles = [Patch(color=c, label=f"{p.upper()} in the chosen plan") for p, c in COLOURS.items()
+               if p in precision.values()]
+    if direct:
+        ax2 = top.twinx()
+        px = [_f(g["proxy_db"]) for g in rows]
+        ax2.plot(x, px, "o", color="#333333", markersize=3, label="proxy: SQNR drop (dB)")
+        ax2.set_ylabel("proxy: SQNR drop across the group (dB)")
+        handles.append(ax2.lines[0])
+    rho = sens.get("spearman")
+    title = (f"Sensitivity per group (layer order), ranked by the {sens['used']} measure"
+             + (f"; Spearman rho proxy vs direct {rho:+.2f}" if rho is not None else ""))
+    top.set_title(title, fontsize=10)
+    top.legend(handles=handles, fontsize=8, loc="upper left")
+
+    evs = summary["search"]["evaluations"]
+    chosen = summary["search"]["chosen"]["evaluation"]
+    k = [e["index"] + 1 for e in evs]
+    m = [_f(e["metric"]) for e in evs]
+    lo = [_f(e["interval"][0]) for e in evs]
+    hi = [_f(e["interval"][1]) for e in evs]
+    bv = _f(budget["value"])
+    for i, e in enumerate(evs):
+        c = "#2c9f45" if e["holds"] else "#c53a32"
+        yv = m[i] if math.isfinite(m[i]) else bv
+        err = [[max(yv - lo[i], 0.0) if math.isfinite(lo[i]) else 0.0],
+               [max(hi[i] - yv, 0.0) if math.isfinite(hi[i]) else 0.0]]
+        bottom.errorbar([k[i]], [yv], yerr=err, fmt="o", color=c, capsize=3, markersize=6)
+        bottom.annotate(e["phase"], (k[i], yv), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7,
+                        color="#555555")
+    bottom.axhline(bv, linestyle="--", color="#444444", linewidth=1)
+    bottom.text(0.99, bv, f"budget {budget['expression']}", transform=bottom.get_yaxis_transform(), ha="right",
+                va="bottom", fontsize=8)
+    bottom.set_xlabel("evaluation")
+    bottom.set_ylabel(f"{budget['metric']} on the search split")
+    bottom.set_xticks(k or [1])
+    lat = bottom.twinx()
+    lat.plot(k, [_f(e["predicted_latency_s"]) * 1e3 for e in evs], "s-", color="#7f7f7f", markersize=4,
+             linewidth=1)
+    if chosen is not None:
+        lat.plot([chosen + 1], [_f(evs[chosen]["predicted_latency_s"]) * 1e3], "*", color="#d4a017", markersize=16,
+                 markeredgecolor="#333333", label="chosen plan")
+        lat.legend(fontsize=8, loc="upper right")
+    lm = summary["latency_model"]
+    lat.set_ylabel(f"predicted latency (ms per sample)\n{lm['name']}")
+    bottom.set_title(f"Search trace ({summary['algorithm']}): green meets the budget, red misses; grey: predicted "
+                     f"latency", fontsize=10)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def _unit(metric: str) -> str:
+    from .budget import METRICS
+
+    return METRICS[metric].unit if metric in METRICS else ""
+
+
+__all__ = ["plot_search"]
