@@ -36,7 +36,7 @@ from .version import __version__
 from .errors import BudgetError, CalibError, EmptyDatasetError
 from .model import Model, load_model
 from .pipeline import CalibrationConfig, CalibrationResult, bias_probe_samples, build_qdq, calibration_splits
-from .utils import atomic_write_all, check_writable
+from .utils import atomic_write_all, check_writable, json_safe
 
 DEFAULT_SEARCH_SAMPLES = 64
 LATENCY_MODELS = ("onnxruntime", "roofline:h100", "roofline:a100", "roofline:l4", "roofline:t4", "roofline:orin",
@@ -135,6 +135,193 @@ def _detect_task(reference, batch, task: str) -> str:
     return detect_task(out[primary], meta, batch.labels)[0]
 
 
+class Searcher:
+    """The part of a search that is measured once, whatever the strategy: calibration, the search
+    split and its FP32 outputs, the groups, the latency model, the evaluator and the sensitivities
+    (steps 1 to 4 of the module docstring). :meth:`run` then searches with a strategy and
+    :meth:`finish` builds and verifies a plan; the evaluator keeps every plan's measurement, so
+    strategies run one after another share the evaluations of the plans they have in common
+    (``benchmarks/search.py``). The arguments are :func:`search`'s."""
+
+    def __init__(self, model, data=None, budget=None, config: "CalibrationConfig | Mapping | None" = None, *,
+                 task: str = "auto", latency: str = "onnxruntime", sensitivity: str = "direct",
+                 search_samples: int = DEFAULT_SEARCH_SAMPLES, progress: bool = True, preprocess=None, classes=None,
+                 labels=None, text_labels=None, strict: bool = False, dataset=None, **options):
+        from .backends.onnxruntime import OrtEngine
+        from .datasets import open_dataset
+        from .pipeline import calibrate
+        from .qdq import prepare
+        from .tuning import groups as G
+        from .tuning import latency as L
+        from .tuning import search as S
+        from .tuning import sensitivity as SENS
+        from .tuning.budget import parse_budget
+        from .tuning.evaluator import MemoEngine, PlanEvaluator, QdqBuilder
+
+        t_start = time.perf_counter()
+        if budget is None:
+            raise BudgetError("no budget: pass budget='agreement>=0.995' (or another METRIC>=VALUE / METRIC<=VALUE)")
+        self.budget = bud = parse_budget(budget, task)
+        if sensitivity not in SENS.MODES:
+            raise CalibError(f"unknown sensitivity {sensitivity!r} (choose from {', '.join(SENS.MODES)})")
+        if not (isinstance(search_samples, int) and not isinstance(search_samples, bool) and search_samples >= 1):
+            raise CalibError(f"search_samples must be a positive integer, got {search_samples!r}")
+        self.config = cfg = _config(config, options)
+        if data is None and dataset is None:
+            raise CalibError("no data: pass the calibration data (a folder, HDF5/NumPy file, iterable of feeds) "
+                             "or an opened dataset=")
+        self.progress, self.latency_spec, self.text_labels = progress, latency, text_labels
+        self.fp32 = m = load_model(model)
+        ds = dataset if dataset is not None else open_dataset(
+            data, m, preprocess, seed=cfg.seed, classes=classes, labels=labels, strict=strict)
+        if len(ds) < 2:
+            raise EmptyDatasetError("a search needs at least 2 samples: a calibration split to search on and an "
+                                    "eval split to verify on")
+        if bud.metric == "top1_drop" and not ds.has_labels:
+            raise BudgetError(f"budget {bud} is against the labels, but the data has none: pass classes or labels")
+        if bud.metric == "cer_increase" and text_labels is None:
+            raise BudgetError(f"budget {bud} is against the labels: pass text_labels (a file<TAB>text TSV)")
+        self.calib_data, eval_ds = calibration_splits(ds, cfg.samples, cfg.seed)
+        if eval_ds is None or len(eval_ds) == 0:
+            raise EmptyDatasetError("no samples fall in the eval split to verify the plan on; use more data")
+        if cfg.eval_samples is not None and cfg.eval_samples < len(eval_ds):
+            eval_ds = eval_ds.subset(limit=cfg.eval_samples, seed=cfg.seed)
+        self.eval_data = eval_ds
+
+        # 1. calibration, once
+        self.calibration = res = calibrate(m, dataset=ds, config=cfg.replace(evaluate=False), write=False,
+                                           progress=progress)
+        t_calib = time.perf_counter() - t_start
+
+        # 2. the search split, decoded once; the reference on it
+        search_ds = ds.split("calib")
+        if search_samples < len(search_ds):
+            search_ds = search_ds.subset(limit=search_samples, seed=cfg.seed)
+        self.search_data = search_ds
+        batches = list(search_ds.batches(batch_size=cfg.batch_size,
+                                         progress="reading the search split" if progress else False))
+        if not batches:
+            raise EmptyDatasetError("no samples in the search split")
+        reference = MemoEngine(OrtEngine(m, name="fp32", threads=cfg.threads))
+        self.task = _detect_task(reference, batches[0], task)
+        bud.check_task(self.task)
+
+        # 3. groups and latency model
+        shapes = {k: [1, *v.shape[1:]] for k, v in batches[0].feed.items()}
+        self.groups = G.find_groups(m, shapes)
+        self.quantizable = quant = sorted((g for g in self.groups if g.quantizable), key=lambda g: g.order)
+        if not quant:
+            raise CalibError(f"{m.name} has no group that can run in INT8: nothing to search")
+        self.say(f"{len(self.groups)} groups, {len(quant)} quantizable; latency model {latency}")
+        self.latency = lat = L.latency_model(latency, m, self.groups, int8=res.qdq_model, feed=batches[0].feed,
+                                             threads=cfg.threads)
+        self.prepared = prepare(m)
+        shifts = getattr(res.qdq_model, "bias_shifts", None) or {}
+        self.evaluator = PlanEvaluator(reference, self.groups,
+                                       QdqBuilder(self.prepared, res.qdq_amax, cfg.target, res.smoothing, shifts),
+                                       bud, batches, task=self.task, labels=text_labels, threads=cfg.threads,
+                                       seed=cfg.seed, dataset_info=search_ds.describe())
+
+        # 4. sensitivities
+        t0 = time.perf_counter()
+        self.sensitivity = sens = SENS.measure(m, self.groups, self.evaluator, res.qdq_model, mode=sensitivity,
+                                               threads=cfg.threads, progress="sensitivity" if progress else False)
+        if sens.spearman is not None:
+            self.say(f"sensitivity: {sens.used} ({sens.direct_mode}); Spearman rho of proxy and direct rankings "
+                     f"{sens.spearman:+.2f} over {len(quant)} groups")
+        table = {g.id: {p: float(lat.group_latency(g, p)) for p in S.PRECISIONS} for g in quant}
+        self.space = S.SearchSpace(groups=tuple(g.id for g in quant), ranking=sens.ranking, latency=table,
+                                   macs={g.id: int(g.macs) for g in quant}, scores=sens.scores,
+                                   predictor=lambda precisions: float(lat.predict(self.groups, precisions)))
+        self.timing = {"calibration": round(t_calib, 3), "sensitivity": round(time.perf_counter() - t0, 3)}
+
+    def say(self, line: str) -> None:
+        """A line on stderr (with *progress*), without breaking a progress bar."""
+        if self.progress:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+
+    def run(self, algorithm: str = "ours", max_evals: int | None = None):
+        """Search with *algorithm* (at most *max_evals* full evaluations, default ``ceil(log2 G) + 3``);
+        a progress bar and one line per evaluation with *progress*. Returns the
+        :class:`calib.tuning.search.Outcome`."""
+        from .tuning import search as S
+
+        if algorithm not in S.ALGORITHMS:
+            raise CalibError(f"unknown search algorithm {algorithm!r} (choose from {', '.join(S.ALGORITHMS)})")
+        if max_evals is not None and not (isinstance(max_evals, int) and not isinstance(max_evals, bool)
+                                          and max_evals >= 1):
+            raise CalibError(f"max_evals must be a positive integer, got {max_evals!r}")
+        limit = max_evals if max_evals is not None else S.default_max_evals(len(self.quantizable))
+        strategy = S.make_strategy(algorithm, self.space, limit)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=limit, desc=f"search ({algorithm})", unit="eval", leave=False, file=sys.stderr)
+
+        def on_eval(e) -> None:
+            if bar is not None:
+                bar.update(1)
+            self.say(evaluation_line(e, self.budget, limit))
+
+        t0 = time.perf_counter()
+        outcome = S.run(strategy, self.evaluator, self.budget, on_eval=on_eval)
+        if bar is not None:
+            bar.close()
+        self.timing["search"] = round(time.perf_counter() - t0, 3)
+        return outcome
+
+    def finish(self, outcome) -> tuple[Any, Model, dict]:
+        """``(plan, Q/DQ model, verification)`` of the outcome's chosen plan: the model bias-corrected
+        afresh for the plan, then it and all-INT8 scored against FP32 on the eval split."""
+        cfg, bud, res = self.config, self.budget, self.calibration
+        gsum = _group_summary(self.quantizable, outcome.chosen)
+        comment = (f"calib search ({outcome.algorithm}) for budget {bud} ({bud.against}): {gsum}; "
+                   f"{outcome.int8_mac_share:.1%} of MACs in INT8; predicted "
+                   f"{outcome.predicted_latency_s * 1e3:.3g} ms per sample by the {self.latency.name} latency "
+                   f"model; groups and evaluations in search.json")
+        plan = self.evaluator.plan(outcome.chosen, comment=comment)
+        t0 = time.perf_counter()
+        mixed = build_qdq(self.prepared, res.qdq_amax, target=cfg.target, plan=plan, factors=res.smoothing,
+                          probe_ds=bias_probe_samples(self.calib_data, cfg.seed) if cfg.bias_correction else None,
+                          threads=cfg.threads, progress=self.progress, label="bias correction (chosen plan)")
+        verification = _verify(self.fp32, mixed, res.qdq_model, self.eval_data, bud, self.task, self.text_labels,
+                               cfg, self.progress)
+        self.timing["final_and_verification"] = round(time.perf_counter() - t0, 3)
+        return plan, mixed, verification
+
+    def summary(self, outcome, plan, verification, paths: Mapping[str, Path] = ()) -> dict:
+        """The ``search.json`` dict of a finished search."""
+        m, res, cfg, bud, space = self.fp32, self.calibration, self.config, self.budget, self.space
+        s = {
+            "schema": SCHEMA, "version": VERSION, "calib_version": __version__,
+            "model": str(m.path) if m.path else m.name, "model_sha256": m.sha256,
+            "task": self.task, "budget": bud.to_dict(), "algorithm": outcome.algorithm,
+            "max_evals": outcome.max_evals,
+            "search_split": {"samples": self.evaluator.samples, "data": self.search_data.describe(),
+                             "ids": self.search_data.ids},
+            "calibration": {"algorithm": res.summary["algorithm"], "samples": res.summary["calibration_samples"],
+                            "target": cfg.target, "smoothing": res.summary.get("smoothing"),
+                            "bias_correction": ("shifts measured once on the all-INT8 model and reused for the "
+                                                "layers still INT8 in each evaluated plan; measured afresh for the "
+                                                "chosen plan" if cfg.bias_correction else None)},
+            "groups": [_group_entry(g, outcome.chosen) for g in sorted(self.groups, key=lambda g: g.order)],
+            "latency_model": {"spec": self.latency_spec, "name": self.latency.name,
+                              "description": self.latency.description, "all_int8_s": space.predict(space.plan()),
+                              "all_fp32_s": space.predict(space.plan(fp32=space.groups))},
+            "sensitivity": self.sensitivity.to_dict(),
+            "search": outcome.to_dict(),
+            "verification": verification,
+            "plan": plan.to_dict(),
+            "timing_s": dict(self.timing),
+            "outputs": {k: str(v) for k, v in dict(paths).items()},
+        }
+        s["lines"] = _summary_lines(s, outcome, bud)
+        return s
+
+
 def search(model, data=None, budget=None, config: "CalibrationConfig | Mapping | None" = None, *, task: str = "auto",
            latency: str = "onnxruntime", algorithm: str = "ours", sensitivity: str = "direct",
            search_samples: int = DEFAULT_SEARCH_SAMPLES, max_evals: int | None = None, out=None, force: bool = False,
@@ -153,178 +340,41 @@ def search(model, data=None, budget=None, config: "CalibrationConfig | Mapping |
     plans are scored on; *max_evals*: full evaluations allowed (default ``ceil(log2 G) + 3``).
     *config* / *options*: calibration options (:class:`calib.CalibrationConfig`); its
     ``eval_samples`` bounds the verification. Nothing is written without *out*; existing files
-    there are refused unless *force*.
+    there are refused unless *force*; *progress* shows progress bars and one line per evaluation
+    on stderr.
     """
-    from .backends.onnxruntime import OrtEngine
-    from .datasets import open_dataset
-    from .pipeline import calibrate
-    from .qdq import prepare
-    from .tuning import groups as G
-    from .tuning import latency as L
-    from .tuning import search as S
-    from .tuning import sensitivity as SENS
-    from .tuning.budget import parse_budget
-    from .tuning.evaluator import MemoEngine, PlanEvaluator, QdqBuilder
+    from .tuning.search import ALGORITHMS
 
     t_start = time.perf_counter()
-    if budget is None:
-        raise BudgetError("no budget: pass budget='agreement>=0.995' (or another METRIC>=VALUE / METRIC<=VALUE)")
-    bud = parse_budget(budget, task)
-    if algorithm not in S.ALGORITHMS:
-        raise CalibError(f"unknown search algorithm {algorithm!r} (choose from {', '.join(S.ALGORITHMS)})")
-    if sensitivity not in SENS.MODES:
-        raise CalibError(f"unknown sensitivity {sensitivity!r} (choose from {', '.join(SENS.MODES)})")
-    if not (isinstance(search_samples, int) and not isinstance(search_samples, bool) and search_samples >= 1):
-        raise CalibError(f"search_samples must be a positive integer, got {search_samples!r}")
-    if max_evals is not None and not (isinstance(max_evals, int) and not isinstance(max_evals, bool)
-                                      and max_evals >= 1):
-        raise CalibError(f"max_evals must be a positive integer, got {max_evals!r}")
-    cfg = _config(config, options)
-    if data is None and dataset is None:
-        raise CalibError("no data: pass the calibration data (a folder, HDF5/NumPy file, iterable of feeds) "
-                         "or an opened dataset=")
+    if algorithm not in ALGORITHMS:       # before any work
+        raise CalibError(f"unknown search algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
     m = load_model(model)
     paths = output_paths(out, m.name) if out is not None else {}
     for p in paths.values():
         check_writable(p, force)
-
-    ds = dataset if dataset is not None else open_dataset(
-        data, m, preprocess, seed=cfg.seed, classes=classes, labels=labels, strict=strict)
-    if len(ds) < 2:
-        raise EmptyDatasetError("a search needs at least 2 samples: a calibration split to search on and an eval "
-                                "split to verify on")
-    if bud.against == "labels" and bud.metric == "top1_drop" and not ds.has_labels:
-        raise BudgetError(f"budget {bud} is against the labels, but the data has none: pass classes or labels")
-    if bud.metric == "cer_increase" and text_labels is None:
-        raise BudgetError(f"budget {bud} is against the labels: pass text_labels (a file<TAB>text TSV)")
-    calib_ds, eval_ds = calibration_splits(ds, cfg.samples, cfg.seed)
-    if eval_ds is None or len(eval_ds) == 0:
-        raise EmptyDatasetError("no samples fall in the eval split to verify the plan on; use more data")
-    if cfg.eval_samples is not None and cfg.eval_samples < len(eval_ds):
-        eval_ds = eval_ds.subset(limit=cfg.eval_samples, seed=cfg.seed)
-
-    def say(line: str) -> None:
-        if progress:
-            from tqdm import tqdm
-
-            tqdm.write(line, file=sys.stderr)
-
-    # 1. calibration, once
-    res = calibrate(m, dataset=ds, config=cfg.replace(evaluate=False), write=False, progress=progress)
-    t_calib = time.perf_counter() - t_start
-
-    # 2. the search split, decoded once; the reference on it
-    search_ds = ds.split("calib")
-    if search_samples < len(search_ds):
-        search_ds = search_ds.subset(limit=search_samples, seed=cfg.seed)
-    batches = list(search_ds.batches(batch_size=cfg.batch_size, progress="reading the search split" if progress
-                                     else False))
-    if not batches:
-        raise EmptyDatasetError("no samples in the search split")
-    reference = MemoEngine(OrtEngine(m, name="fp32", threads=cfg.threads))
-    detected = _detect_task(reference, batches[0], task)
-    bud.check_task(detected)
-
-    # 3. groups and latency model
-    shapes = {k: [1, *v.shape[1:]] for k, v in batches[0].feed.items()}
-    groups = G.find_groups(m, shapes)
-    quant = sorted((g for g in groups if g.quantizable), key=lambda g: g.order)
-    if not quant:
-        raise CalibError(f"{m.name} has no group that can run in INT8: nothing to search")
-    say(f"{len(groups)} groups, {len(quant)} quantizable; latency model {latency}")
-    lat = L.latency_model(latency, m, groups, int8=res.qdq_model, feed=batches[0].feed, threads=cfg.threads)
-
-    prepared = prepare(m)
-    shifts = getattr(res.qdq_model, "bias_shifts", None) or {}
-    evaluator = PlanEvaluator(reference, groups, QdqBuilder(prepared, res.qdq_amax, cfg.target, res.smoothing,
-                                                            shifts),
-                              bud, batches, task=detected, labels=text_labels, threads=cfg.threads,
-                              seed=cfg.seed, dataset_info=search_ds.describe())
-
-    # 4. sensitivities
-    t0 = time.perf_counter()
-    sens = SENS.measure(m, groups, evaluator, res.qdq_model, mode=sensitivity, threads=cfg.threads,
-                        progress="sensitivity" if progress else False)
-    t_sens = time.perf_counter() - t0
-    if sens.spearman is not None:
-        say(f"sensitivity: {sens.used} ({sens.direct_mode}); Spearman rho of proxy and direct rankings "
-            f"{sens.spearman:+.2f} over {len(quant)} groups")
-
-    # 5. the search
-    table = {g.id: {p: float(lat.group_latency(g, p)) for p in S.PRECISIONS} for g in quant}
-    space = S.SearchSpace(groups=tuple(g.id for g in quant), ranking=sens.ranking, latency=table,
-                          macs={g.id: int(g.macs) for g in quant},
-                          predictor=lambda precisions: float(lat.predict(groups, precisions)))
-    limit = max_evals if max_evals is not None else S.default_max_evals(len(quant))
-    strategy = S.make_strategy(algorithm, space, limit)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=limit, desc=f"search ({algorithm})", unit="eval", leave=False, file=sys.stderr)
-
-    def on_eval(e) -> None:
-        if bar is not None:
-            bar.update(1)
-        say(evaluation_line(e, bud, limit))
-
-    t0 = time.perf_counter()
-    outcome = S.run(strategy, evaluator, bud, on_eval=on_eval)
-    if bar is not None:
-        bar.close()
-    t_search = time.perf_counter() - t0
-
-    # 6. the chosen plan: Q/DQ model bias-corrected for it, verified on the eval split
-    gsum = _group_summary(quant, outcome.chosen)
-    comment = (f"calib search ({algorithm}) for budget {bud} ({bud.against}): {gsum}; "
-               f"{outcome.int8_mac_share:.1%} of MACs in INT8; predicted {outcome.predicted_latency_s * 1e3:.3g} ms "
-               f"per sample by the {lat.name} latency model; groups and evaluations in search.json")
-    plan = evaluator.plan(outcome.chosen, comment=comment)
-    t0 = time.perf_counter()
-    mixed = build_qdq(prepared, res.qdq_amax, target=cfg.target, plan=plan, factors=res.smoothing,
-                      probe_ds=bias_probe_samples(calib_ds, cfg.seed) if cfg.bias_correction else None,
-                      threads=cfg.threads, progress=progress, label="bias correction (chosen plan)")
-    verification = _verify(m, mixed, res.qdq_model, eval_ds, bud, detected, text_labels, cfg, progress)
-    t_verify = time.perf_counter() - t0
-
-    summary = {
-        "schema": SCHEMA, "version": VERSION, "calib_version": __version__,
-        "model": str(m.path) if m.path else m.name, "model_sha256": m.sha256,
-        "task": detected, "budget": bud.to_dict(), "algorithm": algorithm, "max_evals": limit,
-        "search_split": {"samples": evaluator.samples, "data": search_ds.describe(), "ids": search_ds.ids},
-        "calibration": {"algorithm": res.summary["algorithm"], "samples": res.summary["calibration_samples"],
-                        "target": cfg.target, "smoothing": res.summary.get("smoothing"),
-                        "bias_correction": ("shifts measured once on the all-INT8 model and reused for the layers "
-                                            "still INT8 in each evaluated plan; measured afresh for the chosen "
-                                            "plan" if cfg.bias_correction else None)},
-        "groups": [_group_entry(g, outcome.chosen) for g in sorted(groups, key=lambda g: g.order)],
-        "latency_model": {"spec": latency, "name": lat.name, "description": lat.description,
-                          "all_int8_s": space.predict(space.plan()), "all_fp32_s": space.predict(
-                              space.plan(fp32=space.groups))},
-        "sensitivity": sens.to_dict(),
-        "search": outcome.to_dict(),
-        "verification": verification,
-        "plan": plan.to_dict(),
-        "timing_s": {"calibration": round(t_calib, 3), "sensitivity": round(t_sens, 3),
-                     "search": round(t_search, 3), "final_and_verification": round(t_verify, 3)},
-    }
-    summary["timing_s"]["total"] = round(time.perf_counter() - t_start, 3)
-    summary["outputs"] = {k: str(v) for k, v in paths.items()}
-    summary["lines"] = _summary_lines(summary, outcome, bud)
-
+    searcher = Searcher(m, data, budget, config, task=task, latency=latency, sensitivity=sensitivity,
+                        search_samples=search_samples, progress=progress, preprocess=preprocess, classes=classes,
+                        labels=labels, text_labels=text_labels, strict=strict, dataset=dataset, **options)
+    outcome = searcher.run(algorithm, max_evals)
+    plan, mixed, verification = searcher.finish(outcome)
+    searcher.timing["total"] = round(time.perf_counter() - t_start, 3)
+    summary = searcher.summary(outcome, plan, verification, paths)
     if paths:
         from .tuning.report import plot_search
 
+        res = searcher.calibration
         files = [(paths["plan"], plan.dumps().encode("utf-8")),
                  (paths["qdq"], mixed.serialize()),
                  (paths["cache"], res.cache_files["cache"]),
                  (paths["sidecar"], res.cache_files["sidecar"]),
-                 (paths["search"], (json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n").encode()),
+                 (paths["search"], (json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False)
+                                    + "\n").encode("utf-8")),
                  (paths["plot"], plot_search(summary))]
         atomic_write_all(files, overwrite=force)
-    return SearchResult(plan=plan, precisions=dict(outcome.chosen), model=mixed, outcome=outcome, sensitivity=sens,
-                        groups=groups, latency=summary["latency_model"], verification=verification,
-                        summary=summary, paths=paths, calibration=res, evaluator=evaluator, eval_data=eval_ds)
+    return SearchResult(plan=plan, precisions=dict(outcome.chosen), model=mixed, outcome=outcome,
+                        sensitivity=searcher.sensitivity, groups=searcher.groups, latency=summary["latency_model"],
+                        verification=verification, summary=summary, paths=paths, calibration=searcher.calibration,
+                        evaluator=searcher.evaluator, eval_data=searcher.eval_data)
 
 
 def evaluation_line(e, budget, limit: int) -> str:
@@ -419,4 +469,4 @@ def _f(x) -> float:
         return math.nan
 
 
-__all__ = ["search", "SearchResult", "DEFAULT_SEARCH_SAMPLES", "output_paths", "evaluation_line"]
+__all__ = ["search", "Searcher", "SearchResult", "DEFAULT_SEARCH_SAMPLES", "output_paths", "evaluation_line"]

@@ -107,7 +107,8 @@ def make_space(G: int, seed: int = 0, ranking: str = "true", fp16_faster: bool =
         order = order[::-1]
     elif ranking == "layer":
         order = list(ids)
-    return SearchSpace(groups=ids, ranking=tuple(order), latency=lat, macs=macs), loss
+    return SearchSpace(groups=ids, ranking=tuple(order), latency=lat, macs=macs,
+                       scores=loss if ranking == "true" else None), loss
 
 
 class Additive:
@@ -173,28 +174,29 @@ def test_ours_within_bound_and_meets_the_budget_monotone(G, seed):
     assert len(bis) <= math.ceil(math.log2(G)) if G > 1 else not bis
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_ours_beats_or_equals_the_baselines_monotone(seed):
-    G = 40
-    space, loss = make_space(G, seed)
-    ev = Additive(loss)
-    b = Budget("agreement", ">=", 1.0 - 0.2 * sum(loss.values()) * ev.scale, "fp32")
-    res = {a: run(make_strategy(a, space, default_max_evals(G) if a != "greedy" else G + 1), Additive(loss), b)
-           for a in ALGORITHMS}
-    ours = res["ours"]
-    assert ours.met
-    for a in ("bisect-prefix", "bisect-suffix", "greedy"):
-        assert ours.predicted_latency_s <= res[a].predicted_latency_s + 1e-9, a
-    # the greedy baseline spends one evaluation per reverted group
-    g = res["greedy"]
-    k = sum(1 for v in g.chosen.values() if v == "fp32")
-    assert len(g.evaluations) == k + 1
-    # at the bisection baselines' own number of evaluations, ours is no slower either
-    for a in ("bisect-prefix", "bisect-suffix"):
-        n = len(res[a].evaluations)
-        short = run(Ours(space, n), Additive(loss), b)
-        assert len(short.evaluations) <= n
-        assert short.predicted_latency_s <= res[a].predicted_latency_s + 1e-9, a
+@pytest.mark.parametrize("frac", [0.1, 0.2, 0.4])
+def test_ours_against_the_baselines_monotone(frac):
+    """40 random spaces with additive losses (the scores the search gets are those losses): ours
+    beats both bisections every time, and NNCF's greedy order in most spaces and on average,
+    with all evaluations and with as many as the baseline used."""
+    G, wins, ratios = 40, 0, []
+    for seed in range(40):
+        space, loss = make_space(G, seed)
+        b = Budget("agreement", ">=", 1.0 - frac * sum(loss.values()) * 0.01, "fp32")
+        res = {a: run(make_strategy(a, space, default_max_evals(G) if a != "greedy" else G + 1), Additive(loss), b)
+               for a in ALGORITHMS}
+        ours = res["ours"]
+        assert ours.met and len(ours.evaluations) <= default_max_evals(G)
+        for a in ("bisect-prefix", "bisect-suffix"):
+            assert ours.predicted_latency_s < res[a].predicted_latency_s, (seed, a)
+            n = len(res[a].evaluations)
+            short = run(Ours(space, n), Additive(loss), b)
+            assert len(short.evaluations) <= n and short.predicted_latency_s < res[a].predicted_latency_s, (seed, a)
+        g = res["greedy"]
+        assert len(g.evaluations) == sum(1 for v in g.chosen.values() if v == "fp32") + 1   # one per revert
+        wins += ours.predicted_latency_s <= g.predicted_latency_s
+        ratios.append(ours.predicted_latency_s / g.predicted_latency_s)
+    assert wins >= 0.8 * 40 and np.mean(ratios) < 0.98, (wins, np.mean(ratios))
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -226,12 +228,13 @@ def test_all_int8_meeting_the_budget_ends_the_search():
 
 
 def test_ours_phases_fp16_and_requantization():
-    """A ranking that overrates b (slow in FP32): the bisection reverts a and b, FP16 holds for both,
+    """Sensitivities that overrate b (slow in FP32): the bisection reverts a and b, FP16 holds for both,
     and re-quantizing b (the largest gain) holds too."""
     ids = ("a", "b", "c", "d")
     lat = {"a": {"int8": 1, "fp16": 2, "fp32": 4}, "b": {"int8": 10, "fp16": 20, "fp32": 40},
            "c": {"int8": 1, "fp16": 2, "fp32": 4}, "d": {"int8": 1, "fp16": 2, "fp32": 4}}
-    space = SearchSpace(groups=ids, ranking=("b", "a", "c", "d"), latency=lat, macs={g: 1 for g in ids})
+    space = SearchSpace(groups=ids, ranking=("b", "a", "c", "d"), latency=lat, macs={g: 1 for g in ids},
+                        scores={"a": 10.0, "b": 200.0, "c": 0.2, "d": 0.1})
     loss = {"a": 10.0, "b": 1.0, "c": 0.2, "d": 0.1}
     ev = Additive(loss, scale=0.01, fp16=0.1)
     b = Budget("agreement", ">=", 0.975, "fp32")       # a must leave INT8; b may stay

@@ -5,7 +5,7 @@ budget metric's loss with the group alone in INT8, or the proxy's SQNR drop), co
 precision the chosen plan gives the group; the proxy's SQNR drop as dots on the right axis when
 both were measured. Bottom: evaluation number against the budget metric (with its interval, green
 where the budget held, red where not; the budget as a dashed line) and the predicted latency
-(right axis); the chosen evaluation is starred.
+(right axis); the chosen evaluation is shaded.
 """
 from __future__ import annotations
 
@@ -84,26 +84,26 @@ def plot_search(summary: Mapping[str, Any]) -> bytes:
         yv = m[i] if math.isfinite(m[i]) else bv
         err = [[max(yv - lo[i], 0.0) if math.isfinite(lo[i]) else 0.0],
                [max(hi[i] - yv, 0.0) if math.isfinite(hi[i]) else 0.0]]
-        bottom.errorbar([k[i]], [yv], yerr=err, fmt="o", color=c, capsize=3, markersize=6)
-        bottom.annotate(e["phase"], (k[i], yv), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7,
-                        color="#555555")
-    bottom.axhline(bv, linestyle="--", color="#444444", linewidth=1)
-    bottom.text(0.99, bv, f"budget {budget['expression']}", transform=bottom.get_yaxis_transform(), ha="right",
-                va="bottom", fontsize=8)
-    bottom.set_xlabel("evaluation")
-    bottom.set_ylabel(f"{budget['metric']} on the search split")
+        bottom.errorbar([k[i]], [yv], yerr=err, fmt="o", color=c, capsize=3, markersize=6, zorder=3)
+    if chosen is not None:
+        bottom.axvspan(chosen + 0.6, chosen + 1.4, color="#f2d16b", alpha=0.45, zorder=0, label="chosen plan")
+    bottom.axhline(bv, linestyle="--", color="#444444", linewidth=1, label=f"budget {budget['expression']}")
+    bottom.set_xlabel("evaluation (phase)")
+    bottom.set_ylabel(f"{budget['metric']} on the search split\n(95% interval)")
     bottom.set_xticks(k or [1])
+    bottom.set_xticklabels([f"{e['index'] + 1}\n{e['phase']}" for e in evs] or ["1"], fontsize=8)
+    bottom.set_xlim(0.4, max(k or [1]) + 0.6)
     lat = bottom.twinx()
     lat.plot(k, [_f(e["predicted_latency_s"]) * 1e3 for e in evs], "s-", color="#7f7f7f", markersize=4,
-             linewidth=1)
-    if chosen is not None:
-        lat.plot([chosen + 1], [_f(evs[chosen]["predicted_latency_s"]) * 1e3], "*", color="#d4a017", markersize=16,
-                 markeredgecolor="#333333", label="chosen plan")
-        lat.legend(fontsize=8, loc="upper right")
+             linewidth=1, label="predicted latency")
+    lat.ticklabel_format(axis="y", useOffset=False, style="plain")
     lm = summary["latency_model"]
     lat.set_ylabel(f"predicted latency (ms per sample)\n{lm['name']}")
-    bottom.set_title(f"Search trace ({summary['algorithm']}): green meets the budget, red misses; grey: predicted "
-                     f"latency", fontsize=10)
+    h1, l1 = bottom.get_legend_handles_labels()
+    h2, l2 = lat.get_legend_handles_labels()
+    bottom.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right")
+    bottom.set_title(f"Search trace ({summary['algorithm']}): dots green where the budget held, red where not",
+                     fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()

@@ -12,19 +12,29 @@ accuracy control (the loop never builds or runs a model).
 
 Strategies (:data:`ALGORITHMS`):
 
-``ours`` (:class:`Ours`), in four phases, ``G`` quantizable groups ranked by sensitivity:
+``ours`` (:class:`Ours`), in four phases, over the ``G`` quantizable groups:
 
-1. all groups INT8; if that meets the budget, stop.
-2. bisection on ``k``, the number of the most sensitive groups kept in FP32: ``k = 0`` fails
-   (phase 1) and ``k = G`` meets the budget by construction, so ``ceil(log2 G)`` evaluations find
-   the ``k`` where it starts to hold (if meeting it is monotone in ``k``; the loop keeps the best
-   plan seen either way).
+1. the fastest plan: every group INT8, except groups the latency model predicts strictly faster
+   in FP16 or FP32 (none under a roofline; a few small layers, measured on a CPU); that is
+   all-INT8 whenever INT8 is nowhere slower. If it meets the budget, stop.
+2. bisection on ``k``, the number of groups reverted to FP32, taken in the order of their
+   sensitivity per second of predicted latency that reverting them costs (groups whose
+   reverting costs nothing first; then the most error removed per second lost): ``k = 0`` fails
+   (phase 1) and reverting every group meets the budget by construction, so at most
+   ``ceil(log2 G)`` evaluations find the ``k`` where it starts to hold (if meeting it is
+   monotone in ``k``; the loop keeps the best plan seen either way). Ordering by sensitivity
+   alone (NNCF's order) reverts a heavy, mildly sensitive layer as early as a light one; per
+   unit of cost, the light ones go first and most of the MACs stay in INT8.
 3. FP16 instead of FP32 for the reverted groups that the latency model predicts faster in FP16
    (skipped, costing nothing, when none is): one evaluation, kept if the budget holds.
 4. re-quantize reverted groups one at a time, the largest predicted latency gain first, keeping
    each that still meets the budget, while evaluations remain. A plan predicted to fail is skipped
    without an evaluation: one whose every group is in the same or a less accurate precision
    (INT8 < FP16 < FP32) than in a plan that failed.
+
+The sensitivity per group used in phase 2 is :attr:`SearchSpace.scores` (the relative output
+noise power the group adds, see :mod:`calib.tuning.sensitivity`), else the position in
+:attr:`SearchSpace.ranking`.
 
 By default ``max_evals = ceil(log2 G) + 3``: one for phase 1, ``ceil(log2 G)`` for phase 2, and
 two for phases 3 and 4 (phase 2 may need fewer, leaving more for phase 4).
@@ -74,7 +84,10 @@ class SearchSpace:
     *groups*: quantizable group ids in layer (topological) order; *ranking*: the same ids, most
     sensitive first; *latency*: ``{group id: {precision: seconds}}`` predicted per group;
     *fixed_latency*: the predicted time of everything else (groups that are never INT8);
-    *macs*: multiply-accumulates per group (for the INT8 share).
+    *macs*: multiply-accumulates per group (for the INT8 share); *predictor*: the whole plan's
+    predicted time, when it is not *fixed_latency* plus the groups' times; *scores*: a sensitivity
+    per group (>= 0, larger is more sensitive, on a scale where the groups' values add up), for
+    the cost-aware order of :class:`Ours` (default: from *ranking*).
     """
 
     groups: tuple[str, ...]
@@ -83,6 +96,7 @@ class SearchSpace:
     macs: Mapping[str, int]
     fixed_latency: float = 0.0
     predictor: Callable[[Mapping[str, str]], float] | None = None
+    scores: Mapping[str, float] | None = None
 
     def __post_init__(self):
         if sorted(self.groups) != sorted(self.ranking) or len(set(self.groups)) != len(self.groups):
@@ -107,6 +121,29 @@ class SearchSpace:
     def gain(self, group: str, frm: str, to: str) -> float:
         """Predicted seconds saved by moving *group* from precision *frm* to *to*."""
         return self.latency[group][frm] - self.latency[group][to]
+
+    def fastest(self, group: str) -> str:
+        """The precision the latency model predicts fastest for *group* (INT8 unless another is
+        strictly faster; between FP16 and FP32, the faster, FP16 on a tie)."""
+        lat = self.latency[group]
+        best = min(("fp16", "fp32"), key=lambda p: (lat[p], p != "fp16"))
+        return best if lat[best] < lat["int8"] else "int8"
+
+    def cost_order(self, groups: Sequence[str]) -> list[str]:
+        """*groups* in the order phase 2 of :class:`Ours` reverts them: those whose reverting to
+        FP32 costs no predicted time first (most sensitive first), then by sensitivity per second
+        of predicted latency lost, largest first; ties by *ranking*."""
+        rank = {g: i for i, g in enumerate(self.ranking)}
+        n = len(self.ranking)
+        score = dict(self.scores) if self.scores is not None else {g: float(n - rank[g]) for g in groups}
+
+        def key(g):
+            cost = self.latency[g]["fp32"] - self.latency[g]["int8"]
+            s = max(float(score.get(g, 0.0)), 0.0)
+            if cost <= 0:
+                return (0, -s, rank[g])
+            return (1, -s / cost, rank[g])
+        return sorted(groups, key=key)
 
     def int8_mac_share(self, precisions: Mapping[str, str]) -> float:
         total = sum(self.macs.get(g, 0) for g in self.groups)
@@ -224,28 +261,35 @@ class _Bisection:
 
 
 class Ours(Strategy):
-    """Sensitivity-ordered bisection, then FP16 for the reverted groups, then re-quantization by
-    latency gain (see the module docstring)."""
+    """The fastest plan, then a cost-aware bisection on how many groups to revert, then FP16 for the
+    reverted groups, then re-quantization by latency gain (see the module docstring)."""
 
     name = "ours"
 
     def __init__(self, space: SearchSpace, max_evals: int):
         super().__init__(space, max_evals)
-        self.phase = "int8"
-        self.bisect = _Bisection(0, len(space.groups))
+        self.phase = "start"
+        self.start = {g: space.fastest(g) for g in space.groups}
+        self.order = space.cost_order([g for g in space.groups if self.start[g] == "int8"])
+        self.bisect = _Bisection(0, len(self.order))
         self.current: dict[str, str] | None = None     # the plan that meets the budget so far
         self.queue: list[str] = []                     # phase 4: groups left to re-quantize
         self.pending: dict[str, str] | None = None
 
+    def _reverted(self, k: int) -> dict[str, str]:
+        return dict(self.start, **{g: "fp32" for g in self.order[:k]})
+
     def propose(self) -> Proposal | None:
         sp = self.space
         while self.left > 0:
-            if self.phase == "int8":
-                return self._offer("all INT8", "int8", sp.plan())
+            if self.phase == "start":
+                floats = sum(1 for v in self.start.values() if v != "int8")
+                label = "all INT8" if not floats else f"fastest: all INT8 but {floats} faster in float"
+                return self._offer(label, "int8", dict(self.start))
             if self.phase == "bisect":
                 if not self.bisect.done:
                     k = self.bisect.probe()
-                    return self._offer(f"{k} most sensitive in FP32", "bisect", sp.plan(fp32=sp.ranking[:k]))
+                    return self._offer(f"{k} reverted to FP32", "bisect", self._reverted(k))
                 self._start_fp16()
                 continue
             if self.phase == "fp16":
@@ -272,7 +316,7 @@ class Ours(Strategy):
         return None
 
     def _start_fp16(self) -> None:
-        self.current = self.space.plan(fp32=self.space.ranking[:self.bisect.hi])
+        self.current = self._reverted(self.bisect.hi)
         self.phase = "fp16"
 
     def _start_requant(self) -> None:
@@ -283,8 +327,10 @@ class Ours(Strategy):
         self.queue = sorted(cand, key=lambda g: (-sp.gain(g, self.current[g], "int8"), -rank[g]))
 
     def _advance(self, success: bool) -> None:
-        if self.phase == "int8":
+        if self.phase == "start":
             self.phase = "done" if success else "bisect"
+            if not success and not self.order:      # nothing left to revert
+                self.phase = "done"
         elif self.phase == "bisect":
             self.bisect.step(success)
             if self.bisect.done:

@@ -20,12 +20,20 @@
 
 Both rankings are reported with their rank agreement, Spearman's rho (ties averaged), and
 the one the search uses is recorded. Ties in either ranking are broken by layer order.
+
+Each group also gets a **score** on a scale where groups add up, for the search's cost-aware
+order (:meth:`calib.tuning.search.SearchSpace.cost_order`): the relative noise power
+(``10**(-SQNR/10)``) the group puts into the model output, which for independent errors adds
+across groups: with ``only``, that of the plan with the group alone in INT8; with ``all-but``, how
+much all-INT8's output noise falls without the group; with the proxy, the noise power the group
+adds at its own outputs (``10**(-SQNR_out/10) - 10**(-SQNR_in/10)``, taking its output's noise
+to reach the model output unchanged).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -53,6 +61,7 @@ class GroupSensitivity:
     direct_sqnr_db: float | None = None
     rank_proxy: int | None = None
     rank_direct: int | None = None
+    score: float = 0.0
 
     def to_dict(self) -> dict:
         def f(x):
@@ -61,7 +70,7 @@ class GroupSensitivity:
                 "proxy_db": f(self.proxy_db), "direct": f(self.direct),
                 "direct_interval": [f(self.direct_low), f(self.direct_high)] if self.direct is not None else None,
                 "direct_loss": f(self.direct_loss), "direct_sqnr_db": f(self.direct_sqnr_db),
-                "rank_proxy": self.rank_proxy, "rank_direct": self.rank_direct}
+                "rank_proxy": self.rank_proxy, "rank_direct": self.rank_direct, "score": f(self.score)}
 
 
 @dataclass
@@ -80,6 +89,11 @@ class Sensitivity:
     def by_group(self) -> dict[str, GroupSensitivity]:
         return {g.group: g for g in self.groups}
 
+    @property
+    def scores(self) -> dict[str, float]:
+        """Group id -> score (relative output noise power, see the module docstring)."""
+        return {g.group: g.score for g in self.groups}
+
     def to_dict(self) -> dict:
         return {"used": self.used, "direct_mode": self.direct_mode,
                 "spearman": self.spearman, "samples": self.samples, "ranking": list(self.ranking),
@@ -88,6 +102,8 @@ class Sensitivity:
                 "direct_method": None if self.direct_mode is None else (
                     "budget metric with only this group in INT8" if self.direct_mode == "only"
                     else "budget metric with every group in INT8 but this one"),
+                "score_method": "relative output noise power 10**(-SQNR/10) the group adds (see "
+                                "calib.tuning.sensitivity)",
                 "groups": [g.to_dict() for g in self.groups], "notes": list(self.notes)}
 
 
@@ -114,9 +130,17 @@ def group_io(model: Model, groups: Sequence[Any]) -> dict[str, tuple[list[str], 
     return out
 
 
-def proxy_drops(model: Model, groups: Sequence[Any], attribution) -> dict[str, float | None]:
-    """Each group's SQNR drop (dB) from an :class:`calib.harness.Attribution` of all-INT8 against
-    FP32 (see the module docstring); None where none of its outputs was measured."""
+def noise(sqnr_db: float | None) -> float:
+    """Relative noise power of an SQNR in dB (``10**(-SQNR/10)``; 0 for an exact tensor, None or NaN)."""
+    if sqnr_db is None or math.isnan(sqnr_db) or sqnr_db == math.inf:
+        return 0.0
+    return 10.0 ** (-sqnr_db / 10.0)
+
+
+def proxy_drops(model: Model, groups: Sequence[Any], attribution) -> dict[str, tuple[float, float] | None]:
+    """Each group's ``(SQNR drop in dB, noise power added)`` from an :class:`calib.harness.Attribution`
+    of all-INT8 against FP32 (see the module docstring); None where none of its outputs was
+    measured."""
     from ..harness.attribution import EXACT_DB
 
     sq = {l.tensor: l.sqnr_db for l in attribution.layers if l.sqnr_db is not None and not math.isnan(l.sqnr_db)}
@@ -140,7 +164,8 @@ def proxy_drops(model: Model, groups: Sequence[Any], attribution) -> dict[str, f
             out[gid] = None
             continue
         i = [v for t in ins for v in flowing_in(t)]
-        out[gid] = (min(i) if i else EXACT_DB) - min(o)
+        sin, sout = (min(i) if i else EXACT_DB), min(o)
+        out[gid] = (sin - sout, max(0.0, noise(sout) - noise(sin)))
     return out
 
 
@@ -155,6 +180,16 @@ def attributed_pass(reference: Model, int8: Model, batches, *, budget, task="aut
                    [OrtEngine(int8, name="int8", threads=threads, precision="int8")], batches, task=task,
                    metrics=list(dict.fromkeys([budget.harness_metric, "sqnr"])), labels=labels, attribute=True,
                    resamples=200, dataset_info=dataset_info)
+
+
+def _output_sqnr(report) -> float | None:
+    for r in report.metrics.get("int8", []):
+        if r.name == "sqnr" and r.candidate is not None:
+            try:
+                return float(r.candidate["estimate"])
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def ranks(values: Sequence[float]) -> np.ndarray:
@@ -217,7 +252,9 @@ def measure(model: Model, groups: Sequence[Any], evaluator, int8: Model, *, mode
     drops = proxy_drops(model, quant, attribution) if attribution is not None else {}
     if attribution is None:
         notes.append("the attributed pass gave no per-tensor SQNR: proxy sensitivities are unknown")
-    info = {g.id: GroupSensitivity(g.id, g.kind, g.order, int(g.macs), proxy_db=drops.get(g.id)) for g in quant}
+    info = {g.id: GroupSensitivity(g.id, g.kind, g.order, int(g.macs),
+                                   proxy_db=drops[g.id][0] if drops.get(g.id) else None,
+                                   score=drops[g.id][1] if drops.get(g.id) else 0.0) for g in quant}
     unmeasured = [g for g in ids if info[g].proxy_db is None]
     if unmeasured:
         notes.append(f"no SQNR measured at the outputs of {len(unmeasured)} group(s) (ranked last by the proxy): "
@@ -232,14 +269,17 @@ def measure(model: Model, groups: Sequence[Any], evaluator, int8: Model, *, mode
             plans = [{h: ("fp32" if h == g else "int8") for h in ids} for g in ids]
         results = evaluator.measure(plans, progress=progress)
         ideal = budget.ideal
+        all_noise = noise(_output_sqnr(report))
         for g, r in zip(ids, results):
             s = info[g]
             m = r.measurement
             s.direct, s.direct_low, s.direct_high, s.direct_sqnr_db = m.value, m.low, m.high, r.sqnr_db
             if dmode == "only":     # the damage of this group alone
                 s.direct_loss = budget.loss(m.value, ideal) if math.isfinite(ideal) else -m.value
+                s.score = noise(r.sqnr_db)
             else:                   # how much better all-INT8 gets without this group (loss of keeping it)
                 s.direct_loss = -budget.loss(m.value, ideal) if math.isfinite(ideal) else m.value
+                s.score = max(0.0, all_noise - noise(r.sqnr_db))
 
     def proxy_key(g):
         return (_finite(info[g].proxy_db, -math.inf),)
@@ -269,5 +309,5 @@ def measure(model: Model, groups: Sequence[Any], evaluator, int8: Model, *, mode
                        ranking=tuple(ranking), samples=evaluator.samples, notes=notes)
 
 
-__all__ = ["MODES", "GroupSensitivity", "Sensitivity", "group_io", "proxy_drops", "attributed_pass", "ranks",
+__all__ = ["MODES", "GroupSensitivity", "Sensitivity", "group_io", "noise", "proxy_drops", "attributed_pass", "ranks",
            "spearman", "measure"]

@@ -1,0 +1,121 @@
+"""`calib search`: the fastest per-group INT8 / FP16 / FP32 plan that meets an accuracy budget.
+
+    calib search --model m.onnx --data PATH [data flags] [--task ...] --budget EXPR \\
+        [--latency onnxruntime|roofline:h100|tensorrt] [--algorithm ours|bisect-prefix|bisect-suffix|greedy] \\
+        [--sensitivity direct|direct-all-but|proxy] [--search-samples N] [--max-evals N] \\
+        [calibration flags, --calib-algorithm] [--threads N] --out DIR [--force] [--json]
+    calib search --model m.onnx [--data PATH ...] --dry-run [--json]
+
+Writes plan.json, <stem>.mixed.onnx, <stem>.cache and its sidecar, search.json and search.png into
+--out, as one atomic set (see :func:`calib.mixed.search`). ``--dry-run`` lists the quantization
+groups and exits (with --data, dynamic input sizes are those of the first sample).
+"""
+from __future__ import annotations
+
+from .args import (CalibrationArgs, DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, TaskArgs, add_command,
+                   positive_int, print_json)
+
+DATA = DataArgs(required=False)
+OUTPUT = OutputArgs(writes="plan.json, <stem>.mixed.onnx, <stem>.cache (+ .json), search.json and search.png",
+                    not_suffixes=(".json", ".onnx"))
+CALIBRATION = CalibrationArgs(algorithm_flag="--calib-algorithm", plan=False, evaluate=False)
+
+
+def register(sub) -> None:
+    from ..mixed import DEFAULT_SEARCH_SAMPLES, LATENCY_MODELS
+    from ..tuning.search import ALGORITHMS
+    from ..tuning.sensitivity import MODES
+
+    p = add_command(sub, "search", help="find the fastest mixed INT8/FP16/FP32 plan that meets an accuracy budget",
+                    description="Calibrate once, rank the quantization groups by sensitivity, then search for the "
+                                "plan with the lowest predicted latency that meets --budget on a search split of the "
+                                "calibration data, in at most ceil(log2 G) + 3 full evaluations by default; verify it "
+                                "on the held-out eval split. Writes plan.json, <stem>.mixed.onnx, the TensorRT cache "
+                                "and its sidecar, search.json (every plan tried) and search.png.",
+                    groups=[ModelArgs(), DATA, TaskArgs(), CALIBRATION, RuntimeArgs(), OUTPUT, JsonArgs()],
+                    func=run)
+    p.add_argument("--budget", metavar="EXPR",
+                   help="the accuracy budget: top1_drop<=PT, agreement>=F, cosine>=F, sqnr>=DB, ctc_agreement>=F "
+                        "or cer_increase<=PT (against FP32, or the labels for the drop/increase ones)")
+    p.add_argument("--latency", default="onnxruntime", metavar="MODEL",
+                   help=f"latency model the search minimises: {', '.join(LATENCY_MODELS)} (default onnxruntime: "
+                        "measured on this CPU)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="ours",
+                   help="search strategy: ours (default), or the baselines bisect-prefix / bisect-suffix "
+                        "(Polygraphy debug precision) and greedy (NNCF accuracy control)")
+    p.add_argument("--sensitivity", choices=MODES, default="direct",
+                   help="how groups are ranked: direct (default: the budget metric with one group alone in INT8; "
+                        "the proxy is measured too, with their rank agreement), direct-all-but (every group INT8 "
+                        "but one), proxy (one attributed pass only: cheaper, no rank agreement)")
+    p.add_argument("--search-samples", type=positive_int, default=DEFAULT_SEARCH_SAMPLES, metavar="N",
+                   help=f"calibration samples the plans are scored on (default {DEFAULT_SEARCH_SAMPLES})")
+    p.add_argument("--max-evals", type=positive_int, default=None, metavar="N",
+                   help="full evaluations allowed (default ceil(log2 G) + 3 for G quantizable groups)")
+    p.add_argument("--dry-run", action="store_true", help="list the quantization groups and exit")
+
+
+def run(args) -> int:
+    from ..errors import BudgetError, CalibError
+    from ..tuning.budget import parse_budget
+
+    json_out = JsonArgs.parse(args)
+    task, text_labels = TaskArgs.parse(args)
+    if args.dry_run:
+        return _dry_run(args, json_out)
+    if not args.budget:
+        raise BudgetError("no budget: pass --budget, e.g. --budget 'agreement>=0.995'")
+    parse_budget(args.budget, task)              # a bad budget fails before any work
+    config = CALIBRATION.parse(args)
+    out = OUTPUT.parse(args)
+    if out.dir is None:
+        raise CalibError("no output folder: pass --out DIR")
+    if not DataArgs.given(args):
+        raise CalibError("no data: pass --data PATH (or --data-loader-script FILE.py:FUNC)")
+    model = ModelArgs.parse(args)
+    ds = DATA.parse(args, model)
+    from ..mixed import search
+
+    res = search(model, dataset=ds, budget=args.budget, config=config, task=task, latency=args.latency,
+                 algorithm=args.algorithm, sensitivity=args.sensitivity, search_samples=args.search_samples,
+                 max_evals=args.max_evals, out=out.dir, force=out.force, progress=not json_out,
+                 text_labels=text_labels)
+    if json_out:
+        from ..utils import json_safe
+
+        print_json(json_safe(res.summary), sort_keys=True)
+    else:
+        for line in res.summary_lines():
+            print(line)
+    return 0
+
+
+def _dry_run(args, json_out: bool) -> int:
+    from ..tuning.groups import find_groups
+
+    model = ModelArgs.parse(args)
+    shapes = None
+    if DataArgs.given(args):
+        ds = DATA.parse(args, model)
+        batch = next(iter(ds.batches(batch_size=1)))
+        shapes = {k: list(v.shape) for k, v in batch.feed.items()}
+    groups = sorted(find_groups(model, shapes), key=lambda g: g.order)
+    rows = [{"order": g.order, "id": g.id, "kind": g.kind, "quantizable": bool(g.quantizable), "nodes": list(g.nodes),
+             "anchor": g.anchor, "macs": int(g.macs), "activation_bytes": int(g.activation_bytes),
+             "weight_count": int(g.weight_count)} for g in groups]
+    if json_out:
+        print_json({"model": model.name, "shapes": shapes, "groups": rows})
+        return 0
+    quant = [r for r in rows if r["quantizable"]]
+    total = sum(r["macs"] for r in rows) or 1
+    print(f"{model.name}: {len(rows)} groups, {len(quant)} quantizable, "
+          f"{sum(r['macs'] for r in quant) / total:.1%} of {total:,} MACs in quantizable groups")
+    print(f"{'#':>4}  {'kind':<9} {'int8?':<5} {'nodes':>5} {'MACs':>14} {'act. bytes':>12}  id")
+    for r in rows:
+        if r["quantizable"] or r["kind"] != "other":
+            print(f"{r['order']:>4}  {r['kind']:<9} {'yes' if r['quantizable'] else 'no':<5} {len(r['nodes']):>5} "
+                  f"{r['macs']:>14,} {r['activation_bytes']:>12,}  {r['id']}")
+    other = [r for r in rows if not r["quantizable"] and r["kind"] == "other"]
+    if other:
+        print(f"      and {len(other)} groups of other nodes that stay in float ({sum(len(r['nodes']) for r in other)} "
+              f"nodes); --json lists every group")
+    return 0
