@@ -144,15 +144,15 @@ class Searcher:
     (``benchmarks/search.py``). The arguments are :func:`search`'s."""
 
     def __init__(self, model, data=None, budget=None, config: "CalibrationConfig | Mapping | None" = None, *,
-                 task: str = "auto", latency: str = "onnxruntime", sensitivity: str = "direct",
-                 search_samples: int = DEFAULT_SEARCH_SAMPLES, progress: bool = True, preprocess=None, classes=None,
-                 labels=None, text_labels=None, strict: bool = False, dataset=None, **options):
+                 task: str = "auto", latency: str = "onnxruntime", latency_options: Mapping | None = None,
+                 sensitivity: str = "direct", search_samples: int = DEFAULT_SEARCH_SAMPLES, progress: bool = True,
+                 preprocess=None, classes=None, labels=None, text_labels=None, strict: bool = False, dataset=None,
+                 **options):
         from .backends.onnxruntime import OrtEngine
         from .datasets import open_dataset
         from .pipeline import calibrate
         from .qdq import prepare
         from .tuning import groups as G
-        from .tuning import latency as L
         from .tuning import search as S
         from .tuning import sensitivity as SENS
         from .tuning.budget import parse_budget
@@ -188,12 +188,7 @@ class Searcher:
             eval_ds = eval_ds.subset(limit=cfg.eval_samples, seed=cfg.seed)
         self.eval_data = eval_ds
 
-        # 1. calibration, once
-        self.calibration = res = calibrate(m, dataset=ds, config=cfg.replace(evaluate=False), write=False,
-                                           progress=progress)
-        t_calib = time.perf_counter() - t_start
-
-        # 2. the search split, decoded once; the reference on it
+        # 1. the search split, decoded once; the reference on it (the task is known before any work)
         search_ds = ds.split("calib")
         if search_samples < len(search_ds):
             search_ds = search_ds.subset(limit=search_samples, seed=cfg.seed)
@@ -206,6 +201,11 @@ class Searcher:
         self.task = _detect_task(reference, batches[0], task)
         bud.check_task(self.task)
 
+        # 2. calibration, once
+        self.calibration = res = calibrate(m, dataset=ds, config=cfg.replace(evaluate=False), write=False,
+                                           progress=progress)
+        t_calib = time.perf_counter() - t_start
+
         # 3. groups and latency model
         shapes = {k: [1, *v.shape[1:]] for k, v in batches[0].feed.items()}
         self.groups = G.find_groups(m, shapes)
@@ -213,9 +213,8 @@ class Searcher:
         if not quant:
             raise CalibError(f"{m.name} has no group that can run in INT8: nothing to search")
         self.say(f"{len(self.groups)} groups, {len(quant)} quantizable; latency model {latency}")
-        self.latency = lat = L.latency_model(latency, m, self.groups, int8=res.qdq_model, feed=batches[0].feed,
-                                             threads=cfg.threads)
         self.prepared = prepare(m)
+        self.latency = lat = self._latency_model(latency, latency_options, batches[0].feed)
         shifts = getattr(res.qdq_model, "bias_shifts", None) or {}
         self.evaluator = PlanEvaluator(reference, self.groups,
                                        QdqBuilder(self.prepared, res.qdq_amax, cfg.target, res.smoothing, shifts),
@@ -234,6 +233,20 @@ class Searcher:
                                    macs={g.id: int(g.macs) for g in quant}, scores=sens.scores,
                                    predictor=lambda precisions: float(lat.predict(self.groups, precisions)))
         self.timing = {"calibration": round(t_calib, 3), "sensitivity": round(time.perf_counter() - t0, 3)}
+
+    def _latency_model(self, spec: str, options, feed):
+        """The latency model *spec* names; ``onnxruntime`` profiles this model's FP32 and its
+        ``--target onnxruntime`` INT8 Q/DQ model (same ranges and smoothing) on one search sample."""
+        from .qdq import quantize_model
+        from .tuning import latency as L
+
+        kw = dict(options or {})
+        if str(spec).strip().lower() == "onnxruntime":
+            kw.setdefault("int8_model", quantize_model(self.prepared, self.calibration.qdq_amax, target="onnxruntime",
+                                                       smooth=self.calibration.smoothing or None))
+            kw.setdefault("feed", {k: v[:1] for k, v in feed.items()})
+            kw.setdefault("threads", self.config.threads)
+        return L.latency_model(spec, self.fp32, self.groups, **kw)
 
     def say(self, line: str) -> None:
         """A line on stderr (with *progress*), without breaking a progress bar."""
@@ -323,7 +336,8 @@ class Searcher:
 
 
 def search(model, data=None, budget=None, config: "CalibrationConfig | Mapping | None" = None, *, task: str = "auto",
-           latency: str = "onnxruntime", algorithm: str = "ours", sensitivity: str = "direct",
+           latency: str = "onnxruntime", latency_options: Mapping | None = None, algorithm: str = "ours",
+           sensitivity: str = "direct",
            search_samples: int = DEFAULT_SEARCH_SAMPLES, max_evals: int | None = None, out=None, force: bool = False,
            progress: bool = True, preprocess=None, classes=None, labels=None, text_labels=None, strict: bool = False,
            dataset=None, **options) -> SearchResult:
@@ -334,12 +348,14 @@ def search(model, data=None, budget=None, config: "CalibrationConfig | Mapping |
     *text_labels*: ``file<TAB>text`` TSV for CTC models' labels (``cer_increase``).
     *budget*: ``"agreement>=0.995"`` and the like (:func:`calib.tuning.budget.parse_budget`);
     *task*: ``auto`` or a harness task; *latency*: the latency model's spec (``onnxruntime``,
-    ``roofline:<gpu>``, ``tensorrt``); *algorithm*: ``ours``, ``bisect-prefix``,
+    ``roofline:<gpu>``, ``tensorrt``) and *latency_options* (``tensorrt`` needs ``engines``, see
+    :func:`calib.tuning.latency.latency_model`); *algorithm*: ``ours``, ``bisect-prefix``,
     ``bisect-suffix`` or ``greedy``; *sensitivity*: ``direct`` (both measures, the direct one used),
     ``direct-all-but`` or ``proxy`` (the proxy only); *search_samples*: calibration samples the
     plans are scored on; *max_evals*: full evaluations allowed (default ``ceil(log2 G) + 3``).
-    *config* / *options*: calibration options (:class:`calib.CalibrationConfig`); its
-    ``eval_samples`` bounds the verification. Nothing is written without *out*; existing files
+    *config* / *options*: calibration options (:class:`calib.CalibrationConfig`; the calibration
+    algorithm goes in *config*, ``algorithm`` here is the search's); its ``eval_samples`` bounds
+    the verification. Nothing is written without *out*; existing files
     there are refused unless *force*; *progress* shows progress bars and one line per evaluation
     on stderr.
     """
@@ -352,7 +368,8 @@ def search(model, data=None, budget=None, config: "CalibrationConfig | Mapping |
     paths = output_paths(out, m.name) if out is not None else {}
     for p in paths.values():
         check_writable(p, force)
-    searcher = Searcher(m, data, budget, config, task=task, latency=latency, sensitivity=sensitivity,
+    searcher = Searcher(m, data, budget, config, task=task, latency=latency, latency_options=latency_options,
+                        sensitivity=sensitivity,
                         search_samples=search_samples, progress=progress, preprocess=preprocess, classes=classes,
                         labels=labels, text_labels=text_labels, strict=strict, dataset=dataset, **options)
     outcome = searcher.run(algorithm, max_evals)

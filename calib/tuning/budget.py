@@ -147,8 +147,8 @@ class Budget:
     def check_task(self, task: str) -> None:
         """Raise :class:`BudgetError` unless the budget's metric is valid for *task*."""
         if task not in self.spec.tasks:
-            raise BudgetError(f"budget metric {self.metric} does not apply to a {task} model; valid for {task}: "
-                              f"{', '.join(TASK_METRICS.get(task, ())) or 'none'}")
+            raise BudgetError(f"budget metric {self.metric} does not apply to this {task} model; valid metrics for "
+                              f"{task}: {', '.join(TASK_METRICS.get(task, ())) or 'none'}")
 
     def judge(self, m: Measurement) -> str:
         """``meets`` (the whole interval is on the good side), ``fails`` (the whole interval is on the
@@ -247,7 +247,7 @@ def parse_budget(text: "str | Budget", task: str | None = None) -> Budget:
     if spec is None:
         raise BudgetError(f"unknown budget metric {name!r} in {text!r}; {hint}")
     if name not in valid:
-        raise BudgetError(f"budget metric {name} does not apply to a {task} model ({spec.description}); {hint}")
+        raise BudgetError(f"budget metric {name} does not apply to a {task} task ({spec.description}); {hint}")
     op = {"=>": ">=", "=<": "<="}.get(op, op)
     if op not in OPERATORS:
         raise BudgetError(f"budget {text!r}: operator {op!r} is not allowed; {name} takes {spec.op} "
