@@ -54,8 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration import (MODELOPT_METHODS, MODELS, _open, _preload, modelopt_python, modelopt_quantize,
-                         ort_quantize)
+from calibration import MODELOPT_METHODS, MODELS, _open, _preload, modelopt_python, modelopt_quantize, ort_quantize
 
 OURS = ("entropy", "max", "percentile", "mse")
 
@@ -104,8 +103,8 @@ def fold(key: str, swap: bool, samples: int, batch: int, threads: int, ort_metho
          levels=("all",)) -> dict:
     """``{level: {method: log-softmax [2, N, C]}}`` plus ``labels`` and ``fp32`` for one fold."""
     from calib.algorithms import compute_amax
-    from calib.pipeline import bias_probe_samples, build_qdq
     from calib.collect import collect_statistics
+    from calib.pipeline import bias_probe_samples, build_qdq
     from calib.qdq import prepare, quantize_model
 
     cal_split, ev_split = ("eval", "calib") if swap else ("calib", "eval")
@@ -199,7 +198,8 @@ def main(argv=None) -> int:
     levels = [x.strip() for x in a.levels.split(",") if x.strip()]
     bad = [x for x in levels if x not in ("all", "extended", "basic", "none")]
     if not levels or bad:
-        ap.error(f"--levels: unknown level(s) {', '.join(bad) or '(none given)'}; choose from all, extended, basic, none")
+        ap.error(f"--levels: unknown level(s) {', '.join(bad) or '(none given)'}; "
+                 "choose from all, extended, basic, none")
     ort_methods = [] if a.skip_ort else ["MinMax"] if a.skip_ort_heavy else ["MinMax", "Entropy", "Percentile"]
     mo_python = None if a.skip_modelopt else modelopt_python(a.modelopt_python)
 

@@ -1,13 +1,13 @@
 """Which algorithm suits which model, and does ``--algorithm auto`` find it?
 
-For each shared model: calibrate with every algorithm (same calibration samples, channel
-smoothing and bias correction on unless ``--no-bias-correction``, TensorRT Q/DQ placement), score each INT8 model against FP32 on held-out samples,
-and run ``--algorithm auto``, which chooses from calibration samples only (it scores the
-candidates on up to 64 of them, with ranges fitted to the others). The held-out metric is
-the one ``auto`` optimises (KL(FP32 || INT8) for classifiers, greedy CTC decode agreement for the
-recogniser, output SQNR for the detector's probability map), with top-1 / decode agreement or
-map IoU beside it. Auto's artifacts are byte for byte those of the algorithm it chose, so its
-held-out score is that algorithm's.
+For each shared model: calibrate with every algorithm (same calibration samples, channel smoothing
+and bias correction on unless ``--no-bias-correction``, TensorRT Q/DQ placement), score each INT8
+model against FP32 on held-out samples, and run ``--algorithm auto``, which chooses from calibration
+samples only (it scores the candidates on up to 64 of them, with ranges fitted to the others). The
+held-out metric is the one ``auto`` optimises (KL(FP32 || INT8) for classifiers, greedy CTC decode
+agreement for the recogniser, output SQNR for the detector's probability map), with top-1 / decode
+agreement or map IoU beside it. Auto's artifacts are byte for byte those of the algorithm it chose,
+so its held-out score is that algorithm's.
 
     python benchmarks/algorithms.py                      # all five models, about 4 minutes
     python benchmarks/algorithms.py --models cls,rec
@@ -47,9 +47,9 @@ def main(argv=None) -> int:
                     help="Q/DQ models without bias correction (calibrate's --no-bias-correction)")
     a = ap.parse_args(argv)
     warnings.simplefilter("ignore")
-    from calib.pipeline import calibrate
     from calib.datasets import Preprocess, open_dataset
     from calib.model import Model
+    from calib.pipeline import calibrate
 
     rows = []
     for key in a.models.split(","):
@@ -70,7 +70,8 @@ def main(argv=None) -> int:
     print("\nHeld-out INT8 vs FP32 per algorithm (TensorRT Q/DQ placement, channel smoothing on, bias correction "
           f"{'on' if a.bias_correction else 'off'}); "
           "**bold**: the algorithm auto chose from calibration samples alone; in brackets: the second metric\n")
-    print("| model | calibration / held-out samples | held-out metric | " + " | ".join(ALGS) + " | auto chose | auto's selection scores | auto's run / its choice's run (s) |")
+    print("| model | calibration / held-out samples | held-out metric | " + " | ".join(ALGS)
+          + " | auto chose | auto's selection scores | auto's run / its choice's run (s) |")
     print("|---|---|---|" + "---:|" * len(ALGS) + "---|---|---:|")
     for key, auto, sel, held, t_chosen in rows:
         metric = sel["metric"]
@@ -84,7 +85,8 @@ def main(argv=None) -> int:
         ins = ", ".join(f"{alg} {sel['scores'][alg][metric]:.3g}" for alg in ALGS)
         n_ho = auto.summary["held_out"]["samples"]
         print(f"| {key} | {auto.summary['calibration_samples']} / {n_ho} | {metric} ({second}) | "
-              + " | ".join(cells) + f" | {sel['chosen']} | {ins} | {auto.summary['timing_s']['total']:.1f} / {t_chosen:.1f} |")
+              + " | ".join(cells)
+              + f" | {sel['chosen']} | {ins} | {auto.summary['timing_s']['total']:.1f} / {t_chosen:.1f} |")
     return 0
 
 

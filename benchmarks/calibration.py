@@ -97,8 +97,13 @@ def ort_quantize(model, cal_batches, method: str, out: Path) -> Path:
     """ONNX Runtime's ``quantize_static`` as the benchmarks run it: QDQ, int8 symmetric
     activations, per-channel int8 weights, *method* (MinMax, Entropy, Percentile) over the
     preloaded ``(feed, labels)`` batches; writes *out* and returns it."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
-                                          QuantType, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -205,8 +210,8 @@ def worker(job: dict) -> dict:
         return res
     if kind == "ours":
         from calib.algorithms import compute_amax
-        from calib.pipeline import bias_probe_samples, build_qdq
         from calib.collect import collect_statistics
+        from calib.pipeline import bias_probe_samples, build_qdq
         from calib.qdq import prepare
 
         # the bias correction's samples, decoded before the clock starts like the others

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from types import SimpleNamespace
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -99,18 +99,17 @@ def part1(names, threads):
                 nobs += not o1.same_as(o2)
             diff[lvl] = (nd, nt, worst, nobs)
         b = times["bare all"]
-        ms = lambda k: f"{times[k] * 1000 / n:.2f} ({times[k] / b:.2f}x)"   # noqa: E731
+        ms = " | ".join(f"{times[k] * 1000 / n:.2f} ({times[k] / b:.2f}x)"
+                        for k in ("bare basic", "capture basic", "capture extended", "capture all"))
         e, a = diff["extended"], diff["all"]
-        print(f"| {name} | {len(cap)} | {b * 1000 / n:.2f} | {ms('bare basic')} | {ms('capture basic')} | "
-              f"{ms('capture extended')} | {ms('capture all')} | {e[0]}/{e[1]} | {a[0]}/{a[1]} | {a[2]:.1e} | "
+        print(f"| {name} | {len(cap)} | {b * 1000 / n:.2f} | {ms} | {e[0]}/{e[1]} | {a[0]}/{a[1]} | {a[2]:.1e} | "
               f"{a[3]}/{a[1]} |", flush=True)
 
 
 def part2(threads, samples):
-    from calibration import _open      # this folder is on sys.path
-
     from calib.algorithms import compute_amax
     from calib.collect import collect_statistics
+    from calibration import _open  # this folder is on sys.path
 
     model, cal = _open("efficientnet_lite0", "calib", samples)
     feeds = [b.feed for b in cal.batches(batch_size=16, progress=False)]
@@ -136,10 +135,9 @@ def part3(threads, samples):
     import onnx
     import onnxruntime as ort
 
-    from calibration import _open      # this folder is on sys.path
-
     from calib.backends.onnxruntime import OrtEngine, session_options
     from calib.collect import captured_tensors
+    from calibration import _open  # this folder is on sys.path
 
     model, cal = _open("efficientnet_lite0", "calib", samples)
     feeds = [b.feed for b in cal.batches(batch_size=16, progress=False)]

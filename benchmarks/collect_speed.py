@@ -45,6 +45,7 @@ from pathlib import Path
 
 from _common import ROOT, SHARED, peak_rss_mib
 from _quiet import wait_quiet
+
 MODEL = SHARED / "models" / "efficientnet_lite0.onnx"
 IMAGES = SHARED / "data" / "imagenet-sample"
 
@@ -141,7 +142,7 @@ def main(argv=None) -> int:
             configs = [c for c in configs if c[0] in keep or c[0] == "bare"]
         results: dict = {}
         for n in sizes:
-            for r in range(args.rounds):                     # interleaved: drift hits every config alike
+            for _ in range(args.rounds):                     # interleaved: drift hits every config alike
                 for name, cfg in configs:
                     results.setdefault((n, name), []).append(_run({**base, **cfg, "n": n}))
                     print(".", end="", file=sys.stderr, flush=True)

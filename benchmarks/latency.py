@@ -99,10 +99,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=",".join(MODELS))
     args = ap.parse_args(argv)
 
+    from calib.datasets import open_dataset
     from calib.model import Model
     from calib.qdq import quantize_model
-
-    from calib.datasets import open_dataset
 
     if not (SHARED / "models").is_dir():
         print(f"error: the shared models and images are not at {SHARED} (set CALIB_SHARED)", file=sys.stderr)

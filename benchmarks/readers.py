@@ -10,6 +10,7 @@ normalise, NCHW float32) for a 224x224 model input; the table reports the best o
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -21,8 +22,8 @@ from _common import ROOT, SHARED
 
 sys.path.insert(0, str(ROOT))
 
-from calib.datasets import Preprocess, open_dataset  # noqa: E402
-from calib.model import TensorInfo  # noqa: E402
+from calib.datasets import Preprocess, open_dataset
+from calib.model import TensorInfo
 
 
 def plain_loop(files: list[Path], pre: Preprocess) -> int:
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     worker_counts = sorted({1, 2, cores, 2 * cores})
     rates = {}
     for w in worker_counts:
-        r, n = best_rate(lambda: reader(data, pre, w, args.batch_size), args.repeat)
+        r, n = best_rate(functools.partial(reader, data, pre, w, args.batch_size), args.repeat)
         rates[w] = r
         rows.append((f"calib reader, {w} worker thread{'s' if w > 1 else ''}", n, r))
     from calib.datasets import default_workers

@@ -30,9 +30,9 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     from calib.backends.onnxruntime import OrtEngine
-    from calib.pipeline import calibrate
     from calib.datasets import Preprocess, open_dataset
     from calib.model import Model
+    from calib.pipeline import calibrate
 
     model = Model.load(SHARED / "models" / "ppocrv4_det.onnx")
     ds = open_dataset(SHARED / "data" / "ocr-lines", model, Preprocess.preset("paddleocr-det", resize=a.resize))

@@ -26,8 +26,10 @@ either case (TensorRT prints ``0`` for a zero scale); names with spaces, bracket
 The sidecar ``<cache>.json`` (``make_sidecar`` / ``write_sidecar`` / ``read_sidecar``) records
 where a cache came from: model hash and tensor list, data description, preprocessing and its
 digest, sample count and seed, algorithm and parameters, the calib version and the creation
-time (the only field that changes between identical runs). ``check_provenance`` compares it
-with a model and raises :class:`~calib.errors.CacheMismatchError` saying what changed.
+time (the only field that changes between identical runs), and the sha256 of the cache file
+itself. ``check_provenance`` compares it with a model and with the cache, and raises
+:class:`~calib.errors.CacheMismatchError` saying what changed (a cache that is not the one its
+sidecar describes, for example one of another run beside this run's sidecar, is refused by name).
 """
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import CacheError, CacheMismatchError
-from .utils import atomic_write_bytes, check_writable, sha256_bytes
+from .utils import atomic_write_all, atomic_write_bytes, sha256_bytes
 
 DEFAULT_TRT_VERSION = 100900
 SIDECAR_FORMAT = "calib-cache-sidecar"
@@ -298,10 +300,10 @@ def write_sidecar(cache_path: str | os.PathLike, sidecar: Mapping, overwrite: bo
 
 def write_cache_with_sidecar(path: str | os.PathLike, cache: CalibrationCache, sidecar: Mapping,
                              overwrite: bool = False) -> tuple[Path, Path]:
-    """Write both files, checking both targets before writing either."""
-    check_writable(path, overwrite)
-    check_writable(sidecar_path(path), overwrite)
-    return write_cache(path, cache, overwrite), write_sidecar(path, sidecar, overwrite)
+    """Write both files as one set (:func:`calib.utils.atomic_write_all`): both or neither."""
+    written = atomic_write_all([(path, format_cache(cache)), (sidecar_path(path), sidecar_bytes(sidecar))],
+                               overwrite=overwrite)
+    return written[0], written[1]
 
 
 def read_sidecar(path: str | os.PathLike) -> dict:
@@ -326,20 +328,48 @@ def _few(names: list[str], n: int = 3) -> str:
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def check_provenance(sidecar: "Mapping | str | os.PathLike", model, cache: CalibrationCache | None = None) -> None:
-    """Raise :class:`CacheMismatchError` if the cache was made for another model (or tensor set).
+def check_provenance(sidecar: "Mapping | str | os.PathLike", model,
+                     cache: "CalibrationCache | str | os.PathLike | None" = None) -> None:
+    """Raise :class:`CacheMismatchError` if the cache was made for another model (or tensor set), or
+    is not the cache its sidecar describes.
 
-    Compares the model hash and the model's tensor names with those recorded in the sidecar;
-    with *cache*, also that the cache's tensors are those the sidecar lists.
+    Compares the model hash and the model's tensor names with those recorded in the sidecar. The
+    cache (*cache*: a :class:`CalibrationCache` or the cache file; by default the file beside a
+    *sidecar* given as a path, ``m.cache`` for ``m.cache.json``, when it exists) must have the
+    sha256 the sidecar records (a file is hashed as it is; a cache object as calib writes it) and
+    the tensors it lists: a cache from another run beside this sidecar (an interrupted write, a
+    file copied over) is refused, naming the file.
     """
     from .model import load_model
 
-    rec = read_sidecar(sidecar) if not isinstance(sidecar, Mapping) else sidecar
+    side_file = None if isinstance(sidecar, Mapping) else sidecar_path(sidecar)
+    rec = sidecar if side_file is None else read_sidecar(side_file)
     rec_model = rec.get("model") or {}
     if not isinstance(rec_model, Mapping) or "sha256" not in rec_model:
         raise CacheError("provenance sidecar records no model hash; cannot check it")
-    m = load_model(model)
+    cache_file = None
+    if cache is None and side_file is not None and side_file.name.endswith(".json"):
+        guess = side_file.with_name(side_file.name.removesuffix(".json"))
+        cache_file = guess if guess.is_file() else None
+    elif cache is not None and not isinstance(cache, CalibrationCache):
+        cache_file = Path(cache)
+    rec_cache = rec.get("cache") if isinstance(rec.get("cache"), Mapping) else None
+    if cache_file is not None:
+        try:
+            data = cache_file.read_bytes()
+        except OSError as exc:
+            raise CacheError(f"cannot read calibration cache {cache_file}: {exc.strerror or exc}") from None
+        cache = parse_cache(data, source=str(cache_file))
+        digest, what = sha256_bytes(data), str(cache_file)
+    elif cache is not None:
+        digest, what = sha256_bytes(format_cache(cache)), "the calibration cache"
     problems = []
+    if cache is not None and rec_cache is not None and rec_cache.get("sha256") and digest != rec_cache["sha256"]:
+        where = f" {side_file}" if side_file is not None else ""
+        problems.append(f"{what} does not match its sidecar{where}: its sha256 is {digest[:12]}..., the sidecar "
+                        f"describes a cache with {str(rec_cache['sha256'])[:12]}... (not the same run's files; "
+                        f"recompute them together)")
+    m = load_model(model)
     if rec_model["sha256"] != m.sha256:
         problems.append(f"model hash differs (cache made for '{rec_model.get('name')}' "
                         f"sha256 {str(rec_model['sha256'])[:12]}..., this model '{m.name}' is {m.sha256[:12]}...)")
@@ -351,8 +381,8 @@ def check_provenance(sidecar: "Mapping | str | os.PathLike", model, cache: Calib
         problems.append(f"{len(missing)} tensor(s) of the cache's model missing from this model: {_few(missing)}")
     if added:
         problems.append(f"{len(added)} tensor(s) of this model unknown to the cache's model: {_few(added)}")
-    if cache is not None and isinstance(rec.get("cache"), Mapping):
-        listed = set(rec["cache"].get("tensors") or [])
+    if cache is not None and rec_cache is not None:
+        listed = set(rec_cache.get("tensors") or [])
         have = set(cache.scales)
         if listed != have:
             gone = sorted(listed - have)

@@ -14,24 +14,12 @@ captured intermediates of a run; each batch is split into runs of at most ``run_
 samples (default 4) when the batch dimension is dynamic, or of the model's fixed batch size,
 which bounds the memory two runs of captured tensors take and keeps them in cache.
 
-Where the time goes (EfficientNet-Lite0, 2 cores, runs of 4 samples; ONNX Runtime's profiler,
-``benchmarks/capture_levels.py``). The capture session runs at ONNX Runtime's ``all`` level, like
-the deployed model: its convolutions take what they take in a bare pass (~10.5 ms a run), and
-the captures add ~8 ms: 58 reorders of captured tensors from the blocked NCHWc layout to NCHW
-(3.4 ms), 33 Clips no longer fused into their convolution and run in NCHW (2.3 ms), and 32
-reorders back to NCHWc for the next convolution (2.0 ms); ~1.7x the bare pass in all (profiled
-with the 93 tensors captured before Relu / Clip outputs were derived; the 60 captured now
-measure 1.6-1.8x). (At
-``basic``, which collection used before, the depthwise convolutions run in NCHW and capturing
-takes ~8x; ``all``'s values differ from it in their last bits, see
-:class:`~calib.backends.onnxruntime.OrtEngine`.) The captured tensors go into a ring of two
-preallocated buffer sets (``OrtEngine(reuse=2)``) instead of fresh memory each run, whose page
-faults cost ~0.5x a bare pass. Then 7.0 M values per image are observed (13.1 M before Relu / Clip
-outputs were derived, below): min and max ~0.1 ns/value, binning ~0.4-0.6 ns/value with the numba
-kernels (~1.9 with NumPy; :mod:`calib.stats`), on the worker threads. Summarising tensors inside the graph (ReduceMin / ReduceMax, plus a ReduceSum
-to detect NaN, which ReduceMax may skip) was measured slower than capturing them and taking min
-and max in NumPy on the workers (3.9x against 3.45x the bare pass for ranges only, at ``basic``),
-so it is not used.
+The capture session runs at ONNX Runtime's ``all`` level, like the deployed model. The captured
+tensors go into a ring of two preallocated buffer sets (``OrtEngine(reuse=2)``) instead of fresh
+memory each run. Minimum and maximum are taken in NumPy on the worker threads and histograms are
+binned by the kernels of :mod:`calib.stats`; summarising tensors inside the graph (ReduceMin /
+ReduceMax) is not used because it was slower. Where the time goes, measured:
+``benchmarks/README.md`` ("Where the time goes").
 
 Derived observers (``derive=True``, the default): an observer of a tensor whose values follow
 exactly from other observed tensors is built from theirs at the end instead of capturing and
@@ -39,21 +27,17 @@ histogramming the tensor (:func:`plan_derivations`): outputs of Reshape, Flatten
 Unsqueeze, Transpose, Identity, Dropout (same values), Concat (merge of the inputs' observers)
 and zero-padding Pad (the input's observer plus the zeros, counted from the run-time shapes).
 Observers merge exactly, so the results are bit-identical to ``derive=False``; integer tensors
-(known from ONNX shape inference) are not captured either. Fewer captured outputs let ONNX
-Runtime keep more of its graph rewrites: on EfficientNet-Lite0 the integer padding arithmetic
-is constant-folded and each Pad fused into its Conv, and 27% fewer values are histogrammed
-(13.1 M instead of 17.9 M per image).
+(known from ONNX shape inference) are not captured either. Fewer captured outputs also let ONNX
+Runtime keep more of its graph rewrites (a Pad fused into its Conv, constant-folded shape
+arithmetic).
 
 With ``derive=True`` the outputs of Relu and of Clip with constant bounds are not captured
-either (:func:`plan_ranges`; 33 of the 93 tensors captured before on EfficientNet-Lite0, 47% of
-its values): for finite inputs they follow from the input's values. Range-only collection
+either (:func:`plan_ranges`): for finite inputs they follow from the input's values. Range-only collection
 (``histogram=False``, max calibration) takes the output's min and max as the clipped min and
 max of the input's, at each run. With histograms, each ``clip(x, 0, hi)`` (Relu, ReLU6;
 :func:`plan_clip_splits`) has its input observed by a :class:`~calib.stats.ClipSplitObserver`,
 which counts every value once into three histograms (below 0, 0 to ``hi``, above ``hi``) and
-gives the exact observers of both tensors at the end (~0.55 ns/value, against ~0.5 for *each*
-tensor binned on its own; EfficientNet-Lite0's entropy statistics took ~24% less time and
-~250 MB less memory, ``benchmarks/collect_speed.py``). A run whose input holds NaN or Inf is
+gives the exact observers of both tensors at the end. A run whose input holds NaN or Inf is
 observed directly and runs again with the outputs captured (a second session, built on first
 need), so NaN / Inf counts and every other statistic stay exactly those of capturing them.
 
@@ -63,8 +47,8 @@ tensors (no locks; results are identical to the serial path because observers ar
 independent). A run is handed to the workers only once they finished the previous one, so
 while ONNX Runtime produces the next run at most two runs (two ``run_batch``-sample slices)
 of activations are held at any time; with ``workers=0`` exactly one. While workers run, ONNX Runtime's idle
-intra-op threads sleep instead of spinning (``spinning=False``): spinning threads took the
-cores the histogram workers needed (measured on 2 cores, see ``benchmarks/collect_speed.py``).
+intra-op threads sleep instead of spinning (``spinning=False``), leaving the cores to the
+histogram workers.
 """
 from __future__ import annotations
 

@@ -92,8 +92,39 @@ class AlgorithmError(CalibError):
 
 
 # --- artifacts --------------------------------------------------------------
+class OutputError(CalibError):
+    """An output cannot be written: its folder is not a writable folder, or writing failed (a full
+    disk, a read-only file system, no permission). The message names the path and the reason."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+class OutputLockedError(OutputError):
+    """Another process is writing into the output folder (it holds the folder's lock)."""
+
+    def __init__(self, folder, pid: int | None):
+        who = f"another calib run (pid {pid})" if pid else "another calib run"
+        super().__init__(folder, f"{who} is writing into this folder; wait for it to finish or write elsewhere")
+        self.pid = pid
+
+
 class OutputExistsError(CalibError):
-    """An output file exists and overwriting was not asked for (use --force)."""
+    """An output file exists and replacing it was not asked for.
+
+    The message names the keyword of the function that refused (``force=True``, or
+    ``overwrite=True`` for the lower-level writers); :meth:`advice` words it for another audience
+    (the CLI says ``--force``). *path* and *detail* (``"already exists"``) are kept as attributes.
+    """
+
+    def __init__(self, path, option: str = "overwrite", detail: str = "already exists"):
+        self.path, self.option, self.detail = path, option, detail
+        super().__init__(self.advice(f"{option}=True"))
+
+    def advice(self, how: str) -> str:
+        """The message, telling the reader to pass *how* (``"--force"``, ``"force=True"``)."""
+        return f"{self.path} {self.detail}; pass {how} to replace it"
 
 
 class CacheError(CalibError):

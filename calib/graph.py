@@ -15,7 +15,8 @@ functions, so importing this module stays light.
   graph exactly (the same function, up to float rounding of the BatchNorm fold) and return the
   names of the nodes they removed; :func:`upgrade_opset` converts a model to a newer opset.
 * Small helpers: :func:`attr` / :func:`set_attr` (node attributes), :func:`unique_name`,
-  :func:`toposort`, :func:`reduce_node`, :func:`weight_axis`, :func:`tensor_types`.
+  :func:`toposort`, :func:`reduce_node`, :func:`weight_axis`, :func:`tensor_types`,
+  :func:`concrete_shapes` (shape inference for given input shapes).
 
 Every function is deterministic: the same graph gives the same names and the same bytes.
 """
@@ -339,6 +340,41 @@ def tensor_types(proto) -> dict[str, int]:
                 if a.name == "value":
                     t[n.output[0]] = a.t.data_type
     return t
+
+
+def concrete_shapes(proto, input_shapes) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor that ONNX shape inference (with data propagation) can tell when the
+    graph inputs have the concrete shapes *input_shapes* (input name -> ints; inputs not named
+    keep their declared shape). Initializers, Constant outputs and graph inputs included; a
+    tensor with a dimension left unknown is left out. *proto* is not changed."""
+    import onnx
+
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    for vi in p.graph.input:
+        if vi.name in input_shapes:
+            shape = vi.type.tensor_type.shape
+            shape.ClearField("dim")
+            for d in input_shapes[vi.name]:
+                shape.dim.add().dim_value = int(d)
+    del p.graph.value_info[:]
+    try:
+        p = onnx.shape_inference.infer_shapes(p, data_prop=True)
+    except Exception:
+        pass
+    out: dict[str, tuple[int, ...]] = {}
+    for vi in list(p.graph.input) + list(p.graph.value_info) + list(p.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            out[vi.name] = tuple(int(d.dim_value) for d in tt.shape.dim)
+    for i in p.graph.initializer:
+        out[i.name] = tuple(int(d) for d in i.dims)
+    for n in p.graph.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    out[n.output[0]] = tuple(int(d) for d in a.t.dims)
+    return out
 
 
 # --------------------------------------------------------------------------- passes

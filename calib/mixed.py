@@ -28,15 +28,16 @@ import json
 import math
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from .version import __version__
 from .errors import BudgetError, CalibError, EmptyDatasetError
 from .model import Model, load_model
 from .pipeline import CalibrationConfig, CalibrationResult, bias_probe_samples, build_qdq, calibration_splits
-from .utils import atomic_write_all, check_writable, json_safe
+from .utils import atomic_write_all, check_outputs, json_safe
+from .version import __version__
 
 DEFAULT_SEARCH_SAMPLES = 64
 LATENCY_MODELS = ("onnxruntime", "roofline:h100", "roofline:a100", "roofline:l4", "roofline:t4", "roofline:orin",
@@ -143,7 +144,7 @@ class Searcher:
     strategies run one after another share the evaluations of the plans they have in common
     (``benchmarks/search.py``). The arguments are :func:`search`'s."""
 
-    def __init__(self, model, data=None, budget=None, config: "CalibrationConfig | Mapping | None" = None, *,
+    def __init__(self, model, data=None, budget=None, config: CalibrationConfig | Mapping | None = None, *,
                  task: str = "auto", latency: str = "onnxruntime", latency_options: Mapping | None = None,
                  sensitivity: str = "direct", search_samples: int = DEFAULT_SEARCH_SAMPLES, progress: bool = True,
                  preprocess=None, classes=None, labels=None, text_labels=None, strict: bool = False, dataset=None,
@@ -335,7 +336,7 @@ class Searcher:
         return s
 
 
-def search(model, data=None, budget=None, config: "CalibrationConfig | Mapping | None" = None, *, task: str = "auto",
+def search(model, data=None, budget=None, config: CalibrationConfig | Mapping | None = None, *, task: str = "auto",
            latency: str = "onnxruntime", latency_options: Mapping | None = None, algorithm: str = "ours",
            sensitivity: str = "direct",
            search_samples: int = DEFAULT_SEARCH_SAMPLES, max_evals: int | None = None, out=None, force: bool = False,
@@ -366,8 +367,7 @@ def search(model, data=None, budget=None, config: "CalibrationConfig | Mapping |
         raise CalibError(f"unknown search algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
     m = load_model(model)
     paths = output_paths(out, m.name) if out is not None else {}
-    for p in paths.values():
-        check_writable(p, force)
+    check_outputs(paths.values(), force, option="force")     # before any work
     searcher = Searcher(m, data, budget, config, task=task, latency=latency, latency_options=latency_options,
                         sensitivity=sensitivity,
                         search_samples=search_samples, progress=progress, preprocess=preprocess, classes=classes,
@@ -387,7 +387,7 @@ def search(model, data=None, budget=None, config: "CalibrationConfig | Mapping |
                  (paths["search"], (json.dumps(json_safe(summary), indent=2, sort_keys=True, allow_nan=False)
                                     + "\n").encode("utf-8")),
                  (paths["plot"], plot_search(summary))]
-        atomic_write_all(files, overwrite=force)
+        atomic_write_all(files, overwrite=force, option="force")   # one set, all or nothing
     return SearchResult(plan=plan, precisions=dict(outcome.chosen), model=mixed, outcome=outcome,
                         sensitivity=searcher.sensitivity, groups=searcher.groups, latency=summary["latency_model"],
                         verification=verification, summary=summary, paths=paths, calibration=searcher.calibration,
@@ -411,10 +411,7 @@ def _group_summary(quant, precisions) -> str:
 
 
 def _group_entry(g, precisions) -> dict:
-    return {"id": g.id, "kind": g.kind, "order": g.order, "quantizable": bool(g.quantizable),
-            "nodes": list(g.nodes), "anchor": g.anchor, "macs": int(g.macs),
-            "activation_bytes": int(g.activation_bytes), "weight_count": int(g.weight_count),
-            "precision": precisions.get(g.id) if g.quantizable else "fp32"}
+    return dict(g.to_dict(), precision=precisions.get(g.id) if g.quantizable else "fp32")
 
 
 def _verify(m: Model, mixed: Model, int8: Model, eval_ds, bud, task: str, text_labels, cfg, progress) -> dict:

@@ -109,6 +109,9 @@ class Model:
             raise ModelLoadError(f"model path is a folder, expected an .onnx file: {p}")
         try:
             proto = onnx.load(str(p), load_external_data=True)
+        except onnx.checker.ValidationError as exc:   # external data through a link, or outside the folder
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelLoadError(f"cannot read {p}: its external data is refused: {reason}") from None
         except Exception as exc:  # protobuf DecodeError, missing external data, ...
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelLoadError(f"cannot read {p} as an ONNX model (truncated or not ONNX?): {reason}") from None

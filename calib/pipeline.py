@@ -2,13 +2,16 @@
 
 :func:`calibrate` is the Python API behind ``calibrate`` / ``calib calibrate``; its options are
 a :class:`CalibrationConfig`, validated when it is made. Every artifact is computed in memory
-first and written at the end, each file atomically, after checking that none of them would
-overwrite a file without ``force``.
+first and written at the end as one set (:func:`calib.utils.atomic_write_all`: all of them or none,
+also under SIGKILL or a concurrent run into the same folder), after checking before any work that
+the folder can be written and that none of them would overwrite a file without ``force``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import numbers
 import os
@@ -22,7 +25,7 @@ from .cache import sidecar_path
 from .errors import CalibError, ConfigError, EmptyDatasetError
 from .model import Model, load_model
 from .smooth import DEFAULT_ALPHA
-from .utils import atomic_write_all, check_writable
+from .utils import atomic_write_all, check_outputs, sha256_bytes
 
 ALGORITHMS = ("entropy", "max", "percentile", "mse", "auto")
 TARGETS = ("tensorrt", "onnxruntime")
@@ -153,18 +156,20 @@ class CalibrationResult:
 
 
 QDQ_SUFFIX = ".int8.onnx"
+SUMMARY_SUFFIX = ".summary.json"
 
 
 def output_paths(model_path: Path | None, out: str | os.PathLike | None, stem: str) -> dict[str, Path]:
     """Where :func:`calibrate` writes: in the folder *out* (default: the model's folder, else the
     working directory) ``<stem>.cache``, its sidecar ``<stem>.cache.json``, ``<stem>.int8.onnx``
-    and ``summary.json``."""
+    and ``<stem>.summary.json`` (named after the model, so that models calibrated into one folder
+    keep their own)."""
     base = Path(out) if out is not None else (model_path.parent if model_path else Path.cwd())
     return {
         "cache": base / f"{stem}.cache",
         "sidecar": sidecar_path(base / f"{stem}.cache"),
         "qdq": base / f"{stem}{QDQ_SUFFIX}",
-        "summary": base / "summary.json",
+        "summary": base / f"{stem}{SUMMARY_SUFFIX}",
     }
 
 
@@ -241,9 +246,8 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     plan = load_plan(config.plan)   # a bad plan fails here, before any work
     stem = m.name
     paths = output_paths(m.path, out, stem)
-    if write:
-        for p in paths.values():
-            check_writable(p, force)
+    if write:   # a folder that cannot be written, or outputs that exist, fail before any work
+        check_outputs(paths.values(), force, option="force")
 
     ds = dataset if dataset is not None else open_dataset(
         data, m, preprocess, seed=seed, classes=classes, labels=labels, strict=strict)
@@ -342,12 +346,14 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
         "bias_correction": getattr(qdq, "bias_correction", None),
         "quantization": {"summary": qreport.summary(), "int8_nodes": len(qreport.int8_nodes),
                          "fp16_nodes": qreport.fp16_nodes, "fp32_nodes": qreport.fp32_nodes,
-                         "left_float": qreport.float_fallback,
+                         "left_float": qreport.float_fallback, "missing_amax": qreport.missing_amax,
                          "unmatched_plan_entries": qreport.unmatched_plan_entries},
         "calibration_samples": len(calib_ds), "tensors": len(amax), "unranged_tensors": unranged,
         "timing_s": {"smooth": round(t_smooth, 3), "collect": round(t_collect, 3), "select": round(t_select, 3),
                      "amax": round(t_amax, 3), "qdq": round(t_bias, 3)},
         "outputs": {k: str(v) for k, v in paths.items()} if write else {},
+        # the set this summary belongs to: a cache or Q/DQ model of another run does not match
+        "sha256": {"cache": sha256_bytes(cache_bytes), "qdq": sha256_bytes(qdq_bytes)},
     }
     if config.evaluate and eval_ds is not None and len(eval_ds) > 0:
         summary["held_out"] = _held_out(m, qdq, eval_ds, config.eval_samples, seed, batch_size, threads, progress,
@@ -355,13 +361,12 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     summary["timing_s"]["total"] = round(time.perf_counter() - t_start, 3)
     summary["lines"] = _summary_lines(summary)
 
-    if write:
-        atomic_write_all(   # re-checks every target: nothing may have appeared meanwhile
-                         [(paths["cache"], cache_bytes),
-                    (paths["sidecar"], sidecar_bytes(sidecar)),
-                    (paths["qdq"], qdq_bytes),
-                    (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))],
-                   overwrite=force)
+    if write:   # one set, all or nothing; every target is checked again under the folder's lock
+        atomic_write_all([(paths["cache"], cache_bytes),
+                          (paths["sidecar"], sidecar_bytes(sidecar)),
+                          (paths["qdq"], qdq_bytes),
+                          (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))],
+                         overwrite=force, option="force")
     return CalibrationResult(amax=amax, scales=scales, paths=paths if write else {}, summary=summary,
                              qdq_model=qdq, observers=observers, smoothing=factors, qdq_amax=amax_q,
                              cache_files={"cache": cache_bytes, "sidecar": sidecar_bytes(sidecar)})
@@ -392,29 +397,57 @@ def bias_probe_samples(ds, seed: int):
 
 
 def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, factors=None, probe_ds=None,
-              threads=None, progress=False, label: str = "bias correction") -> Model:
+              threads=None, progress=False, label: str = "bias correction",
+              fp16_fallback: bool | None = None) -> Model:
     """``quantize_model(prepared, amax_q, ...)``, and with *probe_ds* (a dataset, or anything with
     ``len()`` and ``batches(batch_size=, progress=)``) bias-corrected on its samples, which run one at
     a time so that the correction does not depend on batching (:func:`calib.collect.bias_shifts`).
     The model's ``bias_correction`` attribute says what was done (None without *probe_ds*), and its
     ``bias_shifts`` attribute holds the measured shifts (node key -> per-channel mean; empty without
-    *probe_ds*), which ``quantize_model(..., bias_shift=)`` can reuse for another plan."""
+    *probe_ds*), which ``quantize_model(..., bias_shift=)`` can reuse for another plan.
+
+    *fp16_fallback*: as :func:`calib.qdq.quantize_model` (True to score a TensorRT plan's fp16
+    nodes in ONNX Runtime on float16-rounded values).
+
+    ``quantize_model`` logs its report's summary when tensors lack a range or stay float; here,
+    where one model is quantized several times (the probe, every ``auto`` candidate), that line
+    is not logged: the caller reports ``q.quant_report`` once (:func:`calibrate`'s summary does).
+    """
     from .collect import bias_shifts
     from .qdq import quantize_model
 
-    kw = dict(target=target, plan=plan, smooth=factors)
+    def quantize(**extra):
+        with _muted("calib.qdq"):
+            return quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors,
+                                  fp16_fallback=fp16_fallback, **extra)
+
     if probe_ds is None or len(probe_ds) == 0:
-        q = quantize_model(prepared, amax_q, **kw)
+        q = quantize()
         q.bias_correction, q.bias_shifts = None, {}
         return q
-    probe = quantize_model(prepared, amax_q, bias_probe=True, **kw)
+    probe = quantize(bias_probe=True)
     outputs = probe.quant_report.bias_probes
     shifts = bias_shifts(probe, probe_ds.batches(batch_size=1, progress=label if progress else False), outputs,
                          threads=threads) if outputs else {}
-    q = quantize_model(prepared, amax_q, bias_shift=shifts, **kw)
+    q = quantize(bias_shift=shifts)
     q.bias_correction = {"layers": len(q.quant_report.bias_corrected), "samples": len(probe_ds)}
     q.bias_shifts = shifts
     return q
+
+
+@contextlib.contextmanager
+def _muted(logger: str):
+    """No record of the logger *logger* is emitted inside the block."""
+    log = logging.getLogger(logger)
+
+    def drop(record) -> bool:
+        return False
+
+    log.addFilter(drop)
+    try:
+        yield
+    finally:
+        log.removeFilter(drop)
 
 
 def _amax(observers, smoothed_obs, algorithm: str, params: Mapping[str, Any]):
@@ -584,7 +617,7 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
     if sm and sm["tensors"]:
         lines.append(f"Q/DQ model: channels of {len(sm['tensors'])} tensors smoothed (alpha {sm['alpha']:g}; "
                      f"the cache describes the unmodified model)")
-    if q and (s.get("plan") or q["left_float"]):
+    if q and (s.get("plan") or q["left_float"] or q.get("missing_amax")):
         lines.append(f"Q/DQ model: {q['summary']}")
     if q and q["unmatched_plan_entries"]:
         names = q["unmatched_plan_entries"]

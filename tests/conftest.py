@@ -2,6 +2,9 @@
 
 The real models and images sit in ``../shared`` beside the repository (override with
 ``$CALIB_SHARED``). Fixtures that need them skip the test with a clear reason when absent.
+This is the one place that knows where ``../shared`` is: tests take the fixtures below, and a
+module that needs a path at import time (``parametrize`` values, a module-wide skip) imports
+``SHARED`` from here (``from conftest import SHARED``).
 Keep fixtures here generic; module-specific ones belong in the test module.
 """
 from __future__ import annotations
@@ -23,6 +26,21 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true",
+                     help="also run the tests marked slow (each repeats a claim a default test covers)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``slow`` tests are opt-in: ``--runslow`` runs them too, ``-m slow`` only them."""
+    if config.getoption("--runslow") or "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: a default test covers its claim; run with --runslow (tests/README.md)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:
     return REPO
@@ -40,6 +58,11 @@ def models_dir(shared_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def data_dir(shared_dir) -> Path:
+    return _need(shared_dir / "data", "shared data folder")
+
+
+@pytest.fixture(scope="session")
 def shared_model(models_dir):
     """Function: ``shared_model("efficientnet_lite0")`` -> path of that .onnx (skips if missing)."""
     def get(name: str) -> Path:
@@ -51,6 +74,22 @@ def shared_model(models_dir):
 @pytest.fixture(scope="session")
 def efficientnet_path(shared_model) -> Path:
     return shared_model("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def efficientnet(efficientnet_path):
+    """EfficientNet-Lite0 as a :class:`calib.model.Model` (shared: do not edit its proto)."""
+    from calib.model import Model
+
+    return Model.load(efficientnet_path)
+
+
+@pytest.fixture(scope="session")
+def efficientnet_groups(efficientnet):
+    """EfficientNet-Lite0's quantization groups (:func:`calib.tuning.find_groups`)."""
+    from calib.tuning import find_groups
+
+    return find_groups(efficientnet)
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ PINS = {
         ".int8.onnx": "01ca273bd28e8b4e2fa3c2fd7030fe15e90f864d4bcfe42c60ee124679945736"}),
     "effnet-ort-plan": ("efficientnet_lite0", ['--target', 'onnxruntime', '--plan', 'pin_plan_effnet.json'], {
         ".cache": "c8554b0a503ae86291a991f6c0e21576c52b505991cba7146fe926aab6bb60f5",
-        ".int8.onnx": "3dbfd33c02812048920a52e6e3ec9b54d967c65b4e203e30ae3e66c840d7e564"}),
+        ".int8.onnx": "4e640e288c3b3e810f9a5000254087e5d1e0344aa72d4513287fe2184a2cfff9"}),
     "effnet-max": ("efficientnet_lite0", ['--algorithm', 'max', '--no-bias-correction'], {
         ".cache": "b0d113821018281b7c7f0de0f5e875e35e26dcd5642609000b2ed2c8d190f614",
         ".int8.onnx": "06dabae17257bc8f9c09135de83d5322fad4105202c2fac8a1b90d9c58813e82"}),

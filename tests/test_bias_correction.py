@@ -11,10 +11,10 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from calib.pipeline import calibrate
 from calib.collect import bias_shifts, collect_statistics
 from calib.datasets import Preprocess, open_dataset
 from calib.model import Model
+from calib.pipeline import calibrate
 from calib.plan import node_key
 from calib.qdq import prepare, quantize_model
 
@@ -129,11 +129,13 @@ def test_bias_shift_only_touches_biases(eff):
     assert bad.serialize() == plain.serialize()
 
 
-@pytest.mark.parametrize("target", ["tensorrt", "onnxruntime"])
+# slow for onnxruntime: its probe is checked above, and its corrected Q/DQ model is pinned
+# (test_artifacts_pinned's effnet-ort, bias correction on); the end-to-end gain is tensorrt's
+@pytest.mark.parametrize("target", ["tensorrt", pytest.param("onnxruntime", marks=pytest.mark.slow)])
 def test_calibrate_with_bias_correction_is_closer_to_fp32_and_keeps_the_cache(tmp_path, eff, target):
     runs = {}
     for on in (True, False):
-        runs[on] = calibrate(eff["model"], None, dataset=eff["ds"], samples=96, eval_samples=96, batch_size=16,
+        runs[on] = calibrate(eff["model"], None, dataset=eff["ds"], samples=64, eval_samples=64, batch_size=16,
                              target=target, out=tmp_path / str(on), progress=False, bias_correction=on)
     on, off = runs[True], runs[False]
     assert on.paths["cache"].read_bytes() == off.paths["cache"].read_bytes()
@@ -144,7 +146,8 @@ def test_calibrate_with_bias_correction_is_closer_to_fp32_and_keeps_the_cache(tm
         ms = res.summary["held_out"]["report"]["candidates"][0]["metrics"]
         return next(m["candidate"]["estimate"] for m in ms if m["name"] == name)
 
-    # measured: KL(FP32 || INT8) 0.0082 -> 0.0035, SQNR +3.2 dB (entropy, 247 calibration photos)
+    # measured: KL(FP32 || INT8) 0.0082 -> 0.0035, SQNR +3.2 dB (entropy, 247 calibration photos);
+    # here (64 and 64 held-out) 0.0088 -> 0.0044, +3.3 dB
     assert metric(on, "kl_divergence") < 0.75 * metric(off, "kl_divergence")
     assert metric(on, "sqnr") > metric(off, "sqnr") + 1.0
     written = json.loads(on.paths["summary"].read_text())

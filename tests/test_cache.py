@@ -8,12 +8,22 @@ import numpy as np
 import onnx
 import onnx.helper as oh
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, numpy_helper
 
-from calib.cache import (CalibrationCache, amax_from_cache, check_provenance, format_cache, make_sidecar,
-                         parse_cache, read_cache, read_sidecar, write_cache, write_sidecar)
+from calib.cache import (
+    CalibrationCache,
+    amax_from_cache,
+    check_provenance,
+    format_cache,
+    make_sidecar,
+    parse_cache,
+    read_cache,
+    read_sidecar,
+    write_cache,
+    write_sidecar,
+)
 from calib.cli import main
 from calib.errors import CacheError, CacheMismatchError, OutputExistsError
 from calib.model import Model
@@ -116,7 +126,8 @@ _cache_line = st.one_of(
 )
 
 
-@settings(max_examples=400, deadline=None)
+# no time limits: a loaded machine must not fail the fuzzing (HealthCheck.too_slow is one)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_cache_line, max_size=8), st.sampled_from(["\n", "\r\n", "\r"]))
 def test_fuzz_text_never_raises_anything_but_cache_error(lines, sep):
     try:
@@ -133,7 +144,8 @@ def test_fuzz_text_never_raises_anything_but_cache_error(lines, sep):
     assert parse_cache(data).scales == c.scales
 
 
-@settings(max_examples=400, deadline=None)
+# no time limits: a loaded machine must not fail the fuzzing (HealthCheck.too_slow is one)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=200))
 def test_fuzz_bytes_never_raises_anything_but_cache_error(data):
     try:
@@ -178,7 +190,8 @@ def test_sidecar_round_trip_and_provenance(tmp_path):
         check_provenance(rec, other_weights)
     assert "tensor" not in str(ei.value)
     renamed = _tiny_model(tmp_path / "m3.onnx", out_name="relu_out")
-    with pytest.raises(CacheMismatchError, match="missing from this model: 'y'.*unknown to the cache's model: 'relu_out'"):
+    with pytest.raises(CacheMismatchError,
+                       match="missing from this model: 'y'.*unknown to the cache's model: 'relu_out'"):
         check_provenance(rec, renamed)
     with pytest.raises(CacheMismatchError, match="cache tensors differ"):
         check_provenance(rec, model, cache=CalibrationCache.from_amax({"x": 1.0}))
@@ -227,3 +240,46 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["cache", "show", str(tmp_path / "missing.cache")]) != 0
     assert "not found" in capsys.readouterr().err
     assert main(["cache", "diff", str(bad), str(bad), "--threshold", "-1"]) != 0
+
+
+def test_cli_escapes_control_characters_in_tensor_names(tmp_path, capsys):
+    """A cache can name a tensor with ESC sequences (clear the screen, recolour), a
+    backspace or a right-to-left override: the tables show them escaped, JSON keeps them."""
+    evil = {"clear\x1b[2J\x1b[31mred": 1.0, "back\bspace": 2.0, "\u202eevil.onnx": 3.0, "ok ünïcode (1)": 4.0}
+    a, b = tmp_path / "a.cache", tmp_path / "b.cache"
+    write_cache(a, CalibrationCache.from_amax(evil))
+    write_cache(b, CalibrationCache.from_amax({k: v * 2 for k, v in evil.items()} | {"only\x07b": 1.0}))
+    assert main(["cache", "show", str(a)]) == 0
+    shown = capsys.readouterr().out
+    assert main(["cache", "diff", str(a), str(b)]) == 0
+    diffed = capsys.readouterr().out
+    for out in (shown, diffed):
+        assert not any(c in out for c in "\x1b\b\x07\u202e"), repr(out)
+        assert "clear\\x1b[2J\\x1b[31mred" in out and "back\\x08space" in out and "\\u202eevil.onnx" in out
+        assert "ok ünïcode (1)" in out        # printable text is left alone
+    assert "only\\x07b" in diffed
+    assert main(["cache", "show", str(a), "--json"]) == 0
+    assert {r["tensor"] for r in json.loads(capsys.readouterr().out)["tensors"]} == set(evil)
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`calib cache diff a b | head -1`: the reader is gone (here before calib writes at all, so
+    that the outcome does not depend on the pipe's size); calib stops without a BrokenPipeError
+    traceback, nor the interpreter's complaint at exit, with SIGPIPE's status 141, as Unix tools do."""
+    import os
+    import subprocess
+    import sys
+
+    names = [f"/model/block_{i}/conv_{i % 7}/Relu_output_0" for i in range(2000)]
+    a, b = tmp_path / "a.cache", tmp_path / "b.cache"
+    write_cache(a, CalibrationCache.from_amax({n: 1.0 + i for i, n in enumerate(names)}))
+    write_cache(b, CalibrationCache.from_amax({n: 2.0 + i for i, n in enumerate(names)}))
+    for argv in (["cache", "diff", str(a), str(b)], ["cache", "show", str(a), "--json"]):
+        r, w = os.pipe()
+        os.close(r)                            # as head does once it has its line
+        try:
+            p = subprocess.run([sys.executable, "-m", "calib", *argv], stdout=w, stderr=subprocess.PIPE,
+                               timeout=120, check=False)
+        finally:
+            os.close(w)
+        assert p.stderr.decode() == "" and p.returncode == 141, (argv, p.returncode, p.stderr.decode())

@@ -4,18 +4,19 @@ direction classifier (``ppocr_mobile_v2_cls``) on the shared OCR line images.
 Entropy clips many of its activations to a third of their max or less (text lines on a plain
 background), and the INT8 model follows FP32 on only ~70% of the held-out lines; max and
 percentile follow it on ~90%. ``auto`` scores every algorithm's Q/DQ model against FP32 on
-calibration samples (half of them here, with ranges fitted to the other half); these tests check that its choice is the best by its own scores, that the
-choice holds on held-out lines it never saw, that its artifacts are exactly those of the chosen
-algorithm, and that the choice does not depend on the batch size.
+calibration samples (half of them here, with ranges fitted to the other half); these tests check
+that its choice is the best by its own scores, that the choice holds on held-out lines it never
+saw, that its artifacts are exactly those of the chosen algorithm, and that the choice does not
+depend on the batch size.
 """
 from __future__ import annotations
 
 import pytest
 
 from calib.cache import read_cache, read_sidecar, trt_algorithm_name
-from calib.pipeline import AUTO_CANDIDATES, calibrate
 from calib.datasets import open_dataset
 from calib.model import Model
+from calib.pipeline import AUTO_CANDIDATES, calibrate
 
 SAMPLES = 48
 
@@ -69,6 +70,9 @@ def test_the_choice_holds_on_held_out_lines(runs):
     assert _metric(auto, "kl_divergence") < 0.5 * _metric(ent, "kl_divergence")
     assert _metric(auto, "top1_agreement") > _metric(ent, "top1_agreement") + 0.05
     assert "warning" in ent["held_out"] and "--algorithm auto" in ent["held_out"]["warning"]
+    # the poor fidelity is called out once in the printed summary, with what to try
+    warn = [ln for ln in ent["lines"] if ln.startswith("warning:")]
+    assert len(warn) == 1 and ent["held_out"]["warning"] in warn[0]
 
 
 def test_auto_writes_exactly_the_chosen_algorithms_artifacts(runs):

@@ -28,7 +28,8 @@ IMAGES = BUNDLED / "imagenet-mini"
 MODEL = BUNDLED / "models" / "squeezenet1_1_fp32.onnx"
 CLASSES = BUNDLED / "imagenet1k_classes.tsv"
 STEM = "squeezenet1_1_fp32"
-OUTPUTS = {f"{STEM}.cache", f"{STEM}.cache.json", f"{STEM}.int8.onnx", "summary.json"}
+SUMMARY = f"{STEM}.summary.json"
+OUTPUTS = {f"{STEM}.cache", f"{STEM}.cache.json", f"{STEM}.int8.onnx", SUMMARY}
 
 pytestmark = pytest.mark.skipif(not (IMAGES.is_dir() and MODEL.is_file()), reason="bundled datasets/ missing")
 
@@ -68,7 +69,7 @@ def test_writes_exactly_the_four_outputs_and_prints_held_out(first_run):
     out = first_run["out"]
     assert first_run["rc"] == 0, first_run["stderr"]
     assert set(first_run["files"]) == OUTPUTS
-    summary = json.loads(first_run["files"]["summary.json"])
+    summary = json.loads(first_run["files"][SUMMARY])
     ho = summary["held_out"]
     # held-out agreement printed, with the same number the summary holds
     (cand,) = ho["report"]["candidates"]
@@ -108,7 +109,7 @@ def test_force_overwrites(first_run, capsys):
     out = first_run["out"]
     old = _files(out)
     # seed the summary with junk: --force must replace it
-    (out / "summary.json").write_text("junk")
+    (out / SUMMARY).write_text("junk")
     rc = main(_args(out, "--force", "--no-eval"))
     cap = capsys.readouterr()
     assert rc == 0, cap.err
@@ -116,7 +117,7 @@ def test_force_overwrites(first_run, capsys):
     assert set(new) == OUTPUTS
     assert new[f"{STEM}.cache"] == old[f"{STEM}.cache"]          # same data, same scales
     assert new[f"{STEM}.int8.onnx"] == old[f"{STEM}.int8.onnx"]
-    s = json.loads(new["summary.json"])
+    s = json.loads(new[SUMMARY])
     assert "held_out" not in s and s["outputs"]["cache"] == str(out / f"{STEM}.cache")
 
 
@@ -126,7 +127,7 @@ def test_json_output_is_valid(tmp_path, capsys):
     assert rc == 0, cap.err
     s = json.loads(cap.out)
     assert s["schema"] == "calib-calibrate-summary" and s["algorithm"] == "entropy"
-    assert s == json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s == json.loads((tmp_path / "o" / SUMMARY).read_text())
 
 
 def _amax(out: Path) -> dict[str, float]:
@@ -153,14 +154,14 @@ def test_algorithms_and_onnxruntime_target(tmp_path, capsys):
         for t, v in amax[alg].items():
             assert v <= amax["max"][t] * (1 + 1e-6), (alg, t)
         assert any(amax[alg][t] < amax["max"][t] * 0.99 for t in amax[alg]), alg
-    assert json.loads((outs["percentile"] / "summary.json").read_text())["params"] == {"percentile": 99.99}
+    assert json.loads((outs["percentile"] / SUMMARY).read_text())["params"] == {"percentile": 99.99}
 
     # --algorithm auto: the same artifacts as the algorithm it chose, byte for byte; the choice is recorded
     auto = tmp_path / "auto"
     rc = main(_args(auto, "--algorithm", "auto", "--no-eval", "--limit", "24"))
     cap = capsys.readouterr()
     assert rc == 0, cap.err
-    s = json.loads((auto / "summary.json").read_text())
+    s = json.loads((auto / SUMMARY).read_text())
     chosen = s["algorithm"]
     assert s["requested_algorithm"] == "auto" and chosen in outs and s["params"]["selection"]["chosen"] == chosen
     assert read_sidecar(auto / f"{STEM}.cache")["algorithm"]["params"]["selection"]["chosen"] == chosen
@@ -175,7 +176,7 @@ def test_algorithms_and_onnxruntime_target(tmp_path, capsys):
     assert rc == 0, cap.err
     assert (ort / f"{STEM}.cache").read_bytes() == (outs["entropy"] / f"{STEM}.cache").read_bytes()
     assert (ort / f"{STEM}.int8.onnx").read_bytes() != (outs["entropy"] / f"{STEM}.int8.onnx").read_bytes()
-    s = json.loads((ort / "summary.json").read_text())
+    s = json.loads((ort / SUMMARY).read_text())
     assert s["target"] == "onnxruntime" and s["held_out"]["samples"] > 0
     assert any(ln.startswith("held-out") for ln in cap.out.splitlines())
 
@@ -274,7 +275,7 @@ def test_readme_quickstart_command(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert set(_files(out)) == OUTPUTS
-    s = json.loads((out / "summary.json").read_text())
+    s = json.loads((out / SUMMARY).read_text())
     assert s["held_out"]["samples"] > 0 and s["calibration_samples"] > 0
     assert any(ln.startswith("held-out") and "top1_agreement" in ln for ln in proc.stdout.splitlines())
     assert any(ln.startswith("held-out") and "top1 " in ln for ln in proc.stdout.splitlines())   # labels used
@@ -299,7 +300,7 @@ def test_plan_keeps_named_layers_out_of_int8(tmp_path, capsys):
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     assert "warning: 1 plan entries match no node: node_of_no_such_tensor" in cap.out
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / SUMMARY).read_text())
     q = summary["quantization"]
     assert q["fp32_nodes"] == ["node_of_conv1_1"] and q["unmatched_plan_entries"] == ["node_of_no_such_tensor"]
     assert summary["plan"]["layers"]["node_of_conv1_1"] == "fp32"

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_calibrate_cli import CLASSES, IMAGES, MODEL, STEM  # the bundled SqueezeNet and photos
 
 from calib.cli import _build_parser, main
 from calib.cli.args import DataArgs, JsonArgs, Output, OutputArgs, RuntimeArgs, SplitArgs
 from calib.datasets import split_of
 from calib.errors import CalibError, DataError, PreprocessError
 from calib.model import TensorInfo
+from test_calibrate_cli import CLASSES, IMAGES, MODEL, STEM  # the bundled SqueezeNet and photos
 
 DATA_FLAGS = ["--data", str(IMAGES), "--preset", "caffe", "--classes", str(CLASSES)]
 
@@ -86,7 +86,7 @@ def test_every_command_has_its_shared_flags_with_one_meaning():
         assert have == EXPECTED[command], command
         for f in have:
             meanings.setdefault(f, set()).add(_meaning(_action(p, f)))
-    assert {f: len(m) for f, m in meanings.items()} == {f: 1 for f in SHARED}, meanings
+    assert {f: len(m) for f, m in meanings.items()} == dict.fromkeys(SHARED, 1), meanings
     # no command declares the flags of a group under another name or a second time
     for command, p in parsers.items():
         options = [s for a in p._actions for s in a.option_strings]
@@ -278,8 +278,8 @@ def test_evaluate_split_scores_that_split_and_warns_on_calibration_samples(calib
         assert used == 0 and warnings == []
     else:
         assert used == CALIB_SAMPLES
-        assert warnings == [f"warning: {STEM}.int8: {used} of the {len(expect)} scored samples were used to "
-                            f"calibrate it; pass --split eval to score only the samples calibration never saw"]
+        assert warnings == [(f"warning: {STEM}.int8: {used} of the {len(expect)} scored samples were used to "
+                            f"calibrate it; pass --split eval to score only the samples calibration never saw")]
 
 
 @pytestmark_bundled
@@ -309,6 +309,6 @@ def test_json_is_valid_on_stdout_for_every_command(calibrated, tmp_path, capsys)
         docs[name] = json.loads(out)
     assert docs["inspect"]["inputs"][0]["name"] == "data_0"
     assert docs["calibrate"]["schema"] == "calib-calibrate-summary"
-    assert docs["calibrate"] == json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert docs["calibrate"] == json.loads((tmp_path / "c" / f"{MODEL.stem}.summary.json").read_text())
     assert len(docs["cache show"]["tensors"]) > 0 and docs["cache diff"]["moved"] == []
     assert docs["evaluate"]["schema"] == "calib-report"

@@ -1,9 +1,7 @@
 """collect_statistics on the real EfficientNet-Lite0 with real ImageNet photographs."""
 from __future__ import annotations
 
-import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,12 +14,6 @@ from calib.backends.onnxruntime import OrtEngine
 from calib.collect import collect_statistics
 from calib.errors import CalibError, EmptyDatasetError
 from calib.model import Model
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MODEL = SHARED / "models" / "efficientnet_lite0.onnx"
-IMAGES = SHARED / "data" / "imagenet-sample"
-needs_model = pytest.mark.skipif(not MODEL.is_file() or not IMAGES.is_dir(),
-                                 reason=f"real model/images not found under {SHARED}")
 
 
 def _decode(paths):
@@ -42,19 +34,19 @@ def _decode(paths):
 
 
 @pytest.fixture(scope="module")
-def model():
-    return Model.load(MODEL)
+def model(efficientnet_path):
+    return Model.load(efficientnet_path)
 
 
 @pytest.fixture(scope="module")
-def images(model):
+def images(model, imagenet_dir):
     try:
         from calib.datasets import open_dataset
 
-        ds = open_dataset(IMAGES, model, "efficientnet-lite", limit=8, seed=0)
+        ds = open_dataset(imagenet_dir, model, "efficientnet-lite", limit=8, seed=0)
         x = np.concatenate([b.feed["input"] for b in ds.batches(batch_size=8)])
     except (ImportError, CalibError, TypeError, AttributeError):
-        x = _decode(sorted(IMAGES.glob("*.JPEG"))[:8])
+        x = _decode(sorted(imagenet_dir.glob("*.JPEG"))[:8])
     assert x.shape == (8, 3, 224, 224) and x.dtype == np.float32
     return x
 
@@ -66,8 +58,9 @@ def float_tensors(model, images):
     return ["input"] + [k for k in model.activation_tensors() if outs[k].dtype.kind == "f"]
 
 
-@needs_model
-def test_all_float_tensors_observed_and_amax_fast(model, images, float_tensors):
+def test_all_float_tensors_observed_with_finite_amax(model, images, float_tensors):
+    """Every float tensor observed; every algorithm gives an amax in [0, absmax] for each, max
+    the absmax itself (their speed over these observers is ``benchmarks/amax_speed.py``'s)."""
     feeds = [{"input": images[:4]}, {"input": images[4:]}]
     obs = collect_statistics(model, feeds, progress=False)
     assert list(obs) == float_tensors                 # topological order, inputs first, no int tensors
@@ -77,17 +70,15 @@ def test_all_float_tensors_observed_and_amax_fast(model, images, float_tensors):
     assert obs["input"].max == float(images.max()) and obs["input"].min == float(images.min())
     assert obs["logits"].count == 8 * 1000
     for alg in ("entropy", "max", "percentile", "mse"):
-        t0 = time.perf_counter()
         amax = {k: compute_amax(o, alg) for k, o in obs.items()}
-        took = time.perf_counter() - t0
-        assert took < 1.0, (alg, took)
-        assert all(np.isfinite(v) and v >= 0 for v in amax.values())
+        assert all(np.isfinite(v) and 0 <= v <= obs[k].absmax for k, v in amax.items()), alg
+        clipped = sum(v < obs[k].absmax for k, v in amax.items())
+        assert (clipped == 0) if alg == "max" else (clipped > 0), (alg, clipped)
     # ReLU6 (Clip 0..6) outputs: max within [0, 6]
     clip = [k for k in obs if "Clip" in k]
     assert clip and all(0.0 <= obs[k].min and obs[k].max <= 6.0 for k in clip)
 
 
-@needs_model
 def test_same_statistics_whatever_batching_and_threads(model, images):
     # captured at ONNX Runtime's ``all`` level (NCHWc convolutions): still the same values for
     # any batch size and thread count
@@ -100,7 +91,6 @@ def test_same_statistics_whatever_batching_and_threads(model, images):
         assert compute_amax(a[k], "entropy") == compute_amax(b[k], "entropy")
 
 
-@needs_model
 def test_explicit_tensors_and_batch_objects(model, images):
     class B:
         def __init__(self, x):
@@ -153,7 +143,6 @@ def _same_observers(a, b):
         assert a[k].name == b[k].name == k
 
 
-@needs_model
 def test_derived_observers_identical_on_efficientnet(model, images):
     from calib.collect import default_tensors, plan_clip_splits, plan_derivations, plan_ranges
 

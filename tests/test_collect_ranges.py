@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -13,10 +12,6 @@ from onnx import TensorProto
 
 from calib.collect import collect_statistics, default_tensors, plan_clip_splits, plan_derivations, plan_ranges
 from calib.model import Model
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MODEL = SHARED / "models" / "efficientnet_lite0.onnx"
-IMAGES = SHARED / "data" / "imagenet-sample"
 
 
 def _clips(path, opset=17):
@@ -71,9 +66,8 @@ def test_plan_ranges_picks_relu_and_constant_clips(tmp_path):
 @pytest.mark.parametrize("histogram", [False, True])
 @pytest.mark.parametrize("poison", [False, True])
 def test_range_derivation_is_exact_with_and_without_nonfinite_values(tmp_path, poison, histogram, monkeypatch):
-    import calib.collect as cc
-
     import calib.backends.onnxruntime as ort_backend
+    import calib.collect as cc
 
     calls = []
     real = cc._Updater._recapture
@@ -124,12 +118,11 @@ def test_range_derivation_is_exact_with_and_without_nonfinite_values(tmp_path, p
         assert ref["c_pad"].count == 9 * 8 and ref["c_pad"].min == 0.0
 
 
-@pytest.mark.skipif(not MODEL.is_file() or not IMAGES.is_dir(), reason=f"real model/images not found under {SHARED}")
-def test_range_derivation_identical_on_efficientnet():
+def test_range_derivation_identical_on_efficientnet(efficientnet_path, imagenet_dir):
     from calib.datasets import open_dataset
 
-    model = Model.load(MODEL)
-    ds = open_dataset(IMAGES, model, "efficientnet-lite", limit=6, seed=0)
+    model = Model.load(efficientnet_path)
+    ds = open_dataset(imagenet_dir, model, "efficientnet-lite", limit=6, seed=0)
     x = np.concatenate([b.feed["input"] for b in ds.batches(batch_size=6)])
     feeds = [{"input": x[:2]}, {"input": x[2:]}]
     wanted = default_tensors(model)

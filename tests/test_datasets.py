@@ -14,9 +14,18 @@ import pytest
 from PIL import Image
 
 from calib.datasets import Batch, DataWarning, Preprocess, open_dataset, parse_floats, preset_names, split_of
-from calib.errors import (CalibError, CorruptSampleError, DataError, DataNotFoundError, EmptyDatasetError,
-                          InputMismatchError, LabelError, MissingDatasetKeyError, NonFiniteInputError,
-                          PreprocessError)
+from calib.errors import (
+    CalibError,
+    CorruptSampleError,
+    DataError,
+    DataNotFoundError,
+    EmptyDatasetError,
+    InputMismatchError,
+    LabelError,
+    MissingDatasetKeyError,
+    NonFiniteInputError,
+    PreprocessError,
+)
 from calib.model import TensorInfo
 
 F32 = np.dtype(np.float32)
@@ -688,7 +697,8 @@ def test_iterables_callables_generators_and_scripts(tmp_path):
     script.write_text("import numpy as np\n"
                       "def load_data():\n"
                       "    for i in range(3):\n"
-                      "        yield {'image': np.full((1, 3, 4, 4), i, np.float32), 'meta': np.zeros((1, 2), np.float32)}\n")
+                      "        yield {'image': np.full((1, 3, 4, 4), i, np.float32),\n"
+                      "               'meta': np.zeros((1, 2), np.float32)}\n")
     ds = open_dataset(f"{script}:load_data", TWO)
     assert len(ds) == 3 and list(ds.batches(batch_size=3))[0].feed["image"][:, 0, 0, 0].tolist() == [0, 1, 2]
     with pytest.raises(DataError, match="no function 'nope'"):

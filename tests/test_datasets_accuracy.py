@@ -22,7 +22,6 @@ def top1(engine, ds, batch_size=32):
     return hits / n
 
 
-@pytest.mark.slow
 def test_efficientnet_lite_preset_on_500_imagenet_images(efficientnet_path, imagenet_dir, imagenet_classes):
     model = Model.load(efficientnet_path)
     ds = open_dataset(imagenet_dir, model, "efficientnet-lite", classes=imagenet_classes)
@@ -32,7 +31,6 @@ def test_efficientnet_lite_preset_on_500_imagenet_images(efficientnet_path, imag
     assert ds.skipped == []
 
 
-@pytest.mark.slow
 def test_caffe_preset_on_squeezenet_fixed_batch_1(squeezenet_path, imagenet_dir, imagenet_classes):
     model = Model.load(squeezenet_path)
     assert model.inputs[0].fixed_batch == 1

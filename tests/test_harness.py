@@ -10,8 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from calib.backends.base import Engine, EngineInfo
 from calib.backends.onnxruntime import OrtEngine
 from calib.errors import OutputExistsError
-from calib.harness import (HarnessError, compare, detect_task, engine, evaluate, load_report,
-                           map_tensors)
+from calib.harness import HarnessError, compare, detect_task, engine, evaluate, load_report, map_tensors
 from calib.model import Model
 
 RNG = np.random.default_rng(0)
@@ -50,7 +49,8 @@ def data(n=96, batch=16, seed=1, labels=True):
     y = np.where(rng.random(n) < 0.2, rng.integers(0, 10, n), y)   # 80% "accurate" reference
     out = []
     for i in range(0, n, batch):
-        out.append(({"x": x[i:i + batch]}, y[i:i + batch] if labels else None, [f"s{j}" for j in range(i, min(n, i + batch))]))
+        ids = [f"s{j}" for j in range(i, min(n, i + batch))]
+        out.append(({"x": x[i:i + batch]}, y[i:i + batch] if labels else None, ids))
     return out, x, y
 
 
@@ -105,7 +105,8 @@ def test_one_pass_many_candidates_and_hand_checked_values():
     top1 = rep.metric("top1", "noisy")
     assert top1.reference["estimate"] == pytest.approx(np.mean(r_logits.argmax(1) == y))
     assert top1.candidate["estimate"] == pytest.approx(np.mean(c_logits.argmax(1) == y))
-    assert top1.difference["estimate"] == pytest.approx(np.mean(c_logits.argmax(1) == y) - np.mean(r_logits.argmax(1) == y))
+    assert top1.difference["estimate"] == pytest.approx(np.mean(c_logits.argmax(1) == y)
+                                                        - np.mean(r_logits.argmax(1) == y))
     lo, hi = top1.difference["low"], top1.difference["high"]
     assert lo <= top1.difference["estimate"] <= hi
     b = int(np.sum((r_logits.argmax(1) == y) & (c_logits.argmax(1) != y)))
@@ -114,7 +115,8 @@ def test_one_pass_many_candidates_and_hand_checked_values():
     agree = rep.metric("top1_agreement", "noisy")
     assert agree.candidate["estimate"] == pytest.approx(np.mean(r_logits.argmax(1) == c_logits.argmax(1)))
     sq = rep.metric("sqnr", "noisy")
-    expect = 10 * math.log10(np.sum(r_logits.astype(np.float64) ** 2) / np.sum((c_logits - r_logits).astype(np.float64) ** 2))
+    signal = np.sum(r_logits.astype(np.float64) ** 2)
+    expect = 10 * math.log10(signal / np.sum((c_logits - r_logits).astype(np.float64) ** 2))
     assert sq.candidate["estimate"] == pytest.approx(expect, abs=1e-3)
     # verdict wording never claims "no loss"
     for name in rep.candidate_names:
@@ -180,7 +182,8 @@ def test_attribution_sqnr_per_tensor():
     assert att.samples == 96
     # the candidate's metrics are unchanged by capturing
     plain = compare(OrtEngine(mlp(), name="fp32"), [OrtEngine(mlp(qdq="ort"), name="qdq")], batches, resamples=200)
-    assert plain.metric("sqnr").candidate["estimate"] == pytest.approx(rep.metric("sqnr").candidate["estimate"], abs=1e-4)
+    sqnr = rep.metric("sqnr").candidate["estimate"]
+    assert plain.metric("sqnr").candidate["estimate"] == pytest.approx(sqnr, abs=1e-4)
 
 
 def test_attribution_with_calib_qdq_model():

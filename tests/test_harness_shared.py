@@ -1,20 +1,12 @@
-"""The harness on the real models and data in /work/shared (subsampled to keep CI short).
+"""The harness on the real models and data in ../shared (subsampled to keep CI short).
 
 INT8 candidates are made the way calib makes them: statistics on the "calib" split,
 percentile amax, calib.qdq Q/DQ export; evaluation runs on the disjoint "eval" split.
 """
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
-
-SHARED = Path(os.environ.get("CALIB_SHARED", Path(__file__).resolve().parents[1].parent / "shared")).resolve()
-MODELS = SHARED / "models"
-DATA = SHARED / "data"
-pytestmark = pytest.mark.skipif(not (MODELS / "efficientnet_lite0.onnx").exists(),
-                                reason="../shared (real models and data) not found; set $CALIB_SHARED")
 
 
 def _int8(model, ds, batch_size=8, target="tensorrt"):
@@ -29,14 +21,16 @@ def _int8(model, ds, batch_size=8, target="tensorrt"):
 
 
 @pytest.fixture(scope="module")
-def effnet():
+def effnet(data_dir, models_dir):
     from calib.datasets import open_dataset
     from calib.model import Model
 
-    m = Model.load(MODELS / "efficientnet_lite0.onnx")
-    ds = open_dataset(DATA / "imagenet-sample", m, "efficientnet-lite", classes=DATA / "imagenet1k_classes.tsv")
+    m = Model.load(models_dir / "efficientnet_lite0.onnx")
+    ds = open_dataset(data_dir / "imagenet-sample", m, "efficientnet-lite", classes=data_dir / "imagenet1k_classes.tsv")
     calib_ds = ds.split("calib").subset(limit=48, seed=0)
-    return m, _int8(m, calib_ds), ds.split("eval").subset(limit=160, seed=0)
+    # 64 held-out photos: the attributed pass runs both models unfused at ONNX Runtime's basic level
+    # (~75 ms a photo each on 2 cores); held-out top-1 on the whole eval split is test_calibrate's
+    return m, _int8(m, calib_ds), ds.split("eval").subset(limit=64, seed=0)
 
 
 def test_efficientnet_int8_report_with_intervals_mcnemar_and_layers(effnet, tmp_path):
@@ -47,7 +41,7 @@ def test_efficientnet_int8_report_with_intervals_mcnemar_and_layers(effnet, tmp_
     out = tmp_path / "effnet"
     rep = evaluate(OrtEngine(m, name="fp32"), [OrtEngine(q, name="int8")], eval_ds, attribute=True, out=out,
                    batch_size=16, resamples=1000)
-    assert rep.task == "classification" and rep.samples == 160
+    assert rep.task == "classification" and rep.samples == 64
     top1 = rep.metric("top1")
     # FP32 on the easy sample images is around 88%; the interval brackets the estimate
     assert 0.75 < top1.reference["estimate"] <= 1.0
@@ -73,16 +67,16 @@ def test_efficientnet_int8_report_with_intervals_mcnemar_and_layers(effnet, tmp_
     assert "McNemar" in rep.summary_line()
 
 
-def test_squeezenet_softmax_outputs_detected():
+def test_squeezenet_softmax_outputs_detected(data_dir, models_dir):
     """SqueezeNet outputs softmax [N,1000,1,1]: KL must not apply a second softmax. FP16 vs FP32."""
     from calib.datasets import open_dataset
     from calib.harness import compare, engine
     from calib.model import Model
 
-    m = Model.load(MODELS / "squeezenet1_1_fp32.onnx")
-    ds = open_dataset(DATA / "imagenet-sample", m, "caffe", classes=DATA / "imagenet1k_classes.tsv",
+    m = Model.load(models_dir / "squeezenet1_1_fp32.onnx")
+    ds = open_dataset(data_dir / "imagenet-sample", m, "caffe", classes=data_dir / "imagenet1k_classes.tsv",
                       limit=24, seed=1)
-    rep = compare(engine(m, name="fp32"), [engine(MODELS / "squeezenet1_1_fp16.onnx", name="fp16")],
+    rep = compare(engine(m, name="fp32"), [engine(models_dir / "squeezenet1_1_fp16.onnx", name="fp16")],
                   ds.batches(batch_size=8), resamples=500)
     assert rep.task == "classification"
     kl = rep.metric("kl_divergence")
@@ -92,22 +86,22 @@ def test_squeezenet_softmax_outputs_detected():
 
 
 @pytest.fixture(scope="module")
-def ocr_rec():
+def ocr_rec(data_dir, models_dir):
     from calib.datasets import open_dataset
     from calib.model import Model
 
-    m = Model.load(MODELS / "ppocrv4_rec.onnx")
-    ds = open_dataset(DATA / "ocr-lines", m, "paddleocr")
+    m = Model.load(models_dir / "ppocrv4_rec.onnx")
+    ds = open_dataset(data_dir / "ocr-lines", m, "paddleocr")
     return m, _int8(m, ds.split("calib").subset(limit=24, seed=0)), ds.split("eval").subset(limit=80, seed=0)
 
 
-def test_ppocr_rec_int8_cer_against_labels(ocr_rec, tmp_path):
+def test_ppocr_rec_int8_cer_against_labels(data_dir, ocr_rec, tmp_path):
     from calib.backends.onnxruntime import OrtEngine
     from calib.harness import evaluate
 
     m, q, eval_ds = ocr_rec
     rep = evaluate(OrtEngine(m, name="fp32"), [OrtEngine(q, name="int8")], eval_ds,
-                   labels=DATA / "ocr-lines" / "labels.tsv", out=tmp_path / "rec", batch_size=8, resamples=1000)
+                   labels=data_dir / "ocr-lines" / "labels.tsv", out=tmp_path / "rec", batch_size=8, resamples=1000)
     assert rep.task == "ctc" and rep.samples == 80
     cer = rep.metric("cer")
     # FP32 RapidOCR scored about 3% CER on similar lines: the decoding (metadata characters) is right
@@ -119,14 +113,14 @@ def test_ppocr_rec_int8_cer_against_labels(ocr_rec, tmp_path):
     assert "cer" in (tmp_path / "rec" / "report.md").read_text()
 
 
-def test_ppocr_det_map_agreement():
+def test_ppocr_det_map_agreement(data_dir, models_dir):
     from calib.datasets import Preprocess, open_dataset
     from calib.harness import compare, engine
     from calib.model import Model
 
-    m = Model.load(MODELS / "ppocrv4_det.onnx")
+    m = Model.load(models_dir / "ppocrv4_det.onnx")
     pre = Preprocess.preset("paddleocr-det", resize=96)   # line images: small maps keep CI fast
-    ds = open_dataset(DATA / "ocr-lines", m, pre)
+    ds = open_dataset(data_dir / "ocr-lines", m, pre)
     q = _int8(m, ds.split("calib").subset(limit=16, seed=0))
     rep = compare(engine(m, name="fp32"), [engine(q, name="int8")],
                   ds.split("eval").subset(limit=32, seed=0).batches(batch_size=8), resamples=500)

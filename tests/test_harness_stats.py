@@ -5,8 +5,15 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from calib.harness.stats import (Series, binom_cdf_half, bootstrap_ci, mcnemar_exact, mcnemar_p,
-                                 paired_bootstrap_diff, resample_indices)
+from calib.harness.stats import (
+    Series,
+    binom_cdf_half,
+    bootstrap_ci,
+    mcnemar_exact,
+    mcnemar_p,
+    paired_bootstrap_diff,
+    resample_indices,
+)
 
 
 def test_mcnemar_hand_computed():

@@ -12,8 +12,8 @@ from calib.backends.onnxruntime import OrtEngine
 from calib.cli import main
 from calib.datasets import open_dataset
 from calib.model import Model
+from conftest import SHARED
 
-SHARED = Path("/work/shared")
 IMAGES = SHARED / "data" / "imagenet-sample"
 CLASSES = SHARED / "data" / "imagenet1k_classes.tsv"
 LIMIT = 96
@@ -64,3 +64,29 @@ def test_inspect_prints_top1_top5_of_a_probability_output(capsys):
     top1, top5, n = _reference(path, "caffe")
     assert top1 < top5
     assert lines == [f"accuracy  top-1 {top1 * 100:.1f}%  top-5 {top5 * 100:.1f}%  over {n} labelled samples"]
+
+
+def test_inspect_groups_json_and_table(capsys, shared_model):
+    """`calib inspect --groups` lists what calib.tuning.find_groups returns, as JSON and as a table;
+    a model with dynamic spatial dimensions needs --shapes (one error line, no traceback)."""
+    from calib.tuning import find_groups
+
+    effnet = shared_model("efficientnet_lite0")
+    assert main(["inspect", "--model", str(effnet), "--groups", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)["groups"]
+    assert got == [g.to_dict() for g in find_groups(effnet)]
+    assert main(["inspect", "--model", str(effnet), "--groups"]) == 0
+    out = capsys.readouterr().out
+    assert f"groups    {len(got)}: {sum(g['quantizable'] for g in got)} quantizable" in out
+    row = next(line for line in out.splitlines() if " /_blocks.0/_project_conv/Conv " in line).split()
+    assert row[2:] == ["conv", "1", f"{16 * 112 * 112 * 32:,}", f"{48 * 112 * 112 * 4:,}", "yes"]
+
+    rec = shared_model("ppocrv4_rec")
+    assert main(["inspect", "--model", str(rec), "--groups"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: input 'x' has dynamic dimensions") and "--shapes x:1x3xDxD" in err
+    assert main(["inspect", "--model", str(rec), "--groups", "--shapes", "x:1x3x48x320", "--json"]) == 0
+    kinds = [g["kind"] for g in json.loads(capsys.readouterr().out)["groups"]]
+    assert kinds.count("attention") == 2
+    assert main(["inspect", "--model", str(rec), "--shapes", "x:1x3x48x320"]) == 2
+    assert capsys.readouterr().err == "error: --shapes is only used with --groups\n"

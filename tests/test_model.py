@@ -14,13 +14,9 @@ from calib.cli import main
 from calib.errors import CustomOpError, InputMismatchError, ModelLoadError
 from calib.model import Model
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-MODELS = SHARED / "models"
-pytestmark = pytest.mark.skipif(not MODELS.is_dir(), reason=f"real models not found at {MODELS}")
 
-
-def test_describe_efficientnet():
-    m = Model.load(MODELS / "efficientnet_lite0.onnx")
+def test_describe_efficientnet(models_dir):
+    m = Model.load(models_dir / "efficientnet_lite0.onnx")
     (inp,) = m.inputs
     assert inp.name == "input" and inp.shape[1:] == (3, 224, 224) and isinstance(inp.shape[0], str)
     assert inp.dtype == np.float32 and inp.fixed_batch is None
@@ -37,8 +33,8 @@ def test_describe_efficientnet():
         known.update(n.output)
 
 
-def test_hash_is_content_based(tmp_path):
-    src = MODELS / "mnist_cntk.onnx"
+def test_hash_is_content_based(models_dir, tmp_path):
+    src = models_dir / "mnist_cntk.onnx"
     copy = tmp_path / "renamed.onnx"
     copy.write_bytes(src.read_bytes())
     a, b = Model.load(src), Model.load(copy)
@@ -48,15 +44,15 @@ def test_hash_is_content_based(tmp_path):
     assert b.sha256 != a.sha256
 
 
-def test_quantized_and_fp16_detection():
-    assert Model.load(MODELS / "mobilenetv2_12_int8_zoo.onnx").is_quantized
-    fp16 = Model.load(MODELS / "squeezenet1_1_fp16.onnx")
+def test_quantized_and_fp16_detection(models_dir):
+    assert Model.load(models_dir / "mobilenetv2_12_int8_zoo.onnx").is_quantized
+    fp16 = Model.load(models_dir / "squeezenet1_1_fp16.onnx")
     assert fp16.is_fp16 and fp16.inputs[0].dtype == np.float16
-    assert not Model.load(MODELS / "squeezenet1_1_fp32.onnx").is_fp16
+    assert not Model.load(models_dir / "squeezenet1_1_fp32.onnx").is_fp16
 
 
-def test_engine_fixed_batch_splitting_matches_single_runs():
-    eng = OrtEngine(MODELS / "squeezenet1_1_fp32.onnx", threads=1)
+def test_engine_fixed_batch_splitting_matches_single_runs(models_dir):
+    eng = OrtEngine(models_dir / "squeezenet1_1_fp32.onnx", threads=1)
     rng = np.random.default_rng(0)
     x = rng.normal(0, 50, size=(3, 3, 224, 224)).astype(np.float32)
     batched = eng.run({"data_0": x})["softmaxout_1"]
@@ -68,8 +64,8 @@ def test_engine_fixed_batch_splitting_matches_single_runs():
     np.testing.assert_allclose(batched.reshape(3, -1).sum(1), 1.0, rtol=1e-4)
 
 
-def test_engine_capture_returns_intermediates_that_match():
-    m = Model.load(MODELS / "mnist_cntk.onnx")
+def test_engine_capture_returns_intermediates_that_match(models_dir):
+    m = Model.load(models_dir / "mnist_cntk.onnx")
     acts = [t for t in m.activation_tensors() if t not in {o.name for o in m.outputs}]
     eng = OrtEngine(m, capture=acts, threads=1)
     x = np.random.default_rng(1).uniform(0, 1, (1, 1, 28, 28)).astype(np.float32)
@@ -82,10 +78,10 @@ def test_engine_capture_returns_intermediates_that_match():
     assert out[relu_out].min() >= 0 and out[relu_out].max() > 0
 
 
-def test_capture_ring_reuses_buffers_and_gives_the_plain_values():
+def test_capture_ring_reuses_buffers_and_gives_the_plain_values(models_dir):
     """reuse=2: from the second run with the same input shapes, captured tensors land in two
     preallocated buffer sets used in turn; every run's values equal a plain session's."""
-    m = Model.load(MODELS / "squeezenet1_1_fp32.onnx")
+    m = Model.load(models_dir / "squeezenet1_1_fp32.onnx")
     acts = m.activation_tensors()[:12]
     assert len(acts) == 12
     ring = OrtEngine(m, capture=acts, threads=1, reuse=2)
@@ -134,8 +130,8 @@ def test_capture_ring_falls_back_when_shapes_follow_the_values(tmp_path):
     assert eng.reuse == 0
 
 
-def test_engine_rejects_mismatched_inputs():
-    eng = OrtEngine(MODELS / "efficientnet_lite0.onnx", threads=1)
+def test_engine_rejects_mismatched_inputs(models_dir):
+    eng = OrtEngine(models_dir / "efficientnet_lite0.onnx", threads=1)
     with pytest.raises(InputMismatchError, match=r"\(2, 3, 200, 200\).*224"):
         eng.run({"input": np.zeros((2, 3, 200, 200), np.float32)})
     with pytest.raises(InputMismatchError, match="int64"):
@@ -153,11 +149,11 @@ def _custom_op_model(path: Path) -> Path:
     return path
 
 
-def test_bad_model_files_raise_specific_errors(tmp_path):
+def test_bad_model_files_raise_specific_errors(models_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         Model.load(tmp_path / "missing.onnx")
     trunc = tmp_path / "trunc.onnx"
-    trunc.write_bytes((MODELS / "mnist_cntk.onnx").read_bytes()[:5000])
+    trunc.write_bytes((models_dir / "mnist_cntk.onnx").read_bytes()[:5000])
     with pytest.raises(ModelLoadError, match="trunc.onnx"):
         Model.load(trunc)
     text = tmp_path / "notes.onnx"
@@ -169,10 +165,10 @@ def test_bad_model_files_raise_specific_errors(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing", "truncated", "text", "custom"])
-def test_cli_bad_model_one_line_and_nonzero(kind, tmp_path, capsys):
+def test_cli_bad_model_one_line_and_nonzero(models_dir, kind, tmp_path, capsys):
     path = tmp_path / f"{kind}.onnx"
     if kind == "truncated":
-        path.write_bytes((MODELS / "mnist_cntk.onnx").read_bytes()[:3000])
+        path.write_bytes((models_dir / "mnist_cntk.onnx").read_bytes()[:3000])
     elif kind == "text":
         path.write_text("garbage")
     elif kind == "custom":
@@ -192,30 +188,29 @@ def test_cli_bad_model_one_line_and_nonzero(kind, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
-def test_inspect_json_reports_quantized(capsys):
+def test_inspect_json_reports_quantized(models_dir, capsys):
     import json
 
-    rc = main(["inspect", "--model", str(MODELS / "mobilenetv2_12_int8_zoo.onnx"), "--json"])
+    rc = main(["inspect", "--model", str(models_dir / "mobilenetv2_12_int8_zoo.onnx"), "--json"])
     assert rc == 0
     info = json.loads(capsys.readouterr().out)
     assert info["quantized"] is True and info["op_counts"]["QLinearConv"] == 52
     assert info["inputs"][0]["name"] == "input"
 
 
-def test_cli_warnings_are_one_plain_line(tmp_path):
+def test_cli_warnings_are_one_plain_line(bundled_dir, tmp_path):
     """A skipped corrupt image is reported on stderr as one 'warning:' line, without Python's
     source path and code line; the run still succeeds (only --strict makes it an error)."""
     import shutil
     import subprocess
     import sys
 
-    bundled = Path(__file__).resolve().parents[1] / "datasets"
-    imgs = sorted((bundled / "imagenet-mini").glob("*.JPEG"))[:3]
+    imgs = sorted((bundled_dir / "imagenet-mini").glob("*.JPEG"))[:3]
     for p in imgs:
         shutil.copy(p, tmp_path / p.name)
     (tmp_path / "n09999999_broken.JPEG").write_bytes(imgs[0].read_bytes()[:2000])
     proc = subprocess.run([sys.executable, "-m", "calib", "inspect", "--model",
-                           str(bundled / "models" / "squeezenet1_1_fp32.onnx"), "--data", str(tmp_path),
+                           str(bundled_dir / "models" / "squeezenet1_1_fp32.onnx"), "--data", str(tmp_path),
                            "--preset", "caffe"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     warn = [ln for ln in proc.stderr.splitlines() if "could not be decoded" in ln]

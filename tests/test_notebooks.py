@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, SHARED
+
 NOTEBOOKS = REPO / "notebooks"
-SHARED = Path(os.environ.get("CALIB_SHARED", REPO.parent / "shared")).resolve()
 PATHS = sorted(NOTEBOOKS.glob("*.ipynb"))
 MAX_BYTES = 1_000_000
 

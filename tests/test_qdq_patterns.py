@@ -298,13 +298,23 @@ def _planned(target: str, precision: str):
 def test_fp16_node_is_wrapped_in_casts_without_qdq(target):
     _, v, ref, y, w2, (e_r, e_y) = _planned(target, "fp16")
     conv2 = v.node("conv2")
+    # TensorRT: the Conv computes in float16. ONNX Runtime has no float16 Conv kernel on the CPU:
+    # the Conv stays float32 between Casts to float16 and back (its rounding kept, not dropped)
+    chain = [TensorProto.FLOAT16] if target == "tensorrt" else [F, TensorProto.FLOAT16]
     for t, src in zip(conv2.input, ["r", "w2", "b2"], strict=True):
-        cast = v.prod[t]
-        assert cast.op_type == "Cast" and helper.get_attribute_value(cast.attribute[0]) == TensorProto.FLOAT16
-        assert cast.input[0] == src                       # the float tensor itself, no DQ in between
-    (after,) = v.cons[conv2.output[0]]
-    assert after.op_type == "Cast" and helper.get_attribute_value(after.attribute[0]) == F
-    assert after.output[0] == "y"
+        for to in chain:
+            cast = v.prod[t]
+            assert cast.op_type == "Cast" and helper.get_attribute_value(cast.attribute[0]) == to
+            t = cast.input[0]
+        assert t == src                                   # the float tensor itself, no DQ in between
+    out = conv2.output[0]
+    for to in chain[1:] + [F]:
+        (after,) = v.cons[out]
+        assert after.op_type == "Cast" and helper.get_attribute_value(after.attribute[0]) == to
+        out = after.output[0]
+    assert out == "y"
+    if target == "onnxruntime":                           # the output is float16-rounded
+        np.testing.assert_array_equal(y, y.astype(np.float16).astype(np.float32))
     # float16: inputs, weights, each of the products' partial sums and the output round by <= 2**-11 relative
     a = _amax(ref)
     taps = w2[0].size
@@ -399,6 +409,31 @@ def test_zero_pad_is_folded_into_the_conv_pads(subgraph):
         if target == "onnxruntime":
             err += _assert_act(v, v.node("relu").input[0], "c", a["c"], target) / 2
         _close(y, ref["y"], err)
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_plan_entries_of_folded_nodes_follow_their_conv(named):
+    """A plan naming every node of a Conv + BatchNorm + Relu (as a group plan does) keeps the Conv
+    float; the BatchNorm folded into it follows it and is not an unmatched entry. Unnamed nodes
+    too, where the Conv's key changes with the fold (node_of_c -> node_of_bn_out)."""
+    m, _, _ = _conv_bn()
+    if not named:
+        for n in m.proto.graph.node:
+            n.ClearField("name")
+    keys = ["conv", "bn", "relu"] if named else ["node_of_c", "node_of_bn_out", "node_of_y"]
+    p = prepare(m).preparation
+    assert p.follows == {keys[1]: keys[0]}
+    assert p.renamed == ({} if named else {"node_of_c": "node_of_bn_out"})
+    x = _input(4)
+    for target in TARGETS:
+        q, v, _, _ = _quantize(m, x, target, plan=PrecisionPlan(dict.fromkeys(keys, "fp32") | {"gone": "fp16"}))
+        r = q.quant_report
+        assert r.unmatched_plan_entries == ["gone"] and r.folded_plan_entries == {keys[1]: keys[0]}
+        assert not v.ops("QuantizeLinear") and not v.ops("DequantizeLinear")
+        assert r.fp32_nodes == [keys[1] if not named else "conv"]   # the Conv, under its prepared key
+        # the BatchNorm's entry alone does not make the Conv float
+        q, v, _, _ = _quantize(m, x, target, plan=PrecisionPlan({keys[1]: "fp32"}))
+        assert q.quant_report.folded_plan_entries == {keys[1]: keys[0]} and v.ops("QuantizeLinear")
 
 
 def test_nonzero_pad_is_not_folded():

@@ -1,23 +1,24 @@
 """Builder/runner logic that needs no TensorRT: shapes, profiles, engine sidecars, parser errors."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from calib.backends.tensorrt.builder import (check_engine_sidecar, choose_mode, parse_shapes, parser_errors,
-                                             resolve_profile)
+from calib.backends.tensorrt.builder import (
+    check_engine_sidecar,
+    choose_mode,
+    parse_shapes,
+    parser_errors,
+    resolve_profile,
+)
 from calib.backends.tensorrt.runner import percentiles
 from calib.backends.tensorrt.versions import Capabilities, TrtVersion
 from calib.errors import CalibError, EngineMismatchError, InputMismatchError, TensorRTUnavailableError
 from calib.model import Model
-
-MODELS = Path("/work/shared/models")
+from conftest import SHARED
 
 
 def _m(name):
-    p = Path(__file__).resolve().parents[2] / "shared" / "models" / name
-    p = p if p.exists() else MODELS / name
+    p = SHARED / "models" / name
     if not p.exists():
         pytest.skip("shared models not present")
     return Model.load(p)

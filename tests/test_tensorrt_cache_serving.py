@@ -13,9 +13,9 @@ from calib.backends.tensorrt.cuda import InputSpec
 from calib.cache import CalibrationCache, make_sidecar, parse_cache, read_sidecar, write_cache_with_sidecar
 from calib.errors import CacheMismatchError, InputMismatchError, OutputExistsError
 from calib.model import Model
+from conftest import SHARED
 
-MODELS = Path("/work/shared/models") if not (Path(__file__).resolve().parents[2] / "shared").exists() \
-    else Path(__file__).resolve().parents[2] / "shared" / "models"
+MODELS = SHARED / "models"
 
 
 @pytest.fixture(scope="module")

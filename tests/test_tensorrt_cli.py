@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED
+
 no_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None,
                                  reason="TensorRT is installed here; these tests cover machines without it")
 
-MODEL = Path("/work/shared/models/mnist_cntk.onnx")
-_alt = Path(__file__).resolve().parents[2] / "shared" / "models" / "mnist_cntk.onnx"
-MODEL = _alt if _alt.exists() else MODEL
+MODEL = SHARED / "models" / "mnist_cntk.onnx"
 
 
 @no_tensorrt
@@ -93,11 +93,10 @@ class _StandInEngine:
 def mock_trt(monkeypatch):
     """`calib build` / `calib run` see the TensorRT mock and a GPU; run's engine is the stand-in;
     build_engine records its arguments. Returns the recorded build calls."""
-    import fake_tensorrt
-
     import calib.backends.tensorrt.builder as builder
     import calib.backends.tensorrt.runner as runner
     import calib.cli.tensorrt as cli_trt
+    import fake_tensorrt
 
     monkeypatch.setattr(cli_trt, "_require", lambda command: fake_tensorrt.make())
     monkeypatch.setattr(runner, "TrtEngine", _StandInEngine)

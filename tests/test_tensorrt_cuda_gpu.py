@@ -129,7 +129,10 @@ def test_events_time_a_copy(cuda):
     b.record(s)
     b.synchronize()
     assert b.elapsed_ms(a) > 0
-    buf.free(); a.close(); b.close(); s.close()
+    buf.free()
+    a.close()
+    b.close()
+    s.close()
 
 
 def test_device_properties(cuda):
@@ -143,9 +146,9 @@ def test_legacy_cuda_cudart_import_path(cuda, monkeypatch):
         import cuda.cudart  # noqa: F401  (cuda-python < 13 ships it)
     except ImportError:
         pytest.skip("this cuda-python has no legacy cuda.cudart module")
-    from calib.backends.tensorrt import cuda as C
-
     import cuda.bindings as new_pkg
+
+    from calib.backends.tensorrt import cuda as C
 
     monkeypatch.setattr(C, "_cudart", None)
     # make the new path fail: no cached submodule, no attribute on the package
@@ -164,5 +167,6 @@ def test_legacy_cuda_cudart_import_path(cuda, monkeypatch):
     buf.copy_to_host(y, s)
     s.synchronize()
     assert y.tobytes() == x.tobytes()
-    buf.free(); s.close()
+    buf.free()
+    s.close()
     monkeypatch.setattr(C, "_cudart", None)

@@ -63,7 +63,8 @@ def test_bf16_is_ml_dtypes_bfloat16_and_refused_by_name_without_it(monkeypatch):
     trt = _trt("10.16.1.11")
     assert numpy_dtype(trt, trt.DataType.BF16, "y") == np.dtype(ml_dtypes.bfloat16)
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)     # import fails
-    with pytest.raises(BackendError, match="tensor 'y' has TensorRT type BF16 \\(bfloat16, and ml_dtypes is missing\\)"):
+    with pytest.raises(BackendError,
+                       match="tensor 'y' has TensorRT type BF16 \\(bfloat16, and ml_dtypes is missing\\)"):
         numpy_dtype(trt, trt.DataType.BF16, "y")
 
 

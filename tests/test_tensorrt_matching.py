@@ -1,19 +1,21 @@
 """Precision plan -> TensorRT layer names, on real models' ONNX node names (no TensorRT)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 import pytest
 
-from calib.backends.tensorrt.matching import (assign_plan, assign_precisions, builder_precisions, layer_origin,
-                                              onnx_layer_basename)
+from calib.backends.tensorrt.matching import (
+    assign_plan,
+    assign_precisions,
+    builder_precisions,
+    layer_origin,
+    onnx_layer_basename,
+)
 from calib.model import Model
 from calib.plan import PrecisionPlan
+from conftest import SHARED
 
-MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
-if not MODELS.exists():
-    MODELS = Path("/work/shared/models")
+MODELS = SHARED / "models"
 
 
 def _model(name):
@@ -91,7 +93,7 @@ def test_exact_node_name_wins_over_suffix_rule():
 def test_ocr_recognizer_plan_on_attention_nodes():
     m = _model("ppocrv4_rec.onnx")
     matmuls = [n.name for n in m.nodes if n.op_type == "MatMul"][:3]
-    plan = PrecisionPlan(layers={k: "fp16" for k in matmuls}, default="fp32")
+    plan = PrecisionPlan(layers=dict.fromkeys(matmuls, "fp16"), default="fp32")
     a = assign_plan(plan, _trt_like_layer_names(m), m)
     assert all(a.precisions[k] == "fp16" for k in matmuls)
     assert a.counts()["fp32"] > 100 and not a.unmatched_entries

@@ -6,8 +6,17 @@ import sys
 
 import pytest
 
-from calib.backends.tensorrt.versions import (API_MANIFEST, FEATURES, Capabilities, TrtVersion, check_supported,
-                                              features_for, has, supported, support_table)
+from calib.backends.tensorrt.versions import (
+    API_MANIFEST,
+    FEATURES,
+    Capabilities,
+    TrtVersion,
+    check_supported,
+    features_for,
+    has,
+    support_table,
+    supported,
+)
 from calib.errors import TensorRTUnavailableError
 
 V = TrtVersion.parse

@@ -9,8 +9,7 @@ import pytest
 
 from calib.errors import BudgetError, CalibError
 from calib.tuning.budget import Budget, Measurement, parse_budget
-from calib.tuning.search import (ALGORITHMS, Bisect, Greedy, Ours, SearchSpace, default_max_evals, make_strategy,
-                                 run)
+from calib.tuning.search import ALGORITHMS, Bisect, Greedy, Ours, SearchSpace, default_max_evals, make_strategy, run
 
 
 # --------------------------------------------------------------------------- budgets
@@ -233,7 +232,7 @@ def test_ours_phases_fp16_and_requantization():
     ids = ("a", "b", "c", "d")
     lat = {"a": {"int8": 1, "fp16": 2, "fp32": 4}, "b": {"int8": 10, "fp16": 20, "fp32": 40},
            "c": {"int8": 1, "fp16": 2, "fp32": 4}, "d": {"int8": 1, "fp16": 2, "fp32": 4}}
-    space = SearchSpace(groups=ids, ranking=("b", "a", "c", "d"), latency=lat, macs={g: 1 for g in ids},
+    space = SearchSpace(groups=ids, ranking=("b", "a", "c", "d"), latency=lat, macs=dict.fromkeys(ids, 1),
                         scores={"a": 10.0, "b": 200.0, "c": 0.2, "d": 0.1})
     loss = {"a": 10.0, "b": 1.0, "c": 0.2, "d": 0.1}
     ev = Additive(loss, scale=0.01, fp16=0.1)

@@ -11,6 +11,7 @@ groups it needs (:func:`add_command`) and adds only its own flags itself.
 - :class:`SplitArgs`: ``--split calib|eval|all`` -> the part of the data, as calibrate splits it;
 - :class:`RuntimeArgs`: ``--threads`` -> ONNX Runtime intra-op threads (None: all cores);
 - :class:`TaskArgs`: ``--task``, ``--text-labels`` -> the harness task and CTC text labels;
+- :class:`ShapesArgs`: ``--shapes`` -> concrete input shapes for the groups' costs;
 - :class:`OutputArgs`: ``--out DIR`` (always a folder) and ``--force`` -> :class:`Output`;
 - :class:`JsonArgs`: ``--json`` (JSON on stdout, nothing else there) -> bool; :func:`print_json`;
 - :class:`CalibrationArgs`: ``--algorithm``, ``--samples``, ``--smooth``, ...
@@ -28,7 +29,7 @@ from typing import Callable, Sequence
 from ..datasets import DEFAULT_BATCH_SIZE, PRESETS, SPLITS, Preprocess, open_dataset, parse_floats
 from ..datasets.preprocess import INTERPOLATIONS
 from ..errors import CalibError, ConfigError, DataError, EmptyDatasetError
-from ..utils import atomic_write_text, check_writable
+from ..utils import atomic_write_text, check_output_dir, check_outputs
 
 
 def positive_int(text: str) -> int:
@@ -220,6 +221,22 @@ class TaskArgs(ArgGroup):
         return args.task, args.text_labels
 
 
+class ShapesArgs(ArgGroup):
+    """Shapes: concrete input shapes where the model's are dynamic (for the groups' costs)."""
+
+    def _add(self, g) -> None:
+        g.add_argument("--shapes", metavar="NAME:DxD,...",
+                       help="concrete input shapes for the quantization groups' costs, e.g. x:1x3x48x320 (needed "
+                            "for inputs with dynamic dimensions other than the batch; the batch counts as 1)")
+
+    @staticmethod
+    def parse(args) -> dict[str, tuple[int, ...]]:
+        """``{input: shape}`` (empty when not given)."""
+        from ..backends.tensorrt.builder import parse_shapes
+
+        return parse_shapes(args.shapes, "--shapes")
+
+
 @dataclass(frozen=True)
 class Output:
     """The output folder (None: the command's default place) and whether existing files are replaced."""
@@ -235,7 +252,7 @@ class Output:
     def check(self, *names: str) -> list[Path]:
         """The paths of *names* in the folder, each refused if it exists without ``--force``
         (call before the work, so that nothing runs for output that cannot be written)."""
-        return [check_writable(self.path(n), self.force) for n in names]
+        return check_outputs([self.path(n) for n in names], self.force)
 
     def write_json(self, name: str, obj) -> Path:
         """Write *obj* as ``<dir>/<name>`` (indented JSON), atomically."""
@@ -258,7 +275,10 @@ class OutputArgs(ArgGroup):
 
     def parse(self, args) -> Output:
         """:class:`Output`; ``--out`` naming an existing file, or a name ending like one of the files
-        the command writes (``m.plan``), is refused: it is always a folder."""
+        the command writes (``m.plan``), is refused: it is always a folder. So is a folder that
+        cannot be written (read-only, under a file, no permission): checked here, before any work
+        (:func:`calib.utils.check_output_dir`; a missing folder is created when the outputs are
+        written)."""
         if args.out is None:
             return Output(None, args.force)
         d = Path(args.out)
@@ -266,6 +286,7 @@ class OutputArgs(ArgGroup):
             raise CalibError(f"--out is a folder, but {d} is a file")
         if not d.exists() and d.suffix.lower() in self.not_suffixes:
             raise CalibError(f"--out is a folder that {self.writes} go into, not a file name: got {d}")
+        check_output_dir(d)
         return Output(d, args.force)
 
 
@@ -358,4 +379,4 @@ class CalibrationArgs(ArgGroup):
 
 
 __all__ = ["ArgGroup", "add_command", "positive_int", "ModelArgs", "DataArgs", "SplitArgs", "RuntimeArgs",
-           "TaskArgs", "Output", "OutputArgs", "JsonArgs", "print_json", "CalibrationArgs"]
+           "TaskArgs", "ShapesArgs", "Output", "OutputArgs", "JsonArgs", "print_json", "CalibrationArgs"]

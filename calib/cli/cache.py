@@ -1,10 +1,15 @@
-"""`calib cache show FILE` and `calib cache diff A B`: inspect TensorRT calibration caches."""
+"""`calib cache show FILE` and `calib cache diff A B`: inspect TensorRT calibration caches.
+
+Tensor names come from the file: in the text tables, characters a terminal would act on (ESC of
+an ANSI sequence, newlines, bidirectional overrides) are shown escaped (:func:`calib.utils.printable`);
+``--json`` keeps them exact (JSON escapes them itself)."""
 from __future__ import annotations
 
 import math
 
 from ..cache import CalibrationCache, read_cache
 from ..errors import CalibError
+from ..utils import printable
 from .args import JsonArgs, add_command, print_json
 
 
@@ -38,11 +43,12 @@ def run_show(args) -> int:
     if JsonArgs.parse(args):
         print_json({"file": args.file, "version": cache.version, "algorithm": cache.algorithm, "tensors": rows})
         return 0
-    print(f"{args.file}: TensorRT {cache.version}, {cache.algorithm}, {len(rows)} tensors")
-    width = max([len("tensor")] + [len(r["tensor"]) for r in rows])
+    print(f"{printable(args.file)}: TensorRT {cache.version}, {printable(cache.algorithm)}, {len(rows)} tensors")
+    names = [printable(r["tensor"]) for r in rows]
+    width = max([len("tensor")] + [len(n) for n in names])
     print(f"{'tensor':<{width}}  {'amax':>12}  {'scale':>12}")
-    for r in rows:
-        print(f"{r['tensor']:<{width}}  {r['amax']:>12.6g}  {r['scale']:>12.6g}")
+    for name, r in zip(names, rows):
+        print(f"{name:<{width}}  {r['amax']:>12.6g}  {r['scale']:>12.6g}")
     return 0
 
 
@@ -78,17 +84,18 @@ def run_diff(args) -> int:
         print_json(dict(d, a=args.a, b=args.b, threshold=args.threshold,
                         header_a=f"TRT-{a.version}-{a.algorithm}", header_b=f"TRT-{b.version}-{b.algorithm}"))
         return 0
-    print(f"A: {args.a} (TRT-{a.version}-{a.algorithm}, {len(a)} tensors)")
-    print(f"B: {args.b} (TRT-{b.version}-{b.algorithm}, {len(b)} tensors)")
+    print(f"A: {printable(args.a)} (TRT-{a.version}-{printable(a.algorithm)}, {len(a)} tensors)")
+    print(f"B: {printable(args.b)} (TRT-{b.version}-{printable(b.algorithm)}, {len(b)} tensors)")
     for label, names in (("only in A", d["only_a"]), ("only in B", d["only_b"])):
         print(f"{label}: {len(names)}")
         for n in names:
-            print(f"  {n}")
+            print(f"  {printable(n)}")
     print(f"moved (relative change > {args.threshold:g}): {len(d['moved'])} of {d['common']} common")
     if d["moved"]:
-        width = max(len("tensor"), *(len(m["tensor"]) for m in d["moved"]))
+        shown = [printable(m["tensor"]) for m in d["moved"]]
+        width = max(len("tensor"), *(len(n) for n in shown))
         print(f"  {'tensor':<{width}}  {'amax A':>12}  {'amax B':>12}  {'B/A':>8}  {'change':>7}")
-        for m in d["moved"]:
-            print(f"  {m['tensor']:<{width}}  {m['amax_a']:>12.6g}  {m['amax_b']:>12.6g}  "
+        for name, m in zip(shown, d["moved"]):
+            print(f"  {name:<{width}}  {m['amax_a']:>12.6g}  {m['amax_b']:>12.6g}  "
                   f"{'-' if m['ratio'] is None else format(m['ratio'], '.4g'):>8}  {m['rel_change'] * 100:>6.2f}%")
     return 0

@@ -1,10 +1,11 @@
-"""`calibrate` / `calib calibrate`: INT8 scales -> TensorRT cache, sidecar, Q/DQ model, summary."""
+"""`calibrate` / `calib calibrate`: INT8 scales -> TensorRT cache, sidecar, Q/DQ model, summary
+(``<stem>.cache``, ``<stem>.cache.json``, ``<stem>.int8.onnx``, ``<stem>.summary.json``)."""
 from __future__ import annotations
 
 from .args import CalibrationArgs, DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, add_command, print_json
 
 DATA = DataArgs(required=True)
-OUTPUT = OutputArgs(writes="<stem>.cache, <stem>.cache.json, <stem>.int8.onnx and summary.json",
+OUTPUT = OutputArgs(writes="<stem>.cache, <stem>.cache.json, <stem>.int8.onnx and <stem>.summary.json",
                     default="the model's folder")
 
 
@@ -12,7 +13,7 @@ def register(sub) -> None:
     add_command(sub, "calibrate", help="compute INT8 scales; write a TensorRT cache and a Q/DQ model",
                 description="Calibrate an ONNX model on representative data without a GPU. Writes "
                             "<stem>.cache (TensorRT's calibration cache format), <stem>.cache.json (provenance), "
-                            "<stem>.int8.onnx (explicit Q/DQ model) and summary.json, then compares INT8 with "
+                            "<stem>.int8.onnx (explicit Q/DQ model) and <stem>.summary.json, then compares INT8 with "
                             "FP32 on a held-out split of the data.",
                 groups=[ModelArgs(), DATA, CalibrationArgs(), RuntimeArgs(), OUTPUT, JsonArgs()], func=run)
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from .args import (DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, SplitArgs, TaskArgs, add_command,
-                   print_json)
+from .args import DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, SplitArgs, TaskArgs, add_command, print_json
 
 DATA = DataArgs(required=True)
 OUTPUT = OutputArgs(required=True, writes="report.json, report.md and the plots")

@@ -1,21 +1,29 @@
-"""`calib inspect`: describe a model; with data, run FP32 and report throughput and accuracy."""
+"""`calib inspect`: describe a model; with data, run FP32 and report throughput and accuracy; with
+`--groups`, list its quantization groups (:func:`calib.tuning.find_groups`)."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
-from .args import DataArgs, JsonArgs, ModelArgs, RuntimeArgs, SplitArgs, add_command, print_json
+from ..errors import ConfigError
+from .args import DataArgs, JsonArgs, ModelArgs, RuntimeArgs, ShapesArgs, SplitArgs, add_command, print_json
 
 DATA = DataArgs()
 
 
 def register(sub) -> None:
-    add_command(sub, "inspect", help="describe a model; with --data, run FP32 over it",
-                description="Print a model's inputs, outputs, opset, node counts and whether it is already "
-                            "quantized. With --data, run it in FP32 (ONNX Runtime) and print throughput and, for "
-                            "classifiers with labels, top-1/top-5.",
-                groups=[ModelArgs(help="ONNX model file"), DATA, SplitArgs(), RuntimeArgs(), JsonArgs()], func=run)
+    p = add_command(sub, "inspect", help="describe a model; with --data, run FP32 over it",
+                    description="Print a model's inputs, outputs, opset, node counts and whether it is already "
+                                "quantized. With --data, run it in FP32 (ONNX Runtime) and print throughput and, "
+                                "for classifiers with labels, top-1/top-5. With --groups, list its quantization "
+                                "groups (the node sets TensorRT fuses and quantizes together) with their MACs and "
+                                "activation bytes per sample.",
+                    groups=[ModelArgs(help="ONNX model file"), DATA, SplitArgs(), RuntimeArgs(), ShapesArgs(),
+                            JsonArgs()], func=run)
+    g = p.add_argument_group("Groups", "quantization groups (calib.tuning.find_groups)")
+    g.add_argument("--groups", action="store_true",
+                   help="list the quantization groups: id, kind, nodes, MACs, activation bytes, quantizable")
 
 
 def _looks_like_classifier(out: np.ndarray) -> bool:
@@ -60,6 +68,12 @@ def run(args) -> int:
             h5 = np.concatenate(hits5)
             run_info.update(labelled=int(h1.size), top1=round(float(h1.mean()), 4), top5=round(float(h5.mean()), 4))
         info["fp32_run"] = run_info
+    if args.groups:
+        from ..tuning import find_groups
+
+        info["groups"] = [g.to_dict() for g in find_groups(model, ShapesArgs.parse(args))]
+    elif args.shapes:
+        raise ConfigError("--shapes", "is only used with --groups")
     if JsonArgs.parse(args):
         print_json(info)
         return 0
@@ -93,3 +107,18 @@ def _print_human(info: dict) -> None:
         if "top1" in r:
             print(f"accuracy  top-1 {r['top1'] * 100:.1f}%  top-5 {r['top5'] * 100:.1f}%  "
                   f"over {r['labelled']} labelled samples")
+    if info.get("groups") is not None:
+        print_groups(info["groups"])
+
+
+def print_groups(groups: list[dict]) -> None:
+    """The quantization groups (``QuantGroup.to_dict()`` each) as a table on stdout."""
+    if groups:
+        q = [g for g in groups if g["quantizable"]]
+        macs = sum(g["macs"] for g in groups)
+        print(f"groups    {len(groups)}: {len(q)} quantizable, {macs / 1e6:.1f} M MACs per sample")
+        width = max(len(g["id"]) for g in groups)
+        print(f"  {'#':>4}  {'id':<{width}}  {'kind':<9}  {'nodes':>5}  {'MACs':>13}  {'act bytes':>11}  quantizable")
+        for g in groups:
+            print(f"  {g['order']:>4}  {g['id']:<{width}}  {g['kind']:<9}  {len(g['nodes']):>5}  {g['macs']:>13,}  "
+                  f"{g['activation_bytes']:>11,}  {'yes' if g['quantizable'] else 'no'}")

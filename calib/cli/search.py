@@ -4,16 +4,27 @@
         [--latency onnxruntime|roofline:h100|tensorrt] [--algorithm ours|bisect-prefix|bisect-suffix|greedy] \\
         [--sensitivity direct|direct-all-but|proxy] [--search-samples N] [--max-evals N] \\
         [calibration flags, --calib-algorithm] [--threads N] --out DIR [--force] [--json]
-    calib search --model m.onnx [--data PATH ...] --dry-run [--json]
+    calib search --model m.onnx [--shapes x:1x3x48x320 | --data PATH ...] --dry-run [--json]
 
 Writes plan.json, <stem>.mixed.onnx, <stem>.cache and its sidecar, search.json and search.png into
 --out, as one atomic set (see :func:`calib.mixed.search`). ``--dry-run`` lists the quantization
-groups and exits (with --data, dynamic input sizes are those of the first sample).
+groups and exits (dynamic input sizes from --shapes, else from the first sample of --data).
 """
 from __future__ import annotations
 
-from .args import (CalibrationArgs, DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, TaskArgs, add_command,
-                   positive_int, print_json)
+from .args import (
+    CalibrationArgs,
+    DataArgs,
+    JsonArgs,
+    ModelArgs,
+    OutputArgs,
+    RuntimeArgs,
+    ShapesArgs,
+    TaskArgs,
+    add_command,
+    positive_int,
+    print_json,
+)
 
 DATA = DataArgs(required=False)
 OUTPUT = OutputArgs(writes="plan.json, <stem>.mixed.onnx, <stem>.cache (+ .json), search.json and search.png",
@@ -32,7 +43,8 @@ def register(sub) -> None:
                                 "calibration data, in at most ceil(log2 G) + 3 full evaluations by default; verify it "
                                 "on the held-out eval split. Writes plan.json, <stem>.mixed.onnx, the TensorRT cache "
                                 "and its sidecar, search.json (every plan tried) and search.png.",
-                    groups=[ModelArgs(), DATA, TaskArgs(), CALIBRATION, RuntimeArgs(), OUTPUT, JsonArgs()],
+                    groups=[ModelArgs(), DATA, TaskArgs(), CALIBRATION, RuntimeArgs(), ShapesArgs(), OUTPUT,
+                            JsonArgs()],
                     func=run)
     p.add_argument("--budget", metavar="EXPR",
                    help="the accuracy budget: top1_drop<=PT, agreement>=F, cosine>=F, sqnr>=DB, ctc_agreement>=F "
@@ -90,32 +102,18 @@ def run(args) -> int:
 
 
 def _dry_run(args, json_out: bool) -> int:
-    from ..tuning.groups import find_groups
+    from ..tuning import find_groups
+    from .inspect import print_groups
 
     model = ModelArgs.parse(args)
-    shapes = None
-    if DataArgs.given(args):
-        ds = DATA.parse(args, model)
-        batch = next(iter(ds.batches(batch_size=1)))
+    shapes = ShapesArgs.parse(args) or None
+    if shapes is None and DataArgs.given(args):      # dynamic sizes: those of the first sample
+        batch = next(iter(DATA.parse(args, model).batches(batch_size=1)))
         shapes = {k: list(v.shape) for k, v in batch.feed.items()}
-    groups = sorted(find_groups(model, shapes), key=lambda g: g.order)
-    rows = [{"order": g.order, "id": g.id, "kind": g.kind, "quantizable": bool(g.quantizable), "nodes": list(g.nodes),
-             "anchor": g.anchor, "macs": int(g.macs), "activation_bytes": int(g.activation_bytes),
-             "weight_count": int(g.weight_count)} for g in groups]
+    groups = [g.to_dict() for g in sorted(find_groups(model, shapes), key=lambda g: g.order)]
     if json_out:
-        print_json({"model": model.name, "shapes": shapes, "groups": rows})
-        return 0
-    quant = [r for r in rows if r["quantizable"]]
-    total = sum(r["macs"] for r in rows) or 1
-    print(f"{model.name}: {len(rows)} groups, {len(quant)} quantizable, "
-          f"{sum(r['macs'] for r in quant) / total:.1%} of {total:,} MACs in quantizable groups")
-    print(f"{'#':>4}  {'kind':<9} {'int8?':<5} {'nodes':>5} {'MACs':>14} {'act. bytes':>12}  id")
-    for r in rows:
-        if r["quantizable"] or r["kind"] != "other":
-            print(f"{r['order']:>4}  {r['kind']:<9} {'yes' if r['quantizable'] else 'no':<5} {len(r['nodes']):>5} "
-                  f"{r['macs']:>14,} {r['activation_bytes']:>12,}  {r['id']}")
-    other = [r for r in rows if not r["quantizable"] and r["kind"] == "other"]
-    if other:
-        print(f"      and {len(other)} groups of other nodes that stay in float ({sum(len(r['nodes']) for r in other)} "
-              f"nodes); --json lists every group")
+        print_json({"model": model.name, "shapes": shapes, "groups": groups})
+    else:
+        print(f"model     {model.path or model.name}")
+        print_groups(groups)
     return 0

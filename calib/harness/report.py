@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 from ..errors import HarnessError
-from ..utils import atomic_write_all, atomic_write_text, check_writable, json_safe
+from ..utils import atomic_write_all, atomic_write_text, check_outputs, json_safe
 
 SCHEMA = "calib-report"
 VERSION = 1
@@ -337,24 +337,19 @@ class Report:
 
     # -- writing --------------------------------------------------------------------
     def write(self, out: "str | os.PathLike", force: bool = False, plots: bool = True) -> list[Path]:
-        """Write report.json, report.md and the PNGs into *out*, atomically; check every target
-        first and refuse to overwrite any unless *force*."""
+        """Write report.json, report.md and the PNGs into *out* as one set (all or none, see
+        :func:`calib.utils.atomic_write_all`); check every target first and refuse to overwrite any
+        unless *force*."""
         d = Path(out)
-        if d.exists() and not d.is_dir():
-            from ..errors import OutputExistsError
-
-            raise OutputExistsError(f"{d} exists and is not a folder")
         layer_cands = [c for c in self.candidate_names if c in self.attributions and self.attributions[c].layers]
-        targets = report_paths(d, layer_cands, plots)
-        for p in targets:
-            check_writable(p, force)
+        check_outputs(report_paths(d, layer_cands, plots), force, option="force")
         files: dict[Path, bytes] = {d / "report.json": self.to_json().encode("utf-8"),
                                     d / "report.md": self.to_markdown(plots).encode("utf-8")}
         if plots:
             files[d / "metrics.png"] = self.plot_metrics_png()
             for c in layer_cands:
                 files[d / f"layers_{safe_name(c)}.png"] = self.plot_layers_png(c)
-        atomic_write_all(list(files.items()), overwrite=force)   # all or nothing, as calibrate's outputs
+        atomic_write_all(list(files.items()), overwrite=force, option="force")   # as calibrate's outputs
         return list(files)
 
 

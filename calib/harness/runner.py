@@ -468,12 +468,11 @@ def evaluate(reference, candidates, dataset, *, task: str = "auto", attribute: b
     """Paths / Models / Engines in, :class:`Report` out; with *out*, the report files are written there
     (refusing to overwrite them unless *force*)."""
     from .report import report_paths
-    from ..utils import check_writable
+    from ..utils import check_outputs
 
     cand_list = [candidates] if isinstance(candidates, (str, os.PathLike, Model, Engine)) else list(candidates)
     if out is not None:   # fail before the (long) pass, not after
-        for p in report_paths(out, plots=plots):
-            check_writable(p, force)
+        check_outputs(report_paths(out, plots=plots), force, option="force")
     rep = compare(reference, cand_list, dataset, task=task, metrics=metrics, extra_metrics=extra_metrics,
                   attribute=attribute, labels=labels, batch_size=batch_size, progress=progress,
                   resamples=resamples, seed=seed, output=output)

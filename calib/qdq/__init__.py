@@ -45,8 +45,12 @@ its weights (so weights are quantized as they will be used). Channel smoothing f
 A :class:`~calib.plan.PrecisionPlan` chooses per node: ``fp32`` nodes get no Q/DQ on their
 inputs and keep float weights, ``fp16`` nodes are wrapped in Cast nodes (float16 in, float32
 out) and get no Q/DQ, ``int8`` nodes (the default) are quantized as the target places them.
-The rewrite (:mod:`calib.qdq.rewrite`) uses only standard ONNX ops, so ONNX Runtime runs the same
-graph TensorRT builds.
+With ``fp16_fallback`` (the default for ``onnxruntime``) an fp16 node whose op ONNX Runtime's CPU
+provider has no float16 kernel for (not in :data:`ORT_FP16_OPS`) stays float32 between Casts to
+float16 and back on its inputs, weights and outputs: ONNX Runtime computes it on rounded values
+instead of silently dropping the rounding. Plan entries of nodes that preparation folded away
+follow the node they were folded into. The rewrite (:mod:`calib.qdq.rewrite`) uses only standard
+ONNX ops, so ONNX Runtime runs the same graph TensorRT builds.
 
 Output is deterministic (same inputs give byte-identical models); inserted nodes and tensors are
 named after the tensor they quantize (``<tensor>_QuantizeLinear``, ``<tensor>_dequantized``).
@@ -58,11 +62,11 @@ from ..errors import QuantizationError
 from ..graph import WEIGHTED_OPS
 from ..preparation import MIN_OPSET, Preparation, prepare
 from .bias import BIAS_CORRECTABLE_OPS
-from .placement import DATA_MOVEMENT_OPS, ORT_INT8_OPS, POOL_OPS, QParams
+from .placement import DATA_MOVEMENT_OPS, ORT_FP16_OPS, ORT_INT8_OPS, POOL_OPS, QParams
 from .quantize import TARGETS, QuantReport, check_input, quantize_model, required_tensors
 
 __all__ = [
-    "BIAS_CORRECTABLE_OPS", "DATA_MOVEMENT_OPS", "MIN_OPSET", "ORT_INT8_OPS", "POOL_OPS", "TARGETS",
+    "BIAS_CORRECTABLE_OPS", "DATA_MOVEMENT_OPS", "MIN_OPSET", "ORT_FP16_OPS", "ORT_INT8_OPS", "POOL_OPS", "TARGETS",
     "WEIGHTED_OPS", "Preparation", "QParams", "QuantReport", "QuantizationError", "check_input", "prepare",
     "quantize_model", "required_tensors",
 ]

@@ -39,6 +39,12 @@ DATA_MOVEMENT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", 
 # ops a plan's fp32 entry keeps out of INT8 (reported as fp32 nodes), whatever the target
 QUANTIZABLE_OPS = frozenset(WEIGHTED_OPS + POOL_OPS + ORT_INT8_OPS)
 NON_NEGATIVE_OPS = ("Relu", "Sigmoid", "Softmax", "HardSigmoid")
+# ops ONNX Runtime 1.32's CPU provider (x86-64) has a float16 kernel for: each was run on
+# float16 inputs and its optimized graph checked for inserted Casts (docs/calibration.md,
+# "Precision plans"). It runs every other op in float32 between Casts it inserts and then
+# removes against the model's own Casts, which drops the float16 rounding.
+ORT_FP16_OPS = frozenset(("Clip", "Concat", "Expand", "Flatten", "Gather", "Identity", "LayerNormalization", "Max",
+                          "Reshape", "Round", "Sign", "Slice", "Squeeze", "Transpose", "Unsqueeze"))
 
 
 @dataclass(frozen=True)

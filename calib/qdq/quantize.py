@@ -12,7 +12,7 @@ from ..model import QUANT_OPS, Model, load_model
 from ..plan import load_plan, node_key
 from ..preparation import prepared_proto
 from ..smooth import smooth_graph
-from .placement import PLACEMENTS, place
+from .placement import ORT_FP16_OPS, PLACEMENTS, place
 from .rewrite import Emitter
 
 log = logging.getLogger("calib.qdq")
@@ -36,6 +36,8 @@ class QuantReport:
     propagated_amax: dict[str, str] = field(default_factory=dict)  # tensor -> tensor it took amax from
     folded: list[str] = field(default_factory=list)
     unmatched_plan_entries: list[str] = field(default_factory=list)
+    folded_plan_entries: dict[str, str] = field(default_factory=dict)  # entry of a folded node -> node it follows
+    fp16_rounded: list[str] = field(default_factory=list)          # fp16 nodes left float32 between fp16 round trips
     smoothed: list[str] = field(default_factory=list)              # tensors smoothed (calib.smooth)
     bias_probes: dict[str, str] = field(default_factory=dict)      # probe output -> node (bias_probe=True)
     bias_corrected: list[str] = field(default_factory=list)        # nodes whose bias took a bias_shift
@@ -78,9 +80,9 @@ def required_tensors(model, target: str = "tensorrt", plan=None) -> list[str]:
     model = load_model(model)
     check_input(model, target)
     plan = load_plan(plan)
-    proto, _ = prepared_proto(model)
+    proto, done = prepared_proto(model)
     G = Graph(proto)
-    P = place(G, tensor_types(proto), target, plan, None)
+    P = place(G, tensor_types(proto), target, done.plan(plan), None)
     order = {t: i for i, t in enumerate(G.graph_inputs + [o for n in G.g.node for o in n.output])}
     return sorted(set(P.used_amax), key=lambda t: order.get(t, len(order)))
 
@@ -88,7 +90,7 @@ def required_tensors(model, target: str = "tensorrt", plan=None) -> list[str]:
 def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt", plan=None,
                    per_channel: bool = True, weight_amax: Mapping[str, object] | None = None,
                    smooth: Mapping[str, object] | None = None, bias_probe: bool = False,
-                   bias_shift: Mapping[str, object] | None = None) -> Model:
+                   bias_shift: Mapping[str, object] | None = None, fp16_fallback: bool | None = None) -> Model:
     """Return a new :class:`Model` with Q/DQ nodes placed for *target* (see :mod:`calib.qdq`).
 
     *amax* maps activation tensor names to their calibrated absolute maximum. Tensors the
@@ -105,6 +107,15 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
     ``quant_report.bias_corrected``. ``bias_probe=True`` adds the graph outputs that measure that
     error (``quant_report.bias_probes``: output name -> node key), for
     :func:`calib.collect.bias_shifts`: such a model is for measuring, not for deployment.
+
+    *plan* names the original model's nodes; a node preparation removed follows the node it was
+    folded into (:class:`calib.preparation.Preparation`), and its entries are listed in
+    ``quant_report.folded_plan_entries``. *fp16_fallback* (default: for the ``onnxruntime``
+    target) keeps the plan's fp16 nodes whose op ONNX Runtime's CPU provider runs only in float32
+    (not in :data:`~calib.qdq.placement.ORT_FP16_OPS`) computing in float32 on float16-rounded
+    inputs, weights and outputs (``quant_report.fp16_rounded``), since ONNX Runtime would
+    otherwise drop the rounding; without it every fp16 node computes in float16, as TensorRT
+    builds it.
     """
     model = load_model(model)
     check_input(model, target)
@@ -120,7 +131,7 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
         except ValueError as exc:
             raise QuantizationError(f"{done.name}: {exc}") from None
     types = tensor_types(proto)
-    P = place(G, types, target, plan, amax)
+    P = place(G, types, target, done.plan(plan), amax)
     report = QuantReport(target=target, opset_before=done.opset_before, opset_after=G.opset)
     report.int8_nodes = [node_key(n) for n in P.int8_nodes]
     report.smoothed = smoothed
@@ -131,11 +142,18 @@ def quantize_model(model, amax: Mapping[str, float], *, target: str = "tensorrt"
     report.fp32_nodes = [node_key(n) for n in P.fp32]
     if plan is not None:
         report.unmatched_plan_entries = plan.match(done.node_keys)[1]
+        report.folded_plan_entries = {k: done.follows[k] for k in sorted(plan.layers) if k in done.follows}
     emitter = Emitter(G, P, report, target=target, per_channel=per_channel, weight_amax=weight_amax,
                       bias_probe=bias_probe, bias_shift=bias_shift)
     report.folded = list(done.folded) + emitter.rewrite()
     if P.fp16:
-        report.fp16_nodes = emitter.wrap_fp16([(n.op_type, tuple(n.output)) for n in P.fp16], types)
+        if fp16_fallback is None:
+            fp16_fallback = target == "onnxruntime"
+        fp16 = [(n.op_type, tuple(n.output), node_key(n)) for n in P.fp16]
+        report.fp16_nodes = emitter.wrap_fp16([(op, outs) for op, outs, _ in fp16], types,
+                                              ORT_FP16_OPS if fp16_fallback else None)
+        if fp16_fallback:
+            report.fp16_rounded = [k for op, _, k in fp16 if k in report.fp16_nodes and op not in ORT_FP16_OPS]
     G.remove_dead()
     G.prune_value_info()
     meta = {"calib.qdq.target": target, "calib.qdq.per_channel": str(bool(per_channel)).lower()}

@@ -11,7 +11,8 @@ taken, and writes the graph's nodes again in order, each preceded by what it nee
 * :meth:`Emitter.quantize_bias` (``onnxruntime``): int32 bias, scale input scale x weight scale;
 * :meth:`Emitter.correct_bias` and :meth:`Emitter.add_bias_probe`: bias correction
   (:mod:`calib.qdq.bias`);
-* :meth:`Emitter.wrap_fp16`, run after the rewrite: Cast nodes around the plan's fp16 nodes.
+* :meth:`Emitter.wrap_fp16`, run after the rewrite: Cast nodes around the plan's fp16 nodes
+  (float16 compute, or float32 between float16 round trips where the runtime has no float16 kernel).
 
 Inserted nodes and tensors are named after the tensor they quantize (``<tensor>_QuantizeLinear``,
 ``<tensor>_quantized``, ``<tensor>_dequantized``, ``<weight>_scale``, ...), made unique with
@@ -303,10 +304,17 @@ class Emitter:
         self.report.bias_probes = self.probe_outputs
         return folded
 
-    def wrap_fp16(self, nodes: list, types: dict[str, int]) -> list[str]:
+    def wrap_fp16(self, nodes: list, types: dict[str, int], fp16_ops=None) -> list[str]:
         """Cast the float32 inputs of *nodes* (``(op_type, outputs)`` keys: the rewrite copied the
         node messages) to float16 and their float outputs back to float32; returns the keys
-        (:func:`calib.plan.node_key`) of the nodes wrapped. Names are picked among those of the
+        (:func:`calib.plan.node_key`) of the nodes wrapped. Inputs are those whose type
+        constraint the outputs share (weights included; not a Resize's scales).
+
+        *fp16_ops*: the op types that compute in float16 (None: every op, as TensorRT builds
+        them). A node of another op type keeps computing in float32 on float16-rounded values:
+        each such input is cast to float16 and back, and so is its output (the op writes
+        ``<output>_unrounded``), so a runtime without a float16 kernel for it computes what the
+        plan means instead of dropping the rounding. Names are picked among those of the
         rewritten graph."""
         import onnx
         from onnx import helper
@@ -316,6 +324,10 @@ class Emitter:
         wrapped = []
         new_nodes = []
         keys = set(nodes)
+
+        def cast(src: str, dst: str, to: int, base: str):
+            return helper.make_node("Cast", [src], [dst], name=unique_name(base, taken), to=to)
+
         for n in list(G.g.node):
             if (n.op_type, tuple(n.output)) not in keys:
                 new_nodes.append(n)
@@ -325,6 +337,7 @@ class Emitter:
             except Exception:
                 new_nodes.append(n)
                 continue
+            native = fp16_ops is None or n.op_type in fp16_ops
             out_tc = {schema.outputs[min(k, len(schema.outputs) - 1)].type_str for k in range(len(n.output))}
             key = node_key(n)   # before its outputs are renamed below
             pre, post = [], []
@@ -335,7 +348,11 @@ class Emitter:
                 if f.type_str not in out_tc or f.type_str.startswith("tensor("):
                     continue
                 o = unique_name(f"{t}_to_fp16_{n.name}" if n.name else f"{t}_to_fp16", taken)
-                pre.append(helper.make_node("Cast", [t], [o], name=unique_name(f"{o}_Cast", taken), to=FLOAT16))
+                pre.append(cast(t, o, FLOAT16, f"{o}_Cast"))
+                if not native:
+                    r = unique_name(f"{t}_fp16_rounded_{n.name}" if n.name else f"{t}_fp16_rounded", taken)
+                    pre.append(cast(o, r, FLOAT, f"{r}_Cast"))
+                    o = r
                 n.input[k] = o
             if not pre:
                 new_nodes.append(n)
@@ -343,9 +360,15 @@ class Emitter:
             for k, t in enumerate(n.output):
                 if not t or types.get(t) != FLOAT:
                     continue
-                o = unique_name(f"{t}_fp16", taken)
-                n.output[k] = o
-                post.append(helper.make_node("Cast", [o], [t], name=unique_name(f"{t}_to_fp32_Cast", taken), to=FLOAT))
+                if native:
+                    o = unique_name(f"{t}_fp16", taken)
+                    n.output[k] = o
+                    post.append(cast(o, t, FLOAT, f"{t}_to_fp32_Cast"))
+                else:
+                    o = unique_name(f"{t}_unrounded", taken)
+                    h = unique_name(f"{t}_fp16", taken)
+                    n.output[k] = o
+                    post += [cast(o, h, FLOAT16, f"{t}_to_fp16_Cast"), cast(h, t, FLOAT, f"{t}_to_fp32_Cast")]
             new_nodes.extend(pre + [n] + post)
             wrapped.append(key)
         del G.g.node[:]

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ..errors import BudgetError
 
@@ -161,7 +162,7 @@ class Budget:
             return "fails"
         return "uncertain"
 
-    def measure(self, results: "Mapping[str, Any] | list") -> Measurement:
+    def measure(self, results: Mapping[str, Any] | list) -> Measurement:
         """The budget metric from one candidate's harness results (``report.metrics[name]``: a list
         of :class:`calib.harness.MetricResult`, or their dicts)."""
         items = results.values() if isinstance(results, Mapping) else results
@@ -221,7 +222,7 @@ def valid_metrics(task: str | None = None) -> tuple[str, ...]:
     return TASK_METRICS.get(task, ())
 
 
-def parse_budget(text: "str | Budget", task: str | None = None) -> Budget:
+def parse_budget(text: str | Budget, task: str | None = None) -> Budget:
     """``"agreement>=0.995"`` -> :class:`Budget`; *task* (None or ``auto``: not known yet) restricts
     the metrics. Raises :class:`calib.errors.BudgetError` with a one-line message naming the valid
     metrics for the task, for an unknown metric, a malformed expression, a wrong operator direction

@@ -17,8 +17,9 @@ the budget metric cannot tell apart).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -153,7 +154,7 @@ class PlanEvaluator:
     def many(self, plans: Sequence[Mapping[str, str]]) -> list[Measurement]:
         return [r.measurement for r in self.measure(plans)]
 
-    def measure(self, plans: Sequence[Mapping[str, str]], progress: "bool | str" = False) -> list[PlanResult]:
+    def measure(self, plans: Sequence[Mapping[str, str]], progress: bool | str = False) -> list[PlanResult]:
         """Each plan's :class:`PlanResult`; plans not measured before run ``per_pass`` at a time,
         each group of them in one pass over the search split."""
         from ..backends.onnxruntime import OrtEngine

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 COLOURS = {"int8": "#3b75af", "fp16": "#ef8636", "fp32": "#c53a32"}
 

@@ -55,8 +55,9 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Protocol
 
 from ..errors import CalibError
 from .budget import Budget, Measurement
@@ -107,9 +108,9 @@ class SearchSpace:
 
     def plan(self, fp32: Sequence[str] = (), fp16: Sequence[str] = ()) -> dict[str, str]:
         """Every group INT8 except those named."""
-        p = {g: "int8" for g in self.groups}
-        p.update({g: "fp16" for g in fp16})
-        p.update({g: "fp32" for g in fp32})
+        p = dict.fromkeys(self.groups, "int8")
+        p.update(dict.fromkeys(fp16, "fp16"))
+        p.update(dict.fromkeys(fp32, "fp32"))
         return p
 
     def predict(self, precisions: Mapping[str, str]) -> float:
@@ -182,7 +183,7 @@ class Evaluation:
     int8_mac_share: float
 
     def counts(self) -> dict[str, int]:
-        out = {p: 0 for p in PRECISIONS}
+        out = dict.fromkeys(PRECISIONS, 0)
         for v in self.precisions.values():
             out[v] += 1
         return out
@@ -277,7 +278,7 @@ class Ours(Strategy):
         self.pending: dict[str, str] | None = None
 
     def _reverted(self, k: int) -> dict[str, str]:
-        return dict(self.start, **{g: "fp32" for g in self.order[:k]})
+        return dict(self.start, **dict.fromkeys(self.order[:k], "fp32"))
 
     def propose(self) -> Proposal | None:
         sp = self.space
@@ -298,7 +299,7 @@ class Ours(Strategy):
                 self.phase = "requant"
                 self._start_requant()
                 if faster:
-                    plan = dict(self.current, **{g: "fp16" for g in faster})
+                    plan = dict(self.current, **dict.fromkeys(faster, "fp16"))
                     if not self.predicted_to_fail(plan):
                         self.pending = plan
                         return self._offer(f"{len(faster)} reverted in FP16", "fp16", plan)
@@ -445,7 +446,7 @@ class Outcome:
                 "notes": list(self.notes)}
 
 
-def run(strategy: Strategy, evaluator: "Evaluator | Callable[[Mapping[str, str]], Measurement]", budget: Budget,
+def run(strategy: Strategy, evaluator: Evaluator | Callable[[Mapping[str, str]], Measurement], budget: Budget,
         *, on_eval: Callable[[Evaluation], None] | None = None) -> Outcome:
     """Drive *strategy* with *evaluator* until it is done or its ``max_evals`` are spent.
 

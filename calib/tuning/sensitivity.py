@@ -32,8 +32,9 @@ to reach the model output unchanged).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -230,7 +231,7 @@ def _ranking(ids: Sequence[str], key) -> list[str]:
 
 
 def measure(model: Model, groups: Sequence[Any], evaluator, int8: Model, *, mode: str = "direct",
-            direct_mode: str | None = None, threads=None, progress: "bool | str" = False) -> Sensitivity:
+            direct_mode: str | None = None, threads=None, progress: bool | str = False) -> Sensitivity:
     """Sensitivities of the quantizable *groups* of *model* on the evaluator's search split.
 
     *int8*: the all-INT8 Q/DQ model (for the proxy's attributed pass); *evaluator*: a

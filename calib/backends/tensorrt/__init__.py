@@ -3,8 +3,8 @@
 Importing this package never imports ``tensorrt``; :func:`import_tensorrt` does, and raises
 :class:`calib.errors.TensorRTUnavailableError` with one line saying what to install when it
 cannot. Version facts live in :mod:`.versions` (the one place), device memory in :mod:`.cuda`
-(cuda-python only), plan-to-layer matching in :mod:`.matching` and cache serving in
-:mod:`.cache_serving` (pure Python).
+(cuda-python only), plan-to-layer matching in :mod:`.matching`, cache serving in
+:mod:`.cache_serving` (pure Python) and per-layer times in :mod:`.profiling`.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ _LAZY = {
     "make_calibrator": ".calibrator", "CalibratorCore": ".calibrator",
     "assign_precisions": ".matching", "assign_plan": ".matching",
     "CacheServer": ".cache_serving",
+    "collect_layer_times": ".profiling",
 }
 
 

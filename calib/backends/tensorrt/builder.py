@@ -21,7 +21,7 @@ from ...version import __version__ as calib_version
 from ...errors import (BackendError, CalibError, EngineMismatchError, InputMismatchError,
                        ModelLoadError)
 from ...model import Model, load_model
-from ...utils import atomic_write_bytes, atomic_write_all, check_writable, sha256_bytes, sha256_file
+from ...utils import atomic_write_all, atomic_write_bytes, check_outputs, sha256_bytes, sha256_file
 from .matching import LayerAssignment, assign_plan, onnx_layer_basename
 from .versions import Capabilities, TrtVersion
 
@@ -262,11 +262,9 @@ def build_engine(model, out, *, cache=None, dataset=None, plan=None, options: Bu
     if options.profiles < 1:
         raise CalibError("--profiles must be at least 1")
 
-    # check every target before writing any
-    check_writable(out, overwrite)
-    check_writable(engine_sidecar_path(out), overwrite)
-    if options.save_cache is not None:
-        check_writable(options.save_cache, overwrite)
+    # check every target (and that its folder can be written) before any work
+    check_outputs([out, engine_sidecar_path(out)] + ([options.save_cache] if options.save_cache is not None else []),
+                  overwrite)
 
     lines: list[str] = [f"TensorRT {trt.__version__}, {mode} quantization"]
     data_shapes = None
@@ -411,7 +409,7 @@ def build_engine(model, out, *, cache=None, dataset=None, plan=None, options: Bu
                                   options=options, assignment=assignment, build_seconds=seconds,
                                   engine_bytes=engine_bytes)
     side = engine_sidecar_path(out)
-    # the engine and its sidecar belong together: both or neither
+    # the engine and its sidecar belong together: one set, both or neither
     atomic_write_all([(out, engine_bytes),
                       (side, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode("utf-8"))],
                      overwrite=overwrite)

@@ -61,10 +61,9 @@ class CacheServer:
             raise CacheMismatchError(
                 f"{self.path}: no sidecar {side.name} beside it, so its provenance (which model it was "
                 f"computed for) cannot be checked; recompute it with calib calibrate")
-        sidecar = cache_mod.read_sidecar(self.path)
         cache = cache_mod.read_cache(self.path)
-        try:
-            cache_mod.check_provenance(sidecar, self.model, cache)
+        try:   # the file itself is hashed: a cache of another run beside this sidecar is refused
+            cache_mod.check_provenance(side, self.model, self.path)
         except CacheMismatchError as exc:
             raise CacheMismatchError(f"{self.path} does not belong to {getattr(self.model, 'name', 'this model')}: "
                                      f"{exc}") from None

@@ -214,22 +214,9 @@ class TrtEngine(Engine):
             if not (self.min_batch <= bs <= self.max_batch):
                 raise InputMismatchError(f"batch size {bs} is outside the engine's profile "
                                          f"{self.min_batch}..{self.max_batch}")
-            host = {}
-            for n in self._in:
-                _, opt, _ = self.profile_shapes(n)
-                shp = (bs, *opt[1:]) if self.dynamic else self._shape[n]
-                if feed is not None and n in feed:
-                    src = np.asarray(feed[n])
-                    reps = -(-bs // src.shape[0])
-                    host[n] = np.ascontiguousarray(np.concatenate([src] * reps)[:bs].astype(self._np[n]))
-                elif self._np[n].kind == "f":
-                    host[n] = rng.standard_normal(shp).astype(self._np[n])
-                else:
-                    host[n] = np.zeros(shp, dtype=self._np[n])
+            host = self._host_inputs(bs, feed, rng)
             for slot in self.slots:
-                self._set_shapes(slot, {k: v.shape for k, v in host.items()})
-                for n in self._in:
-                    slot.buffers[n].copy_from_host(host[n], slot.stream)
+                self._load(slot, host)
             for _ in range(warmup):
                 for slot in self.slots:
                     self._execute(slot)
@@ -257,6 +244,43 @@ class TrtEngine(Engine):
                    "wall_s": wall}
             results.append(row)
         return results
+
+    def _host_inputs(self, bs: int, feed, rng) -> dict[str, np.ndarray]:
+        """Inputs of batch *bs*: *feed* repeated / truncated, else random (floats) or zeros."""
+        host = {}
+        for n in self._in:
+            _, opt, _ = self.profile_shapes(n)
+            shp = (bs, *opt[1:]) if self.dynamic else self._shape[n]
+            if feed is not None and n in feed:
+                src = np.asarray(feed[n])
+                reps = -(-bs // src.shape[0])
+                host[n] = np.ascontiguousarray(np.concatenate([src] * reps)[:bs].astype(self._np[n]))
+            elif self._np[n].kind == "f":
+                host[n] = rng.standard_normal(shp).astype(self._np[n])
+            else:
+                host[n] = np.zeros(shp, dtype=self._np[n])
+        return host
+
+    def _load(self, slot: _Slot, host: Mapping[str, np.ndarray]) -> None:
+        self._set_shapes(slot, {k: v.shape for k, v in host.items()})
+        for n in self._in:
+            slot.buffers[n].copy_from_host(host[n], slot.stream)
+
+    def layer_times(self, feed: Mapping[str, np.ndarray] | None = None, batch_size: int = 1,
+                    iterations: int = 20, warmup: int = 5, seed: int = 0) -> dict[str, list[float]]:
+        """Layer name -> milliseconds per run, from TensorRT's profiler
+        (:func:`.profiling.collect_layer_times`) on the first context, at *batch_size* with
+        *feed* (repeated / truncated) or random inputs. The profiler stays on that context."""
+        from .profiling import collect_layer_times
+
+        slot = self.slots[0]
+        self._load(slot, self._host_inputs(batch_size, feed, np.random.default_rng(seed)))
+
+        def run() -> None:
+            self._execute(slot)
+            slot.stream.synchronize()
+
+        return collect_layer_times(self._trt, slot.context, run, iterations, warmup)
 
     def close(self) -> None:
         for slot in getattr(self, "slots", []):

@@ -135,6 +135,8 @@ API_MANIFEST: dict[str, tuple[str, ...]] = {
         "IExecutionContext.set_input_shape", "IExecutionContext.get_tensor_shape",
         "IExecutionContext.set_tensor_address", "IExecutionContext.execute_async_v3",
         "IExecutionContext.set_optimization_profile_async",
+        # per-layer times (profiling.py): TensorRT calls report_layer_time by this name
+        "IExecutionContext.profiler", "IProfiler", "IProfiler.report_layer_time",
         "DataType", "DataType.FLOAT", "DataType.HALF", "DataType.INT8", "DataType.INT32",
         "DataType.BOOL", "DataType.UINT8",
     ),
