@@ -14,13 +14,12 @@ Strategies (:data:`ALGORITHMS`):
 
 ``ours`` (:class:`Ours`), in four phases, over the ``G`` quantizable groups:
 
-1. the fastest plan: every group INT8, except groups the latency model predicts strictly faster
-   in FP16 or FP32 (none under a roofline; a few small layers, measured on a CPU); that is
-   all-INT8 whenever INT8 is nowhere slower. If it meets the budget, stop.
+1. all groups INT8; if that meets the budget, stop.
 2. bisection on ``k``, the number of groups reverted to FP32, taken in the order of their
    sensitivity per second of predicted latency that reverting them costs (groups whose
-   reverting costs nothing first; then the most error removed per second lost): ``k = 0`` fails
-   (phase 1) and reverting every group meets the budget by construction, so at most
+   reverting costs nothing, as small layers INT8 makes no faster on a CPU, first; then the most
+   error removed per second lost): ``k = 0`` fails (phase 1) and reverting every group meets the
+   budget by construction, so at most
    ``ceil(log2 G)`` evaluations find the ``k`` where it starts to hold (if meeting it is
    monotone in ``k``; the loop keeps the best plan seen either way). Ordering by sensitivity
    alone (NNCF's order) reverts a heavy, mildly sensitive layer as early as a light one; per
@@ -122,13 +121,6 @@ class SearchSpace:
     def gain(self, group: str, frm: str, to: str) -> float:
         """Predicted seconds saved by moving *group* from precision *frm* to *to*."""
         return self.latency[group][frm] - self.latency[group][to]
-
-    def fastest(self, group: str) -> str:
-        """The precision the latency model predicts fastest for *group* (INT8 unless another is
-        strictly faster; between FP16 and FP32, the faster, FP16 on a tie)."""
-        lat = self.latency[group]
-        best = min(("fp16", "fp32"), key=lambda p: (lat[p], p != "fp16"))
-        return best if lat[best] < lat["int8"] else "int8"
 
     def cost_order(self, groups: Sequence[str]) -> list[str]:
         """*groups* in the order phase 2 of :class:`Ours` reverts them: those whose reverting to
@@ -262,31 +254,28 @@ class _Bisection:
 
 
 class Ours(Strategy):
-    """The fastest plan, then a cost-aware bisection on how many groups to revert, then FP16 for the
+    """All INT8, then a cost-aware bisection on how many groups to revert, then FP16 for the
     reverted groups, then re-quantization by latency gain (see the module docstring)."""
 
     name = "ours"
 
     def __init__(self, space: SearchSpace, max_evals: int):
         super().__init__(space, max_evals)
-        self.phase = "start"
-        self.start = {g: space.fastest(g) for g in space.groups}
-        self.order = space.cost_order([g for g in space.groups if self.start[g] == "int8"])
+        self.phase = "int8"
+        self.order = space.cost_order(list(space.groups))
         self.bisect = _Bisection(0, len(self.order))
         self.current: dict[str, str] | None = None     # the plan that meets the budget so far
         self.queue: list[str] = []                     # phase 4: groups left to re-quantize
         self.pending: dict[str, str] | None = None
 
     def _reverted(self, k: int) -> dict[str, str]:
-        return dict(self.start, **dict.fromkeys(self.order[:k], "fp32"))
+        return self.space.plan(fp32=self.order[:k])
 
     def propose(self) -> Proposal | None:
         sp = self.space
         while self.left > 0:
-            if self.phase == "start":
-                floats = sum(1 for v in self.start.values() if v != "int8")
-                label = "all INT8" if not floats else f"fastest: all INT8 but {floats} faster in float"
-                return self._offer(label, "int8", dict(self.start))
+            if self.phase == "int8":
+                return self._offer("all INT8", "int8", sp.plan())
             if self.phase == "bisect":
                 if not self.bisect.done:
                     k = self.bisect.probe()
@@ -328,10 +317,8 @@ class Ours(Strategy):
         self.queue = sorted(cand, key=lambda g: (-sp.gain(g, self.current[g], "int8"), -rank[g]))
 
     def _advance(self, success: bool) -> None:
-        if self.phase == "start":
+        if self.phase == "int8":
             self.phase = "done" if success else "bisect"
-            if not success and not self.order:      # nothing left to revert
-                self.phase = "done"
         elif self.phase == "bisect":
             self.bisect.step(success)
             if self.bisect.done:
