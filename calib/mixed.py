@@ -268,7 +268,7 @@ class Searcher:
                                           and max_evals >= 1):
             raise CalibError(f"max_evals must be a positive integer, got {max_evals!r}")
         limit = max_evals if max_evals is not None else S.default_max_evals(len(self.quantizable))
-        strategy = S.make_strategy(algorithm, self.space, limit)
+        strategy = S.make_strategy(algorithm, self.space, limit, self.budget)
         bar = None
         if self.progress:
             from tqdm import tqdm

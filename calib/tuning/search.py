@@ -12,18 +12,21 @@ accuracy control (the loop never builds or runs a model).
 
 Strategies (:data:`ALGORITHMS`):
 
-``ours`` (:class:`Ours`), in four phases, over the ``G`` quantizable groups:
+``ours`` (:class:`Ours`), in four phases, over the ``G`` quantizable groups ranked by
+sensitivity (:attr:`SearchSpace.ranking`, most sensitive first):
 
 1. all groups INT8; if that meets the budget, stop.
-2. bisection on ``k``, the number of groups reverted to FP32, taken in the order of their
-   sensitivity per second of predicted latency that reverting them costs (groups whose
-   reverting costs nothing, as small layers INT8 makes no faster on a CPU, first; then the most
-   error removed per second lost): ``k = 0`` fails (phase 1) and reverting every group meets the
-   budget by construction, so at most
-   ``ceil(log2 G)`` evaluations find the ``k`` where it starts to hold (if meeting it is
-   monotone in ``k``; the loop keeps the best plan seen either way). Ordering by sensitivity
-   alone (NNCF's order) reverts a heavy, mildly sensitive layer as early as a light one; per
-   unit of cost, the light ones go first and most of the MACs stay in INT8.
+2. bisection on ``k``, how many of the most sensitive groups to revert to FP32: ``k = 0`` fails
+   (phase 1) and ``k = G`` meets the budget by construction (every group in FP32). The first
+   probe is where the sensitivities predict the budget starts to hold (:func:`predict_k`: the
+   budget metric's loss taken as proportional to the summed scores of the groups left in INT8,
+   scaled by all-INT8's measured loss), and its neighbour next (``k - 1`` after a success,
+   ``k + 1`` after a failure), so a right prediction ends the bisection after two evaluations;
+   then plain halving of what is left: at most ``ceil(log2 G) + 2`` evaluations, two more than
+   plain halving (its probes, without scores), only when the prediction is off. When meeting the
+   budget is
+   monotone in ``k`` it ends at the smallest ``k`` that meets it (the loop keeps the best plan
+   seen either way).
 3. FP16 instead of FP32 for the reverted groups that the latency model predicts faster in FP16
    (skipped, costing nothing, when none is): one evaluation, kept if the budget holds.
 4. re-quantize reverted groups one at a time, the largest predicted latency gain first, keeping
@@ -31,12 +34,9 @@ Strategies (:data:`ALGORITHMS`):
    without an evaluation: one whose every group is in the same or a less accurate precision
    (INT8 < FP16 < FP32) than in a plan that failed.
 
-The sensitivity per group used in phase 2 is :attr:`SearchSpace.scores` (the relative output
-noise power the group adds, see :mod:`calib.tuning.sensitivity`), else the position in
-:attr:`SearchSpace.ranking`.
-
 By default ``max_evals = ceil(log2 G) + 3``: one for phase 1, ``ceil(log2 G)`` for phase 2, and
-two for phases 3 and 4 (phase 2 may need fewer, leaving more for phase 4).
+two for phases 3 and 4 (phase 2 may need fewer, leaving more for phase 4, or, after a wrong
+prediction, up to two more).
 
 Baselines on the same groups, sensitivities and budget (each starts with all-INT8 too):
 
@@ -86,8 +86,8 @@ class SearchSpace:
     *fixed_latency*: the predicted time of everything else (groups that are never INT8);
     *macs*: multiply-accumulates per group (for the INT8 share); *predictor*: the whole plan's
     predicted time, when it is not *fixed_latency* plus the groups' times; *scores*: a sensitivity
-    per group (>= 0, larger is more sensitive, on a scale where the groups' values add up), for
-    the cost-aware order of :class:`Ours` (default: from *ranking*).
+    per group (>= 0, larger is more sensitive, on a scale where the groups' values add up), from
+    which :class:`Ours` predicts its first bisection probe (:func:`predict_k`).
     """
 
     groups: tuple[str, ...]
@@ -121,22 +121,6 @@ class SearchSpace:
     def gain(self, group: str, frm: str, to: str) -> float:
         """Predicted seconds saved by moving *group* from precision *frm* to *to*."""
         return self.latency[group][frm] - self.latency[group][to]
-
-    def cost_order(self, groups: Sequence[str]) -> list[str]:
-        """*groups* in the order phase 2 of :class:`Ours` reverts them: those whose reverting to
-        FP32 costs no predicted time first (most sensitive first), then by sensitivity per second
-        of predicted latency lost, largest first; ties by *ranking*."""
-        rank = {g: i for i, g in enumerate(self.ranking)}
-        n = len(self.ranking)
-        score = dict(self.scores) if self.scores is not None else {g: float(n - rank[g]) for g in groups}
-
-        def key(g):
-            cost = self.latency[g]["fp32"] - self.latency[g]["int8"]
-            s = max(float(score.get(g, 0.0)), 0.0)
-            if cost <= 0:
-                return (0, -s, rank[g])
-            return (1, -s / cost, rank[g])
-        return sorted(groups, key=key)
 
     def int8_mac_share(self, precisions: Mapping[str, str]) -> float:
         total = sum(self.macs.get(g, 0) for g in self.groups)
@@ -209,8 +193,8 @@ class Strategy(abc.ABC):
     def propose(self) -> Proposal | None:
         """The next plan to evaluate, or None when the strategy is done."""
 
-    def step(self, success: bool) -> None:
-        """The last proposal met the budget (*success*) or not."""
+    def step(self, success: bool, value: float | None = None) -> None:
+        """The last proposal met the budget (*success*) or not; *value*: the budget metric measured."""
         self.used += 1
         if not success and self._last is not None:
             self.failed.append(self._last.precisions)
@@ -232,17 +216,27 @@ class Strategy(abc.ABC):
 
 
 class _Bisection:
-    """Smallest ``k`` in ``(lo, hi]`` whose plan holds, with ``lo`` failing and ``hi`` holding."""
+    """Smallest ``k`` in ``(lo, hi]`` whose plan holds, with ``lo`` failing and ``hi`` holding.
+    Probes are the midpoints, except those planned (``plan(k)``) while they lie inside."""
 
     def __init__(self, lo: int, hi: int):
         self.lo, self.hi = lo, hi
         self.mid: int | None = None
+        self.planned: list[int] = []
 
     @property
     def done(self) -> bool:
         return self.hi - self.lo <= 1
 
+    def plan(self, k: int) -> None:
+        self.planned.append(k)
+
     def probe(self) -> int:
+        while self.planned:
+            k = self.planned.pop(0)
+            if self.lo < k < self.hi:
+                self.mid = k
+                return k
         self.mid = (self.lo + self.hi) // 2
         return self.mid
 
@@ -253,23 +247,51 @@ class _Bisection:
             self.lo = self.mid
 
 
+def predict_k(space: SearchSpace, budget: Budget | None, measured: float | None) -> int | None:
+    """The number of the most sensitive groups to revert for *budget* to hold, predicted from
+    all-INT8's *measured* value and the groups' scores: the budget metric's loss (its distance to
+    FP32's value; for ``sqnr``, the output's relative noise power ``10**(-dB/10)``) is taken as
+    proportional to the summed scores of the groups left in INT8. None without scores, budget or
+    a finite measurement, or when the scores sum to zero."""
+    if space.scores is None or budget is None or measured is None or not math.isfinite(measured):
+        return None
+    s = [max(float(space.scores.get(g, 0.0)), 0.0) for g in space.ranking]
+    total = sum(s)
+    if total <= 0:
+        return None
+    if budget.metric == "sqnr":
+        have, allowed = 10.0 ** (-measured / 10.0), 10.0 ** (-budget.value / 10.0)
+    else:
+        have, allowed = budget.loss(measured, budget.ideal), budget.loss(budget.value, budget.ideal)
+    if have <= 0:
+        return None
+    left = total
+    for k, v in enumerate(s):
+        if have * left / total <= allowed:
+            return k
+        left -= v
+    return len(s)
+
+
 class Ours(Strategy):
-    """All INT8, then a cost-aware bisection on how many groups to revert, then FP16 for the
-    reverted groups, then re-quantization by latency gain (see the module docstring)."""
+    """All INT8, then a bisection on how many of the most sensitive groups to revert (first probe
+    predicted), then FP16 for the reverted groups, then re-quantization by latency gain (see the
+    module docstring). *budget* lets it predict the first probe from all-INT8's measurement."""
 
     name = "ours"
 
-    def __init__(self, space: SearchSpace, max_evals: int):
+    def __init__(self, space: SearchSpace, max_evals: int, budget: Budget | None = None):
         super().__init__(space, max_evals)
+        self.budget = budget
         self.phase = "int8"
-        self.order = space.cost_order(list(space.groups))
-        self.bisect = _Bisection(0, len(self.order))
+        self.bisect = _Bisection(0, len(space.groups))
+        self.guess: int | None = None                  # the predicted k, once probed
         self.current: dict[str, str] | None = None     # the plan that meets the budget so far
         self.queue: list[str] = []                     # phase 4: groups left to re-quantize
         self.pending: dict[str, str] | None = None
 
     def _reverted(self, k: int) -> dict[str, str]:
-        return self.space.plan(fp32=self.order[:k])
+        return self.space.plan(fp32=self.space.ranking[:k])
 
     def propose(self) -> Proposal | None:
         sp = self.space
@@ -279,7 +301,8 @@ class Ours(Strategy):
             if self.phase == "bisect":
                 if not self.bisect.done:
                     k = self.bisect.probe()
-                    return self._offer(f"{k} reverted to FP32", "bisect", self._reverted(k))
+                    why = " (predicted)" if k == self.guess else ""
+                    return self._offer(f"{k} most sensitive in FP32{why}", "bisect", self._reverted(k))
                 self._start_fp16()
                 continue
             if self.phase == "fp16":
@@ -316,11 +339,22 @@ class Ours(Strategy):
         # largest predicted gain first; among equal gains the less sensitive first
         self.queue = sorted(cand, key=lambda g: (-sp.gain(g, self.current[g], "int8"), -rank[g]))
 
+    def step(self, success: bool, value: float | None = None) -> None:
+        if self.phase == "int8" and not success:
+            k = predict_k(self.space, self.budget, value)
+            if k is not None:
+                self.guess = min(max(k, 1), len(self.space.groups) - 1)
+                self.bisect.plan(self.guess)
+        super().step(success, value)
+
     def _advance(self, success: bool) -> None:
         if self.phase == "int8":
             self.phase = "done" if success else "bisect"
         elif self.phase == "bisect":
+            first = self.bisect.mid == self.guess
             self.bisect.step(success)
+            if first:     # the neighbour next: one evaluation settles a right prediction
+                self.bisect.plan(self.guess - 1 if success else self.guess + 1)
             if self.bisect.done:
                 self._start_fp16()
         elif self.phase == "requant" and self.pending is not None:
@@ -393,10 +427,10 @@ class Greedy(Strategy):
             self.k += 1
 
 
-def make_strategy(algorithm: str, space: SearchSpace, max_evals: int) -> Strategy:
-    """The strategy named *algorithm* (one of :data:`ALGORITHMS`)."""
+def make_strategy(algorithm: str, space: SearchSpace, max_evals: int, budget: Budget | None = None) -> Strategy:
+    """The strategy named *algorithm* (one of :data:`ALGORITHMS`); *budget* is used by ``ours``."""
     if algorithm == "ours":
-        return Ours(space, max_evals)
+        return Ours(space, max_evals, budget)
     if algorithm in ("bisect-prefix", "bisect-suffix"):
         return Bisect(space, max_evals, algorithm.split("-", 1)[1])
     if algorithm == "greedy":
@@ -457,7 +491,7 @@ def run(strategy: Strategy, evaluator: Evaluator | Callable[[Mapping[str, str]],
         evaluations.append(ev)
         if on_eval is not None:
             on_eval(ev)
-        strategy.step(ev.holds)
+        strategy.step(ev.holds, ev.metric)
     held = [e for e in evaluations if e.holds]
     notes = []
     if held:
@@ -472,5 +506,5 @@ def run(strategy: Strategy, evaluator: Evaluator | Callable[[Mapping[str, str]],
                    int8_mac_share=space.int8_mac_share(chosen), max_evals=strategy.max_evals, notes=notes)
 
 
-__all__ = ["ALGORITHMS", "PRECISIONS", "Evaluator", "SearchSpace", "Proposal", "Evaluation", "Strategy", "Ours",
+__all__ = ["ALGORITHMS", "PRECISIONS", "predict_k", "Evaluator", "SearchSpace", "Proposal", "Evaluation", "Strategy", "Ours",
            "Bisect", "Greedy", "Outcome", "default_max_evals", "make_strategy", "run"]

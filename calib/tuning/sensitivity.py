@@ -21,8 +21,8 @@
 Both rankings are reported with their rank agreement, Spearman's rho (ties averaged), and
 the one the search uses is recorded. Ties in either ranking are broken by layer order.
 
-Each group also gets a **score** on a scale where groups add up, for the search's cost-aware
-order (:meth:`calib.tuning.search.SearchSpace.cost_order`): the relative noise power
+Each group also gets a **score** on a scale where groups add up, from which the search predicts
+its first probe (:func:`calib.tuning.search.predict_k`): the relative noise power
 (``10**(-SQNR/10)``) the group puts into the model output, which for independent errors adds
 across groups: with ``only``, that of the plan with the group alone in INT8; with ``all-but``, how
 much all-INT8's output noise falls without the group; with the proxy, the noise power the group
