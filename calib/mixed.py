@@ -7,8 +7,10 @@ accuracy budget, found with few full evaluations, explained and reproducible.
    smoothing factors and the bias correction of the all-INT8 Q/DQ model;
 2. the quantization groups (:func:`calib.tuning.groups.find_groups`) and a latency model
    (:func:`calib.tuning.latency.latency_model`) predicting each group's time per precision;
-3. the search split: a seeded subset of the calibration split (``search_samples``), decoded
-   once; the FP32 reference runs on it once;
+3. the search split: a seeded subset of the calibration split (``search_samples``), of the
+   samples calibration did not fit its ranges to where there are enough of them (a plan scores
+   better on the samples its ranges were fitted to than on new data), decoded once; the FP32
+   reference runs on it once;
 4. sensitivities per group (:mod:`calib.tuning.sensitivity`: the proxy from one attributed pass,
    and, unless ``sensitivity="proxy"``, the direct measure; Spearman's rho between them);
 5. the search (:mod:`calib.tuning.search`): each evaluation builds the plan's Q/DQ model with the
@@ -40,6 +42,7 @@ from .utils import atomic_write_all, check_outputs, json_safe
 from .version import __version__
 
 DEFAULT_SEARCH_SAMPLES = 64
+DEFAULT_MARGIN = 0.0     # standard errors a plan's estimate on the search split must clear the budget by
 LATENCY_MODELS = ("onnxruntime", "roofline:h100", "roofline:a100", "roofline:l4", "roofline:t4", "roofline:orin",
                   "tensorrt")
 MIXED_SUFFIX = ".mixed.onnx"
@@ -191,6 +194,12 @@ class Searcher:
 
         # 1. the search split, decoded once; the reference on it (the task is known before any work)
         search_ds = ds.split("calib")
+        # the calibration samples' ranges fit them exactly (max) or nearly: plans score better on
+        # them than on new data, so the search split avoids them where the split has enough others
+        fitted = cfg.samples is not None and cfg.samples < len(search_ds)
+        self.search_disjoint = fitted and len(search_ds) - cfg.samples >= min(search_samples, len(search_ds))
+        if self.search_disjoint:
+            search_ds = search_ds.rest(cfg.samples, cfg.seed)
         if search_samples < len(search_ds):
             search_ds = search_ds.subset(limit=search_samples, seed=cfg.seed)
         self.search_data = search_ds
@@ -256,10 +265,13 @@ class Searcher:
 
             tqdm.write(line, file=sys.stderr)
 
-    def run(self, algorithm: str = "ours", max_evals: int | None = None):
+    def run(self, algorithm: str = "ours", max_evals: int | None = None, margin: float = DEFAULT_MARGIN,
+            **options):
         """Search with *algorithm* (at most *max_evals* full evaluations, default ``ceil(log2 G) + 3``);
-        a progress bar and one line per evaluation with *progress*. Returns the
-        :class:`calib.tuning.search.Outcome`."""
+        a progress bar and one line per evaluation with *progress*; *margin*: standard errors the
+        search split's estimate must clear the budget by (:func:`calib.tuning.search.run`). Returns the
+        :class:`calib.tuning.search.Outcome`. *options* go to the strategy (``ours``: ``order``, see
+        :class:`calib.tuning.search.Ours`)."""
         from .tuning import search as S
 
         if algorithm not in S.ALGORITHMS:
@@ -267,8 +279,11 @@ class Searcher:
         if max_evals is not None and not (isinstance(max_evals, int) and not isinstance(max_evals, bool)
                                           and max_evals >= 1):
             raise CalibError(f"max_evals must be a positive integer, got {max_evals!r}")
+        if not (isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin)
+                and margin >= 0):
+            raise CalibError(f"margin must be a number of standard errors >= 0, got {margin!r}")
         limit = max_evals if max_evals is not None else S.default_max_evals(len(self.quantizable))
-        strategy = S.make_strategy(algorithm, self.space, limit, self.budget)
+        strategy = S.make_strategy(algorithm, self.space, limit, self.budget, **options)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -281,7 +296,7 @@ class Searcher:
             self.say(evaluation_line(e, self.budget, limit))
 
         t0 = time.perf_counter()
-        outcome = S.run(strategy, self.evaluator, self.budget, on_eval=on_eval)
+        outcome = S.run(strategy, self.evaluator, self.budget, margin=margin, on_eval=on_eval)
         if bar is not None:
             bar.close()
         self.timing["search"] = round(time.perf_counter() - t0, 3)
@@ -315,7 +330,8 @@ class Searcher:
             "task": self.task, "budget": bud.to_dict(), "algorithm": outcome.algorithm,
             "max_evals": outcome.max_evals,
             "search_split": {"samples": self.evaluator.samples, "data": self.search_data.describe(),
-                             "ids": self.search_data.ids},
+                             "ids": self.search_data.ids,
+                             "disjoint_from_calibration_samples": bool(self.search_disjoint)},
             "calibration": {"algorithm": res.summary["algorithm"], "samples": res.summary["calibration_samples"],
                             "target": cfg.target, "smoothing": res.summary.get("smoothing"),
                             "bias_correction": ("shifts measured once on the all-INT8 model and reused for the "
@@ -338,8 +354,8 @@ class Searcher:
 
 def search(model, data=None, budget=None, config: CalibrationConfig | Mapping | None = None, *, task: str = "auto",
            latency: str = "onnxruntime", latency_options: Mapping | None = None, algorithm: str = "ours",
-           sensitivity: str = "direct",
-           search_samples: int = DEFAULT_SEARCH_SAMPLES, max_evals: int | None = None, out=None, force: bool = False,
+           sensitivity: str = "direct", search_samples: int = DEFAULT_SEARCH_SAMPLES, max_evals: int | None = None,
+           margin: float = DEFAULT_MARGIN, out=None, force: bool = False,
            progress: bool = True, preprocess=None, classes=None, labels=None, text_labels=None, strict: bool = False,
            dataset=None, **options) -> SearchResult:
     """Find the plan with the lowest predicted latency that meets *budget* (see the module docstring).
@@ -353,7 +369,11 @@ def search(model, data=None, budget=None, config: CalibrationConfig | Mapping | 
     :func:`calib.tuning.latency.latency_model`); *algorithm*: ``ours``, ``bisect-prefix``,
     ``bisect-suffix`` or ``greedy``; *sensitivity*: ``direct`` (both measures, the direct one used),
     ``direct-all-but`` or ``proxy`` (the proxy only); *search_samples*: calibration samples the
-    plans are scored on; *max_evals*: full evaluations allowed (default ``ceil(log2 G) + 3``).
+    plans are scored on; *max_evals*: full evaluations allowed (default ``ceil(log2 G) + 3``);
+    *margin*: how many standard errors a plan's estimate on the search split must clear the budget
+    by to count as meeting it (default 0: the estimate itself; 1 buys about 84% one-sided
+    confidence on the search split, against the selection bias of a search, at the price of
+    keeping more groups in float).
     *config* / *options*: calibration options (:class:`calib.CalibrationConfig`; the calibration
     algorithm goes in *config*, ``algorithm`` here is the search's); its ``eval_samples`` bounds
     the verification. Nothing is written without *out*; existing files
@@ -372,7 +392,7 @@ def search(model, data=None, budget=None, config: CalibrationConfig | Mapping | 
                         sensitivity=sensitivity,
                         search_samples=search_samples, progress=progress, preprocess=preprocess, classes=classes,
                         labels=labels, text_labels=text_labels, strict=strict, dataset=dataset, **options)
-    outcome = searcher.run(algorithm, max_evals)
+    outcome = searcher.run(algorithm, max_evals, margin)
     plan, mixed, verification = searcher.finish(outcome)
     searcher.timing["total"] = round(time.perf_counter() - t_start, 3)
     summary = searcher.summary(outcome, plan, verification, paths)
@@ -471,7 +491,7 @@ def _summary_lines(s: Mapping[str, Any], outcome, bud) -> list[str]:
             "fails": "misses the budget (the whole interval)"}
     lines.append(f"held-out ({v['samples']} eval samples): {bud.metric} {fm(mx)}: {word[mx['judgement']]}; "
                  f"all INT8 {fm(ai)}")
-    for k, p in s.get("outputs", {}).items():
+    for p in s.get("outputs", {}).values():
         lines.append(f"wrote {p}")
     return lines
 

@@ -15,6 +15,7 @@ import pytest
 
 from calib.cli import main
 from calib.errors import BudgetError
+from calib.tuning.budget import Measurement
 
 
 def _bound(s) -> int:
@@ -31,22 +32,33 @@ def _searched(s):
     return {"searcher": s, "ours": ours, "plan": plan, "model": model, "ver": ver, "base": base, "short": short}
 
 
+# Latency predicted for a T4 by the roofline model: deterministic (a measured model moves with the
+# machine's load, and the search's choices with it), and a GPU where INT8 pays for heavy layers.
+LATENCY = "roofline:t4"
+
+
 @pytest.fixture(scope="module")
 def rec(shared_model, ocr_lines_dir):
+    """PP-OCRv4 rec, max calibration (entropy clips this model's activations: all-INT8 misreads
+    most lines), against the labels: CER may rise by at most half a point. All 132 held-out lines."""
     from calib.mixed import Searcher
 
-    s = Searcher(shared_model("ppocrv4_rec"), ocr_lines_dir, "ctc_agreement>=0.9",
-                 {"algorithm": "max", "samples": 32, "eval_samples": 48}, preprocess="paddleocr-rec",
-                 text_labels=ocr_lines_dir / "labels.tsv", search_samples=24, progress=False)
+    s = Searcher(shared_model("ppocrv4_rec"), ocr_lines_dir, "cer_increase<=0.5",
+                 {"algorithm": "max", "samples": 32, "eval_samples": None}, preprocess="paddleocr-rec",
+                 text_labels=ocr_lines_dir / "labels.tsv", search_samples=48, latency=LATENCY, progress=False)
     return _searched(s)
 
 
 @pytest.fixture(scope="module")
 def effnet(efficientnet_path, imagenet_dir, imagenet_classes):
+    """EfficientNet-Lite0 held to 25 dB of output SQNR (all-INT8 keeps about 22): with tens of
+    images a continuous metric is what a tight budget can be decided on (all-INT8 agrees with
+    FP32's top-1 on every one of 64 images)."""
     from calib.mixed import Searcher
 
-    s = Searcher(efficientnet_path, imagenet_dir, "agreement>=0.995", {"samples": 32, "eval_samples": 64},
-                 preprocess="efficientnet-lite", classes=imagenet_classes, search_samples=64, progress=False)
+    s = Searcher(efficientnet_path, imagenet_dir, "sqnr>=25", {"samples": 32, "eval_samples": 128},
+                 preprocess="efficientnet-lite", classes=imagenet_classes, search_samples=32, latency=LATENCY,
+                 progress=False)
     return _searched(s)
 
 
@@ -64,7 +76,8 @@ def _check_acceptance(r, budget: str):
     assert ours.int8_mac_share > 0.5
     # every evaluation recorded with its interval, the budget decision and the plan's cost
     for e in ours.evaluations:
-        assert e.interval[0] <= e.metric <= e.interval[1] and e.holds == s.budget.holds(e.metric)
+        m = Measurement(e.metric, *e.interval, e.samples)
+        assert e.interval[0] <= e.metric <= e.interval[1] and e.holds == s.budget.holds_with(m, 0.0) == s.budget.holds(e.metric)
         assert e.predicted_latency_s == pytest.approx(s.space.predict(e.precisions))
     # no slower than either baseline scheme, with all its evaluations and at the baseline's count
     for a, o in r["base"].items():
@@ -74,18 +87,19 @@ def _check_acceptance(r, budget: str):
         assert short.predicted_latency_s <= o.predicted_latency_s, (a, short.to_dict()["chosen"])
 
 
-def test_rec_search_meets_ctc_agreement_on_held_out_lines(rec):
-    _check_acceptance(rec, "ctc_agreement>=0.9")
+def test_rec_search_meets_a_cer_budget_on_held_out_lines(rec):
+    _check_acceptance(rec, "cer_increase<=0.5")
+    assert rec["searcher"].budget.against == "labels" and rec["searcher"].search_disjoint
     # the recogniser's plan is a node-level precision plan TensorRT and calib.qdq read
     plan = rec["plan"]
-    assert plan.default == "int8" and "ctc_agreement>=0.9" in plan.comment
+    assert plan.default == "int8" and "cer_increase<=0.5" in plan.comment
     fp32 = {g for g, p in rec["ours"].chosen.items() if p == "fp32"}
     groups = {g.id: g for g in rec["searcher"].groups}
     assert fp32 and all(plan.layers.get(n) == "fp32" for g in fp32 for n in groups[g].nodes)
 
 
-def test_effnet_search_meets_a_tight_agreement(effnet):
-    _check_acceptance(effnet, "agreement>=0.995")
+def test_effnet_search_meets_a_tight_sqnr(effnet):
+    _check_acceptance(effnet, "sqnr>=25")
 
 
 def test_sensitivities_are_reported_with_their_rank_agreement(effnet):
@@ -98,6 +112,9 @@ def test_sensitivities_are_reported_with_their_rank_agreement(effnet):
     # the direct ranking puts the group whose INT8 alone loses most first
     first = min(rows, key=lambda g: g.rank_direct)
     assert first.direct_loss == max(g.direct_loss for g in rows)
+    # for an SQNR budget the loss is the SQNR with the group alone in INT8, the score its noise power
+    assert first.direct_sqnr_db == min(g.direct_sqnr_db for g in rows)
+    assert first.score == max(g.score for g in rows) == pytest.approx(10 ** (-first.direct_sqnr_db / 10))
     assert all(g.score >= 0 for g in rows)
 
 

@@ -33,7 +33,7 @@ CALIBRATION = CalibrationArgs(algorithm_flag="--calib-algorithm", plan=False, ev
 
 
 def register(sub) -> None:
-    from ..mixed import DEFAULT_SEARCH_SAMPLES, LATENCY_MODELS
+    from ..mixed import DEFAULT_MARGIN, DEFAULT_SEARCH_SAMPLES, LATENCY_MODELS
     from ..tuning.search import ALGORITHMS
     from ..tuning.sensitivity import MODES
 
@@ -63,6 +63,10 @@ def register(sub) -> None:
                    help=f"calibration samples the plans are scored on (default {DEFAULT_SEARCH_SAMPLES})")
     p.add_argument("--max-evals", type=positive_int, default=None, metavar="N",
                    help="full evaluations allowed (default ceil(log2 G) + 3 for G quantizable groups)")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, metavar="SE",
+                   help=f"standard errors a plan's estimate on the search split must clear the budget by to count "
+                        f"as meeting it (default {DEFAULT_MARGIN:g}: the estimate itself; 1: about 84%% one-sided "
+                        "confidence, against the selection bias of a search, with more groups kept in float)")
     p.add_argument("--dry-run", action="store_true", help="list the quantization groups and exit")
 
 
@@ -89,7 +93,7 @@ def run(args) -> int:
 
     res = search(model, dataset=ds, budget=args.budget, config=config, task=task, latency=args.latency,
                  algorithm=args.algorithm, sensitivity=args.sensitivity, search_samples=args.search_samples,
-                 max_evals=args.max_evals, out=out.dir, force=out.force, progress=not json_out,
+                 max_evals=args.max_evals, margin=args.margin, out=out.dir, force=out.force, progress=not json_out,
                  text_labels=text_labels)
     if json_out:
         from ..utils import json_safe

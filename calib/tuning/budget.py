@@ -33,6 +33,7 @@ from typing import Any
 from ..errors import BudgetError
 
 OPERATORS = ("<=", ">=")
+Z95 = 1.959964    # the 95% interval's half-width in standard errors (normal approximation)
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,15 @@ class Budget:
         if value is None or math.isnan(value):
             return False
         return value >= self.value if self.op == ">=" else value <= self.value
+
+    def holds_with(self, m: Measurement, margin: float = 0.0) -> bool:
+        """Whether *m* meets the budget *margin* standard errors inside it: the estimate moved
+        towards the bad side by ``margin x SE``, the standard error read off the 95% interval
+        (``(high - low) / 3.92``; 0 where the interval is not finite, as an exact candidate's
+        SQNR). ``margin=0`` is :meth:`holds` on the estimate."""
+        se = (m.high - m.low) / (2 * Z95) if math.isfinite(m.high - m.low) else 0.0
+        shift = max(margin, 0.0) * max(se, 0.0)
+        return self.holds(m.value - shift if self.op == ">=" else m.value + shift)
 
     def margin(self, value: float) -> float:
         """How far *value* is on the good side of the budget (negative: violated)."""

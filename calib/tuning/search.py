@@ -122,6 +122,23 @@ class SearchSpace:
         """Predicted seconds saved by moving *group* from precision *frm* to *to*."""
         return self.latency[group][frm] - self.latency[group][to]
 
+    def cost_order(self, groups: Sequence[str] | None = None) -> list[str]:
+        """*groups* (default: all) in the order :class:`Ours` reverts them: by sensitivity per
+        second of predicted latency that reverting to FP32 costs, largest first; groups whose
+        reverting costs nothing (INT8 no faster) first, most sensitive first; ties by *ranking*.
+        The sensitivity is :attr:`scores`, else the position in *ranking* (``G`` for the first, 1
+        for the last)."""
+        rank = {g: i for i, g in enumerate(self.ranking)}
+        n = len(self.ranking)
+        groups = list(self.groups if groups is None else groups)
+        score = dict(self.scores) if self.scores is not None else {g: float(n - rank[g]) for g in groups}
+
+        def key(g):
+            cost = self.latency[g]["fp32"] - self.latency[g]["int8"]
+            s = max(float(score.get(g, 0.0)), 0.0)
+            return (0, -s, rank[g]) if cost <= 0 else (1, -s / cost, rank[g])
+        return sorted(groups, key=key)
+
     def int8_mac_share(self, precisions: Mapping[str, str]) -> float:
         total = sum(self.macs.get(g, 0) for g in self.groups)
         if total <= 0:
@@ -247,15 +264,16 @@ class _Bisection:
             self.lo = self.mid
 
 
-def predict_k(space: SearchSpace, budget: Budget | None, measured: float | None) -> int | None:
-    """The number of the most sensitive groups to revert for *budget* to hold, predicted from
-    all-INT8's *measured* value and the groups' scores: the budget metric's loss (its distance to
-    FP32's value; for ``sqnr``, the output's relative noise power ``10**(-dB/10)``) is taken as
-    proportional to the summed scores of the groups left in INT8. None without scores, budget or
-    a finite measurement, or when the scores sum to zero."""
+def predict_k(space: SearchSpace, budget: Budget | None, measured: float | None,
+              order: Sequence[str] | None = None) -> int | None:
+    """How many groups of *order* (default: the ranking, most sensitive first) to revert for
+    *budget* to hold, predicted from all-INT8's *measured* value and the groups' scores: the budget
+    metric's loss (its distance to FP32's value; for ``sqnr``, the output's relative noise power
+    ``10**(-dB/10)``) is taken as proportional to the summed scores of the groups left in INT8.
+    None without scores, budget or a finite measurement, or when the scores sum to zero."""
     if space.scores is None or budget is None or measured is None or not math.isfinite(measured):
         return None
-    s = [max(float(space.scores.get(g, 0.0)), 0.0) for g in space.ranking]
+    s = [max(float(space.scores.get(g, 0.0)), 0.0) for g in (space.ranking if order is None else order)]
     total = sum(s)
     if total <= 0:
         return None
@@ -280,9 +298,14 @@ class Ours(Strategy):
 
     name = "ours"
 
-    def __init__(self, space: SearchSpace, max_evals: int, budget: Budget | None = None):
+    ORDERS = ("cost", "sensitivity")
+
+    def __init__(self, space: SearchSpace, max_evals: int, budget: Budget | None = None, order: str = "cost"):
         super().__init__(space, max_evals)
+        if order not in self.ORDERS:
+            raise CalibError(f"unknown order {order!r} (choose from {', '.join(self.ORDERS)})")
         self.budget = budget
+        self.order = space.cost_order() if order == "cost" else list(space.ranking)
         self.phase = "int8"
         self.bisect = _Bisection(0, len(space.groups))
         self.guess: int | None = None                  # the predicted k, once probed
@@ -291,7 +314,7 @@ class Ours(Strategy):
         self.pending: dict[str, str] | None = None
 
     def _reverted(self, k: int) -> dict[str, str]:
-        return self.space.plan(fp32=self.space.ranking[:k])
+        return self.space.plan(fp32=self.order[:k])
 
     def propose(self) -> Proposal | None:
         sp = self.space
@@ -302,7 +325,7 @@ class Ours(Strategy):
                 if not self.bisect.done:
                     k = self.bisect.probe()
                     why = " (predicted)" if k == self.guess else ""
-                    return self._offer(f"{k} most sensitive in FP32{why}", "bisect", self._reverted(k))
+                    return self._offer(f"{k} reverted to FP32{why}", "bisect", self._reverted(k))
                 self._start_fp16()
                 continue
             if self.phase == "fp16":
@@ -341,7 +364,7 @@ class Ours(Strategy):
 
     def step(self, success: bool, value: float | None = None) -> None:
         if self.phase == "int8" and not success:
-            k = predict_k(self.space, self.budget, value)
+            k = predict_k(self.space, self.budget, value, self.order)
             if k is not None:
                 self.guess = min(max(k, 1), len(self.space.groups) - 1)
                 self.bisect.plan(self.guess)
@@ -427,10 +450,12 @@ class Greedy(Strategy):
             self.k += 1
 
 
-def make_strategy(algorithm: str, space: SearchSpace, max_evals: int, budget: Budget | None = None) -> Strategy:
-    """The strategy named *algorithm* (one of :data:`ALGORITHMS`); *budget* is used by ``ours``."""
+def make_strategy(algorithm: str, space: SearchSpace, max_evals: int, budget: Budget | None = None,
+                  **options) -> Strategy:
+    """The strategy named *algorithm* (one of :data:`ALGORITHMS`); *budget* and *options*
+    (``order``) are :class:`Ours`'s."""
     if algorithm == "ours":
-        return Ours(space, max_evals, budget)
+        return Ours(space, max_evals, budget, **options)
     if algorithm in ("bisect-prefix", "bisect-suffix"):
         return Bisect(space, max_evals, algorithm.split("-", 1)[1])
     if algorithm == "greedy":
@@ -451,6 +476,7 @@ class Outcome:
     int8_mac_share: float
     max_evals: int
     notes: list[str] = field(default_factory=list)
+    margin: float = 0.0
 
     @property
     def met(self) -> bool:
@@ -459,6 +485,7 @@ class Outcome:
 
     def to_dict(self) -> dict:
         return {"algorithm": self.algorithm, "budget": self.budget.to_dict(), "max_evals": self.max_evals,
+                "margin_standard_errors": self.margin,
                 "evaluations_used": len(self.evaluations),
                 "evaluations": [e.to_dict() for e in self.evaluations],
                 "chosen": {"evaluation": self.chosen_index, "predicted_latency_s": self.predicted_latency_s,
@@ -468,13 +495,16 @@ class Outcome:
 
 
 def run(strategy: Strategy, evaluator: Evaluator | Callable[[Mapping[str, str]], Measurement], budget: Budget,
-        *, on_eval: Callable[[Evaluation], None] | None = None) -> Outcome:
+        *, margin: float = 0.0, on_eval: Callable[[Evaluation], None] | None = None) -> Outcome:
     """Drive *strategy* with *evaluator* until it is done or its ``max_evals`` are spent.
 
     Each proposal is measured once and recorded as an :class:`Evaluation` (passed to *on_eval*,
-    e.g. for a progress line); ``holds`` is the budget applied to the estimate on the search
-    split (its interval is recorded beside it, and the final verification on the eval split
-    judges the interval). The chosen plan is the fastest evaluated plan that held, else all FP32.
+    e.g. for a progress line); ``holds`` is the budget applied to the estimate on the search split
+    moved *margin* standard errors towards the bad side (:meth:`Budget.holds_with`; 0: the estimate
+    itself). A search keeps the plans that happened to score well on its split, so a plan chosen at
+    the budget's edge scores worse on new data about half the time; a margin of a standard error
+    or so pays for that selection. The chosen plan is the fastest evaluated plan that held, else
+    all FP32.
     """
     space = strategy.space
     evaluations: list[Evaluation] = []
@@ -485,7 +515,7 @@ def run(strategy: Strategy, evaluator: Evaluator | Callable[[Mapping[str, str]],
         m = evaluator(prop.precisions)
         ev = Evaluation(index=len(evaluations), label=prop.label, phase=prop.phase,
                         precisions=dict(prop.precisions), metric=m.value, interval=(m.low, m.high),
-                        samples=m.samples, holds=budget.holds(m.value),
+                        samples=m.samples, holds=budget.holds_with(m, margin),
                         predicted_latency_s=space.predict(prop.precisions),
                         int8_mac_share=space.int8_mac_share(prop.precisions))
         evaluations.append(ev)
@@ -503,8 +533,9 @@ def run(strategy: Strategy, evaluator: Evaluator | Callable[[Mapping[str, str]],
                      f"in FP32")
     return Outcome(algorithm=strategy.name, budget=budget, evaluations=evaluations, chosen=chosen,
                    chosen_index=index, predicted_latency_s=space.predict(chosen),
-                   int8_mac_share=space.int8_mac_share(chosen), max_evals=strategy.max_evals, notes=notes)
+                   int8_mac_share=space.int8_mac_share(chosen), max_evals=strategy.max_evals, notes=notes,
+                   margin=margin)
 
 
-__all__ = ["ALGORITHMS", "PRECISIONS", "predict_k", "Evaluator", "SearchSpace", "Proposal", "Evaluation", "Strategy", "Ours",
-           "Bisect", "Greedy", "Outcome", "default_max_evals", "make_strategy", "run"]
+__all__ = ["ALGORITHMS", "PRECISIONS", "Evaluator", "SearchSpace", "Proposal", "Evaluation", "Strategy", "Ours",
+           "Bisect", "Greedy", "Outcome", "default_max_evals", "make_strategy", "predict_k", "run"]
