@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -98,6 +98,35 @@ def toposort(nodes: list, available: Iterable[str]) -> list:
             out.extend(nodes[i] for i in rest)
             break
         pending = rest
+    return out
+
+
+def subgraph_inputs(node) -> set[str]:
+    """Every tensor name the subgraphs of *node* (If, Loop, Scan bodies) read, names of the outer
+    graphs included (an empty set for a node without subgraphs)."""
+    out: set[str] = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+            for n in g.node:
+                out.update(n.input)
+                out |= subgraph_inputs(n)
+    return out
+
+
+def pruned(proto, outputs: Sequence[str]):
+    """A copy of the ModelProto *proto* whose graph outputs are *outputs* (in order; a name that is
+    not a declared output gets an empty value_info), with only the nodes, initializers and
+    value_info those outputs need (:meth:`Graph.remove_dead`)."""
+    import onnx
+    import onnx.helper as oh
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    declared = {o.name: o for o in proto.graph.output}
+    del out.graph.output[:]
+    out.graph.output.extend(declared[o] if o in declared else oh.make_empty_tensor_value_info(o)
+                            for o in dict.fromkeys(outputs))
+    Graph(out).remove_dead()
     return out
 
 
@@ -179,11 +208,19 @@ class Graph:
     def remove_dead(self) -> None:
         """Drop nodes whose outputs nobody uses, then unused initializers (and their graph
         inputs) and the value_info of tensors that no longer exist; refreshes."""
-        while True:
-            used = {i for n in self.g.node for i in n.input} | self.graph_outputs
-            keep = [n for n in self.g.node if any(o in used for o in n.output if o)]
-            if len(keep) == len(self.g.node):
-                break
+        # live nodes: those a graph output needs, found once backwards from the outputs (one copy
+        # of the node list at most, whatever the order of the nodes)
+        producer = {o: k for k, n in enumerate(self.g.node) for o in n.output if o}
+        live: set[int] = set()
+        stack = [producer[o] for o in self.graph_outputs if o in producer]
+        while stack:
+            k = stack.pop()
+            if k not in live:
+                live.add(k)
+                n = self.g.node[k]
+                stack.extend(producer[i] for i in [*n.input, *subgraph_inputs(n)] if i in producer)
+        if len(live) < len(self.g.node):
+            keep = [n for k, n in enumerate(self.g.node) if k in live]
             del self.g.node[:]
             self.g.node.extend(keep)
         used = {i for n in self.g.node for i in n.input} | self.graph_outputs

@@ -192,22 +192,25 @@ def calibration_splits(ds, samples: int | None, seed: int):
     """``(calibration samples, eval split)`` of *ds* as :func:`calibrate` draws them: up to
     *samples* of its ``calib`` split by the seeded rule, and its disjoint ``eval`` split (None for
     a dataset of one sample, which is calibrated on whole)."""
-    if len(ds) < 2:
+    if not _more_than(ds, 1):
         return ds, None
     calib_ds = ds.split("calib")
-    if samples is not None and samples < len(calib_ds):
+    if samples is not None and _more_than(calib_ds, samples):
         calib_ds = calib_ds.subset(limit=samples, seed=seed)
     return calib_ds, ds.split("eval")
 
 
 def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = None, *, preprocess=None,
-              classes=None, labels=None, strict: bool = False, dataset=None, out=None, force: bool = False,
-              write: bool = True, progress: bool = True, **options) -> CalibrationResult:
+              classes=None, labels=None, strict: bool = False, batch_axes=None, constants=None, dataset=None,
+              out=None, force: bool = False, write: bool = True, progress: bool = True,
+              **options) -> CalibrationResult:
     """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
 
     ``calibrate("m.onnx", "imgs/", preprocess="torchvision")`` is the whole call for the defaults.
     *data* is anything :func:`calib.datasets.open_dataset` accepts (a folder, HDF5/NumPy file, an
-    iterable of feed dicts), opened with *preprocess*, *classes*, *labels* and *strict*; pass an
+    iterable of feed dicts), opened with *preprocess*, *classes*, *labels*, *strict*, *batch_axes*
+    (``{input: axis}`` for inputs whose samples are not on axis 0) and *constants* (``{input:
+    value}`` for inputs that take one value for every sample, such as a sample rate); pass an
     already opened ``dataset`` instead to reuse one. Samples are drawn from the dataset's stable
     ``calib`` split and the summary is computed on its disjoint ``eval`` split, so the held-out
     numbers are honest; the sidecar lists the calibration sample ids.
@@ -243,6 +246,7 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     t_start = time.perf_counter()
     m = load_model(model)
     check_input(m, target)   # already quantized or float16: refused before any work
+    check_control_flow(m)    # If / Loop / Scan: refused before any work
     plan = load_plan(config.plan)   # a bad plan fails here, before any work
     stem = m.name
     paths = output_paths(m.path, out, stem)
@@ -250,11 +254,12 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
         check_outputs(paths.values(), force, option="force")
 
     ds = dataset if dataset is not None else open_dataset(
-        data, m, preprocess, seed=seed, classes=classes, labels=labels, strict=strict)
-    if len(ds) == 0:
+        data, m, preprocess, seed=seed, classes=classes, labels=labels, strict=strict, batch_axes=batch_axes,
+        constants=constants)
+    if not _more_than(ds, 0):
         raise EmptyDatasetError(f"no samples in {data}")
     calib_ds, eval_ds = calibration_splits(ds, samples, seed)
-    if len(calib_ds) == 0:
+    if not _more_than(calib_ds, 0):
         raise EmptyDatasetError(f"no samples left for calibration in {data}")
 
     # 0. channel smoothing factors (Q/DQ model only), from a short per-channel range pass
@@ -300,7 +305,7 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
                                                               percentile=percentile, target=target, plan=plan,
                                                               seed=seed, batch_size=batch_size, threads=threads,
                                                               progress=progress, probe_ds=probe_ds)
-        selection["fitted_on"] = len(fit_ds)
+        selection["fitted_on"] = _used(fit_ds)
         if fit_ds is not calib_ds:   # the artifacts take their ranges from all the calibration samples
             qdq, ranges = None, None
     t_select = time.perf_counter() - t0
@@ -318,6 +323,8 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     # in the summary. The Q/DQ model quantizes it with scale 1 (zeros are exact).
     scales = {k: v / 127.0 for k, v in amax.items() if v > 0}
     unranged = sorted(k for k, v in amax.items() if not v > 0)
+    unranged_inf = [k for k in unranged if k in observers and observers[k].inf_count]   # 0 and -inf: masks
+    n_used = _used(calib_ds)
 
     # 3. artifacts in memory
     # The header must name the calibrator TensorRT loads it with (percentile/mse load through
@@ -325,8 +332,8 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     cache = CalibrationCache(scales=scales, algorithm=trt_algorithm_name(algorithm),
                              version=config.trt_version or DEFAULT_TRT_VERSION)
     cache_bytes = format_cache(cache)
-    sidecar = make_sidecar(model=m, cache=cache, data=dict(calib_ds.describe(), ids=calib_ds.ids),
-                           algorithm=algorithm, params=params, samples=len(calib_ds), seed=seed)
+    sidecar = make_sidecar(model=m, cache=cache, data=dict(calib_ds.describe(), ids=_used_ids(calib_ds)),
+                           algorithm=algorithm, params=params, samples=n_used, seed=seed)
     t0 = time.perf_counter()
     if qdq is None:
         qdq = build_qdq(prepared, amax_q, target=target, plan=plan, factors=factors,
@@ -348,14 +355,15 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
                          "fp16_nodes": qreport.fp16_nodes, "fp32_nodes": qreport.fp32_nodes,
                          "left_float": qreport.float_fallback, "missing_amax": qreport.missing_amax,
                          "unmatched_plan_entries": qreport.unmatched_plan_entries},
-        "calibration_samples": len(calib_ds), "tensors": len(amax), "unranged_tensors": unranged,
+        "calibration_samples": n_used, "tensors": len(amax), "unranged_tensors": unranged,
+        "unranged_with_inf": unranged_inf,
         "timing_s": {"smooth": round(t_smooth, 3), "collect": round(t_collect, 3), "select": round(t_select, 3),
                      "amax": round(t_amax, 3), "qdq": round(t_bias, 3)},
         "outputs": {k: str(v) for k, v in paths.items()} if write else {},
         # the set this summary belongs to: a cache or Q/DQ model of another run does not match
         "sha256": {"cache": sha256_bytes(cache_bytes), "qdq": sha256_bytes(qdq_bytes)},
     }
-    if config.evaluate and eval_ds is not None and len(eval_ds) > 0:
+    if config.evaluate and eval_ds is not None and _more_than(eval_ds, 0):
         summary["held_out"] = _held_out(m, qdq, eval_ds, config.eval_samples, seed, batch_size, threads, progress,
                                         auto=selection is not None)
     summary["timing_s"]["total"] = round(time.perf_counter() - t_start, 3)
@@ -370,6 +378,49 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     return CalibrationResult(amax=amax, scales=scales, paths=paths if write else {}, summary=summary,
                              qdq_model=qdq, observers=observers, smoothing=factors, qdq_amax=amax_q,
                              cache_files={"cache": cache_bytes, "sidecar": sidecar_bytes(sidecar)})
+
+
+def _more_than(ds, n: int) -> bool:
+    """Whether *ds* holds more than *n* samples, without counting every sample of a large source."""
+    return ds.longer_than(n) if hasattr(ds, "longer_than") else len(ds) > n
+
+
+def _used_ids(ds) -> list:
+    """The ids of *ds*'s samples that were used: those no pass skipped as corrupt."""
+    return list(ds.used_ids) if hasattr(ds, "used_ids") else list(getattr(ds, "ids", []))
+
+
+def _used(ds) -> int:
+    """How many samples of *ds* were used (after a pass over them: corrupt ones skipped are not)."""
+    return len(ds.used_ids) if hasattr(ds, "used_ids") else len(ds)
+
+
+def check_control_flow(m: Model) -> None:
+    """Refuse *m* (:class:`calib.errors.ModelError` naming the node) when a node holds subgraphs
+    (If, Loop, Scan): the tensors inside a subgraph cannot be observed or given Q/DQ nodes, so
+    the cache and the Q/DQ model would leave those layers out (or break the subgraphs' references
+    to the main graph) without a word."""
+    import onnx
+
+    from .errors import ModelError
+
+    def inner(node):
+        for a in node.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                      list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else []):
+                for n in g.node:
+                    yield n
+                    yield from inner(n)
+
+    for node in m.nodes:
+        graphs = [a.name for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)]
+        if graphs:
+            ops = sorted({n.op_type for n in inner(node)})
+            raise ModelError(f"{m.name}: node '{node.name or node.output[0]}' ({node.op_type}) holds subgraphs "
+                             f"({', '.join(graphs)}; {', '.join(ops[:6]) or 'empty'}{' ...' if len(ops) > 6 else ''})"
+                             f", which calib cannot calibrate: tensors inside a subgraph cannot be observed or "
+                             f"quantized; export the model without control flow (fixed shapes, constant conditions "
+                             f"folded) or quantize the subgraph as a model of its own")
 
 
 def _merged(parts):
@@ -388,7 +439,7 @@ def _merged(parts):
 def _probe_samples(ds, limit: int, seed: int):
     """Up to *limit* samples of *ds* for a short measuring pass (channel ranges for smoothing, the
     bias correction), chosen by its seeded rule, so independent of order and batch size."""
-    return ds.subset(limit=limit, seed=seed) if len(ds) > limit else ds
+    return ds.subset(limit=limit, seed=seed) if _more_than(ds, limit) else ds
 
 
 def bias_probe_samples(ds, seed: int):
@@ -421,7 +472,7 @@ def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, f
             return quantize_model(prepared, amax_q, target=target, plan=plan, smooth=factors,
                                   fp16_fallback=fp16_fallback, **extra)
 
-    if probe_ds is None or len(probe_ds) == 0:
+    if probe_ds is None or not _more_than(probe_ds, 0):
         q = quantize()
         q.bias_correction, q.bias_shifts = None, {}
         return q
@@ -430,7 +481,7 @@ def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, f
     shifts = bias_shifts(probe, probe_ds.batches(batch_size=1, progress=label if progress else False), outputs,
                          threads=threads) if outputs else {}
     q = quantize(bias_shift=shifts)
-    q.bias_correction = {"layers": len(q.quant_report.bias_corrected), "samples": len(probe_ds)}
+    q.bias_correction = {"layers": len(q.quant_report.bias_corrected), "samples": _used(probe_ds)}
     q.bias_shifts = shifts
     return q
 
@@ -516,7 +567,7 @@ def _select_algorithm(m: Model, prepared: Model, observers, smoothed_obs, factor
             key.append(-math.inf if math.isnan(v) else rounded(v) if higher else -rounded(v))
         keys[alg] = tuple(key)
     best = max(AUTO_CANDIDATES, key=lambda a: (keys[a], -AUTO_CANDIDATES.index(a)))
-    info = {"rule": "auto", "metric": metric, "samples": len(sel_ds), "task": report["task"],
+    info = {"rule": "auto", "metric": metric, "samples": _used(sel_ds), "task": report["task"],
             "scores": {a: {k: (v if math.isfinite(v) else str(v)) for k, v in sc.items()} for a, sc in scores.items()},
             "chosen": best}
     return best, models[best], ranges[best], info
@@ -546,7 +597,7 @@ def _smoothing(m: Model, prepared: Model, calib_ds, alpha: float, seed: int, bat
             ranges[x] = np.maximum(ranges[x], r) if x in ranges else r
     facs = smooth_factors(sites, ranges, alpha)
     obs_model, twins = observed(m, sites, facs)
-    info.update(tensors=sorted(facs), probe_samples=len(probe_ds))
+    info.update(tensors=sorted(facs), probe_samples=_used(probe_ds))
     return facs, obs_model, twins, info
 
 
@@ -555,13 +606,13 @@ def _held_out(fp32: Model, int8: Model, eval_ds, eval_samples, seed, batch_size,
     from .backends.onnxruntime import OrtEngine
     from .harness import compare
 
-    if eval_samples is not None and eval_samples < len(eval_ds):
+    if eval_samples is not None and _more_than(eval_ds, eval_samples):
         eval_ds = eval_ds.subset(limit=eval_samples, seed=seed)
     ref = OrtEngine(fp32, name="fp32", threads=threads)
     cand = OrtEngine(int8, name="int8", threads=threads, precision="int8")
     report = compare(ref, [cand], eval_ds.batches(batch_size=batch_size,
                                                   progress="held-out check" if progress else False))
-    out = {"samples": len(eval_ds), "data": eval_ds.describe(), "report": report.to_dict(),
+    out = {"samples": _used(eval_ds), "data": eval_ds.describe(), "report": report.to_dict(),
            "line": report.summary_line()}
     low = _low_fidelity(out["report"], auto=auto)
     if low:
@@ -623,10 +674,13 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
         names = q["unmatched_plan_entries"]
         lines.append(f"warning: {len(names)} plan entries match no node: {', '.join(names[:3])}"
                      + (" ..." if len(names) > 3 else ""))
-    if s.get("unranged_tensors"):
-        names = s["unranged_tensors"]
-        lines.append(f"left out of the cache (all zeros over the data): {', '.join(names[:3])}"
-                     + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
+    masks = set(s.get("unranged_with_inf") or ())
+    for names, why in (([n for n in s.get("unranged_tensors") or () if n not in masks], "all zeros over the data"),
+                       (sorted(masks), "only 0 and infinities over the data, as attention masks hold: no finite "
+                                       "range")):
+        if names:
+            lines.append(f"left out of the cache ({why}): {', '.join(names[:3])}"
+                         + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
     ho = s.get("held_out")
     if ho:
         lines.append(f"held-out ({ho['samples']} samples): {ho['line']}")

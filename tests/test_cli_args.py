@@ -202,7 +202,7 @@ def test_data_flag_errors(tmp_path):
         data.parse(_data_args(["--data", "x", "--data-loader-script", "y.py:f"]), RGB)
     with h5py.File(tmp_path / "a.h5", "w") as f:
         f["input"] = np.zeros((1, 3, 8, 8), np.float32)
-    with pytest.raises(DataError, match="--hdf5-map"):
+    with pytest.raises(DataError, match="--input-map"):
         data.parse(_data_args(["--data", str(tmp_path / "a.h5"), "--hdf5-map", "oops"]), RGB)
     with pytest.raises(SystemExit):
         _data_args(["--batch-size", "0"])

@@ -543,15 +543,14 @@ def test_split_and_subset_compose_on_the_real_image_folder(imagenet_dir, monkeyp
     assert hashlib.sha256("\n".join(split_sub.ids).encode()).hexdigest() == split_sub.describe()["ids_sha256"]
     # deriving works on the parent's selected ids only: no earlier step is run again
     calls = {"split": 0, "limit": 0}
+    hashed = dsmod.selection.prefix_keys
 
-    def counting(name, fn):
-        def wrapped(*args):
-            calls[name] += 1
-            return fn(*args)
-        return wrapped
+    def counting(prefix, ids):      # ids hashed by the split rule and by the seeded choice
+        calls["split" if prefix == dsmod.selection.SPLIT_PREFIX else "limit"] += len(ids)
+        return hashed(prefix, ids)
 
-    monkeypatch.setattr(dsmod, "split_of", counting("split", dsmod.split_of))
-    monkeypatch.setattr(dsmod, "_sample_key", counting("limit", dsmod._sample_key))
+    monkeypatch.setattr(dsmod.selection, "prefix_keys", counting)
+    base = open_dataset(imagenet_dir, rgb_model(), RAW_EXACT)     # a fresh source: no split keys kept yet
     cal = base.split("calib")
     assert calls == {"split": 500, "limit": 0}
     cal.subset(40, 3).subset(10, 4)

@@ -213,6 +213,6 @@ def test_cli_warnings_are_one_plain_line(bundled_dir, tmp_path):
                            str(bundled_dir / "models" / "squeezenet1_1_fp32.onnx"), "--data", str(tmp_path),
                            "--preset", "caffe"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    warn = [ln for ln in proc.stderr.splitlines() if "could not be decoded" in ln]
+    warn = [ln for ln in proc.stderr.splitlines() if "could not be used" in ln]
     assert len(warn) == 1 and warn[0].startswith("warning: skipped 1 of 4 images"), proc.stderr
     assert "n09999999_broken.JPEG" in warn[0] and ".py:" not in proc.stderr

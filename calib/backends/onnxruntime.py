@@ -177,13 +177,17 @@ class OrtEngine(Engine):
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = self._check_feed(feed)
         step = self._step
-        n = next(iter(feed.values())).shape[0] if feed else 0
-        if step is None or n == step:
+        # split only a feed whose inputs all count the same samples on axis 0: an input batched
+        # on another axis (a state [2, N, 128]) or a scalar leaves the batch to the model
+        sizes = {a.shape[0] for a in feed.values() if a.ndim}
+        n = sizes.pop() if len(sizes) == 1 else None
+        if step is None or n is None or n == step:
             return self._run_once(feed)
         if n % step:
             raise InputMismatchError(f"batch of {n} cannot be split into the model's fixed batch of {step}")
         # plain runs: the concatenation below needs every part at once
-        parts = [self._run_once({k: v[i:i + step] for k, v in feed.items()}, ring=False) for i in range(0, n, step)]
+        parts = [self._run_once({k: (v[i:i + step] if v.ndim else v) for k, v in feed.items()}, ring=False)
+                 for i in range(0, n, step)]
         return {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
 
     def _run_once(self, feed: dict[str, np.ndarray], ring: bool = True) -> dict[str, np.ndarray]:

@@ -86,6 +86,14 @@ def _message(exc: CalibError) -> str:
     return printable(" ".join(text.splitlines()))
 
 
+def _escape_undecodable_names() -> None:
+    """Print file names that are not valid UTF-8 (kept by Python as lone surrogates) escaped, as
+    stderr already does, instead of failing with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "strict") == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A :class:`CalibError` is one ``error:`` line and its exit code; Ctrl-C
     (130) and SIGTERM (143) unwind the same way, leaving the previous outputs in place; a closed
@@ -102,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    _escape_undecodable_names()
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     main_thread = threading.current_thread() is threading.main_thread()

@@ -94,10 +94,12 @@ class DataArgs(ArgGroup):
         need = " (this or --data-loader-script is required)" if self.required else ""
         g.add_argument("--data", metavar="PATH",
                        help="folder of images (recursive; JPEG/PNG/BMP/WebP/TIFF), .h5/.hdf5, .npy/.npz, "
-                            "or a folder of .npy/.npz files" + need)
+                            "or a folder of .npy/.npz files; a FILE.py[:FUNC] is imported and run as Python code, "
+                            "as --data-loader-script" + need)
         g.add_argument("--data-loader-script", metavar="FILE.py:FUNC",
-                       help="Python file whose FUNC() returns an iterable of {input_name: array} feed dicts "
-                            "(Polygraphy convention); instead of --data")
+                       help="Python file whose FUNC() (default load_data) returns an iterable of {input_name: array} "
+                            "feed dicts (Polygraphy convention); the file is executed: run only code you trust; "
+                            "instead of --data")
         g.add_argument("--preset", metavar="NAME",
                        help="image preprocessing preset: " + "; ".join(f"{k} ({v[0]})" for k, v in PRESETS.items()
                                                                      if not k.startswith("paddleocr-rec")))
@@ -123,9 +125,19 @@ class DataArgs(ArgGroup):
         g.add_argument("--labels", metavar="FILE", help="CSV/TSV of file name -> label index (or class id)")
         g.add_argument("--strict", action="store_true",
                        help="stop on the first corrupt image instead of skipping it")
-        g.add_argument("--hdf5-map", metavar="INPUT=DATASET,...",
-                       help="which HDF5 dataset (or .npz array) feeds which model input (default: same name); "
-                            "labels=DATASET names the labels")
+        g.add_argument("--input-map", "--hdf5-map", dest="input_map", metavar="INPUT=KEY,...",
+                       help="which HDF5 dataset or .npz array feeds which model input (default: the same name); "
+                            "labels=KEY names the labels (--hdf5-map is its old name)")
+        g.add_argument("--batch-axis", action="append", metavar="INPUT=AXIS",
+                       help="the axis of INPUT that holds the samples, for inputs not batched on axis 0 (a "
+                            "recurrent state [2, N, 128]: state=1), or 'none' for an input that takes one value "
+                            "for every sample; repeatable")
+        g.add_argument("--constant", action="append", metavar="INPUT=VALUE",
+                       help="feed INPUT the same value in every batch (a number, or comma-separated numbers): "
+                            "inputs that are not per sample, such as a sample rate sr=16000; repeatable")
+        g.add_argument("--allow-external-data", action="store_true",
+                       help="let an HDF5 file's external links, external storage or virtual datasets make calib "
+                            "read the other files they name (refused by default)")
 
     @staticmethod
     def given(args) -> bool:
@@ -165,11 +177,12 @@ class DataArgs(ArgGroup):
             return None
         ds = open_dataset(args.data or args.data_loader_script, model, self.preprocess(args), limit=args.limit,
                           seed=args.seed, classes=args.classes, labels=args.labels, strict=args.strict,
-                          hdf5_map=args.hdf5_map)
+                          input_map=args.input_map, batch_axes=args.batch_axis, constants=args.constant,
+                          allow_external_data=args.allow_external_data)
         if split is None:
             return ds
         part = ds.split(split)
-        if not ds.source.streaming and len(part) == 0:
+        if not ds.source.streaming and not part.longer_than(0):
             raise EmptyDatasetError(f"none of the {len(ds)} samples falls in the '{split}' split; use more data "
                                     f"or --split all")
         return part

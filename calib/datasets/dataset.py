@@ -12,7 +12,15 @@ Sampling (``limit`` + ``seed``)
     The ``limit`` samples whose ``sha256("<seed>\\0<id>")`` are smallest are kept (read in id
     order). The same ids give the same subset on every run and machine, and adding files to the
     folder only swaps in the new files that rank lower. Iterables have no ids beyond position:
-    there ``limit`` keeps the first N samples.
+    there ``limit`` keeps the first N samples. Ids are hashed as UTF-8 with ``surrogateescape``
+    (a file name that is not UTF-8 hashes as its own bytes).
+
+Large sources
+    Selections are arrays of row indices, computed in chunks (:mod:`calib.datasets.selection`).
+    A source of more than ``selection.EXACT_MAX`` samples is not listed at all until a limit
+    narrows it: a limit there keeps the first ``limit`` rows that pass the split in the order of
+    a seeded permutation of the rows (``selection.Permutation``), so an HDF5 file that claims
+    10^9 rows costs what the samples used cost. Below that size the rule above holds exactly.
 
 Split (``split="calib"|"eval"``, ``eval_fraction``)
     A sample is in ``eval`` iff ``int(sha256("calib-split\\0<id>")[:16], 16) / 2**64 <
@@ -29,9 +37,15 @@ Batching
     use ``batch_size=1`` to avoid padding entirely.
 
 Corrupt images
-    Skipped and counted (``Dataset.skipped`` after a pass, ``describe()["skipped"]``); one
-    :class:`DataWarning` at the end of the pass. ``strict=True`` raises
+    Skipped and counted (``Dataset.skipped`` after a pass, ``describe()["skipped"]``,
+    ``Dataset.used_ids``); one :class:`DataWarning` at the end of a pass that skipped an image no
+    earlier pass over the source reported. ``strict=True`` raises
     :class:`~calib.errors.CorruptSampleError` naming the file.
+
+Inputs
+    Each input's samples lie along its batch axis (0 unless ``batch_axes`` says otherwise); an
+    input without samples (a scalar, or one given in ``constants``) gets the same value in every
+    batch (:class:`~calib.datasets.layout.FeedLayout`).
 """
 from __future__ import annotations
 
@@ -39,6 +53,7 @@ import collections
 import hashlib
 import json
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,10 +64,12 @@ import numpy as np
 
 from ..errors import (CorruptSampleError, DataError, DataNotFoundError, EmptyDatasetError, InputMismatchError,
                       PreprocessError)
+from . import selection
 from .preprocess import Preprocess, make_plan, preset_names
-from .sources import (ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, DataWarning, ImageSource,
-                      StreamSource, check_finite, from_array, from_arrays, list_images, load_script, open_hdf5,
-                      open_numpy)
+from .selection import EXACT_MAX
+from .layout import FeedLayout, check_finite
+from .sources import (ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, DataWarning, ImageSource, StreamSource,
+                      from_array, from_arrays, list_files, load_script, open_hdf5, open_numpy)
 
 SPLITS = ("calib", "eval")
 DEFAULT_BATCH_SIZE = 16
@@ -70,17 +87,9 @@ class Batch:
         return len(self.ids)
 
 
-def _unit_hash(text: str) -> float:
-    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:16], 16) / 2.0 ** 64
-
-
 def split_of(sample_id: str, eval_fraction: float = 0.5) -> str:
     """Which split a sample id belongs to (the documented, stable rule)."""
-    return "eval" if _unit_hash("calib-split\0" + sample_id) < eval_fraction else "calib"
-
-
-def _sample_key(seed: int, sample_id: str) -> str:
-    return hashlib.sha256(f"{seed}\0{sample_id}".encode("utf-8")).hexdigest()
+    return "eval" if selection.in_split([sample_id], "eval", eval_fraction)[0] else "calib"
 
 
 def default_workers() -> int:
@@ -106,16 +115,17 @@ def _check_fraction(f) -> float:
     return f
 
 
-def _collate(arrays: list[np.ndarray]) -> np.ndarray:
+def _collate(arrays: list[np.ndarray], axis: int = 0) -> np.ndarray:
+    """Samples stacked along *axis* (the input's batch axis)."""
     first = arrays[0].shape
     if all(a.shape == first for a in arrays):
-        return np.stack(arrays)
+        return np.stack(arrays, axis=axis)
     # different sizes (dynamic H/W): pad with 0 at the end of every axis to the batch maximum
     shape = tuple(max(a.shape[d] for a in arrays) for d in range(len(first)))
     out = np.zeros((len(arrays), *shape), dtype=arrays[0].dtype)
     for k, a in enumerate(arrays):
         out[(k, *(slice(0, s) for s in a.shape))] = a
-    return out
+    return np.moveaxis(out, 0, axis) if axis else out
 
 
 def _prefetch(fn, items: Sequence, workers: int, window: int) -> Iterator[tuple[Any, Any]]:
@@ -149,6 +159,14 @@ def _prefetch(fn, items: Sequence, workers: int, window: int) -> Iterator[tuple[
 _END = object()
 
 
+class _Lazy:
+    """A selection not materialised: every row of the source that passes *filters* (split steps,
+    and rows excluded by a ``rest`` step), found chunk by chunk when needed."""
+
+    def __init__(self, filters: tuple = ()):
+        self.filters = filters
+
+
 class Dataset:
     """Samples shaped for one model. Build with :func:`open_dataset`."""
 
@@ -167,28 +185,60 @@ class Dataset:
         self._extra = dict(extra or {})
         self.skipped: list[tuple[str, str]] = []
         self.last_pass: dict | None = None
-        self._indices: list[int] | None = None
+        self._sel: "np.ndarray | _Lazy | None" = None     # sorted source rows, or a lazy selection
         self._len: int | None = None
         if not source.streaming:
             if indices is None:
-                indices = range(len(source.ids))
+                indices = np.arange(source.n_samples, dtype=np.int64) if source.n_samples <= EXACT_MAX else _Lazy()
                 for op in self._ops:
                     indices = self._apply(op, indices)
-            self._indices = list(indices)
+            self._sel = indices
 
     # -- selection ------------------------------------------------------------
-    def _apply(self, op: tuple, indices: Sequence[int]) -> list[int]:
-        """The source *indices* (in id order) that selection step *op* keeps, in id order."""
-        ids = self.source.ids
-        idx = list(indices)
+    def _keep(self, filters: tuple):
+        """Boolean mask function over source rows for the filters of a lazy selection."""
+        ids_at = self.source.ids_at
+
+        def keep(rows: np.ndarray) -> np.ndarray:
+            mask = np.ones(len(rows), dtype=bool)
+            for f in filters:
+                if f[0] == "split":
+                    mask &= selection.in_split(ids_at(rows), f[1], f[2])
+                else:   # ("exclude", sorted rows)
+                    mask &= ~np.isin(rows, f[1])
+            return mask
+        return keep
+
+    def _apply(self, op: tuple, sel):
+        """The selection *sel* (sorted source rows, or :class:`_Lazy`) narrowed by step *op*."""
+        ids_at = self.source.ids_at
+        if isinstance(sel, _Lazy):
+            if op[0] == "split":
+                return _Lazy(sel.filters + (op,))
+            _, n, seed = op
+            first = selection.first_permuted(self.source.n_samples, n, seed, self._keep(sel.filters))
+            return first if op[0] == "limit" else _Lazy(sel.filters + (("exclude", first),))
         if op[0] == "split":
             _, part, frac = op
-            idx = [i for i in idx if split_of(ids[i], frac) == part]
-        elif op[0] in ("limit", "rest"):
-            _, n, seed = op
-            keep = set(sorted(idx, key=lambda i: _sample_key(seed, ids[i]))[:n]) if n < len(idx) else set(idx)
-            idx = [i for i in idx if (i in keep) == (op[0] == "limit")]
-        return idx
+            return sel[self._in_split(sel, part, frac)] if len(sel) else sel
+        _, n, seed = op
+        keep = selection.smallest(sel, n, seed, ids_at)
+        return keep if op[0] == "limit" else np.setdiff1d(sel, keep, assume_unique=True)
+
+    def _in_split(self, rows: np.ndarray, part: str, frac: float) -> np.ndarray:
+        """Mask of the sorted source *rows* in split *part*. A split of most of a source hashes every
+        id once and keeps the keys on the source (8 bytes a row; materialised selections have at
+        most ``selection.EXACT_MAX`` rows), so the calib and eval splits share them."""
+        src = self.source
+        keys = getattr(src, "_split_keys", None)
+        if keys is None and 4 * len(rows) > src.n_samples:
+            keys = np.concatenate([selection.prefix_keys(selection.SPLIT_PREFIX, src.ids_at(c))
+                                   for c in selection.chunks(src.n_samples)])
+            src._split_keys = keys
+        if keys is not None:
+            return selection.keys_in_split(keys[rows], part, frac)
+        return np.concatenate([selection.in_split(src.ids_at(c), part, frac)
+                               for c in np.array_split(rows, -(-len(rows) // selection.CHUNK))])
 
     def _derive(self, op: tuple, **changes) -> "Dataset":
         """This dataset narrowed by one more selection step *op*, applied to the ids already selected
@@ -196,8 +246,16 @@ class Dataset:
         kw = dict(strict=self.strict, workers=self.workers, preprocess=self.preprocess, seed=self.seed,
                   limit=self.limit, split=self.split_name, eval_fraction=self.eval_fraction, extra=self._extra)
         kw.update(changes)
-        indices = None if self._indices is None else self._apply(op, self._indices)
+        indices = None if self._sel is None else self._apply(op, self._sel)
         return Dataset(self.source, self.inputs, ops=self._ops + (op,), indices=indices, **kw)
+
+    def _row_chunks(self) -> Iterator[np.ndarray]:
+        """The selected source rows, in order, in chunks of at most ``selection.CHUNK``."""
+        if isinstance(self._sel, _Lazy):
+            yield from selection.chunks(self.source.n_samples, self._keep(self._sel.filters) if self._sel.filters else None)
+        else:
+            for k in range(0, len(self._sel), selection.CHUNK):
+                yield self._sel[k:k + selection.CHUNK]
 
     def split(self, part: str, eval_fraction: float = 0.5) -> "Dataset":
         """The ``"calib"`` or ``"eval"`` part of this dataset (see the module docstring for the rule).
@@ -228,17 +286,40 @@ class Dataset:
 
     # -- facts ----------------------------------------------------------------
     def __len__(self) -> int:
-        if self._indices is not None:
-            return len(self._indices)
+        if isinstance(self._sel, np.ndarray):
+            return len(self._sel)
         if self._len is None:
-            self._len = len(self._stream_ids())
+            if self._sel is not None:
+                self._len = sum(len(c) for c in self._row_chunks())
+            else:
+                self._len = len(self._stream_ids())
         return self._len
+
+    def longer_than(self, n: int) -> bool:
+        """Whether this dataset holds more than *n* samples; for a selection of a large source not
+        counted yet, reads only as far as sample ``n + 1``."""
+        if not isinstance(self._sel, _Lazy) or self._len is not None:
+            return len(self) > n
+        seen = 0
+        for c in self._row_chunks():
+            seen += len(c)
+            if seen > n:
+                return True
+        self._len = seen
+        return False
 
     @property
     def ids(self) -> list[str]:
-        if self._indices is not None:
-            return [self.source.ids[i] for i in self._indices]
+        if self._sel is not None:
+            return [i for c in self._row_chunks() for i in self.source.ids_at(c)]
         return self._stream_ids()
+
+    @property
+    def used_ids(self) -> list[str]:
+        """The ids of the samples of this dataset that no pass so far skipped as corrupt (after a
+        pass over them, the samples that were used)."""
+        bad = getattr(self.source, "corrupt", None) or {}
+        return [i for i in self.ids if i not in bad]
 
     @property
     def has_labels(self) -> bool:
@@ -246,7 +327,7 @@ class Dataset:
             if self.source.has_labels is None:
                 self.source.count()
             return bool(self.source.has_labels)
-        return self.source.labels is not None
+        return bool(self.source.has_labels)
 
     @property
     def kind(self) -> str:
@@ -306,33 +387,53 @@ class Dataset:
 
         workers = self.workers or default_workers()
         window = max(4 * workers, 2 * self._batch_hint)
-        for i, res in _prefetch(task, self._indices, workers, window):
+        rows = (int(i) for c in self._row_chunks() for i in c)
+        for i, res in _prefetch(task, rows, workers, window):
             if isinstance(res, CorruptSampleError):
                 skipped.append((src.ids[i], str(res)))
                 continue
             yield src.ids[i], res, (int(labels[i]) if labels is not None else None)
 
+    def _row_batches(self, batch_size: int, drop_last: bool) -> Iterator[np.ndarray]:
+        """The selected rows in batches of *batch_size* (the last one shorter unless *drop_last*)."""
+        pending: list[np.ndarray] = []
+        have = 0
+        for c in self._row_chunks():
+            pending.append(c)
+            have += len(c)
+            while have >= batch_size:
+                rows = np.concatenate(pending)
+                yield rows[:batch_size]
+                pending, have = [rows[batch_size:]], have - batch_size
+        if have and not drop_last:
+            yield np.concatenate(pending)
+
     def _array_batches(self, batch_size: int, drop_last: bool) -> Iterator[Batch]:
         """HDF5/NumPy: one lazy read per batch, one batch read ahead in a background thread."""
         src = self.source
-        chunks = [self._indices[k:k + batch_size] for k in range(0, len(self._indices), batch_size)]
-        if drop_last and chunks and len(chunks[-1]) < batch_size:
-            chunks.pop()
-
-        for chunk, feed in _prefetch(src.load_batch, chunks, 1, 2):
-            ids = [src.ids[i] for i in chunk]
-            labels = None if src.labels is None else np.asarray(src.labels[chunk], dtype=np.int64)
-            yield Batch(self._finish(feed, ids), labels, ids)
+        for rows, feed in _prefetch(src.load_batch, self._row_batches(batch_size, drop_last), 1, 2):
+            ids = src.ids_at(rows)
+            yield Batch(self._finish(feed, ids), src.labels_at(rows), ids)
 
     def _finish(self, feed: dict, ids: list) -> dict:
+        """The model's feed: batched inputs cast to the input dtypes and checked for NaN/Inf (after
+        the cast: float64 data beyond float32's range is caught), then the constants."""
+        layout = self.source.layout
         out = {}
-        for t in self.inputs:
+        for t in layout.batched:
             a = feed[t.name]
-            check_finite(t.name, a, ids)
+            was = a.dtype
             if a.dtype != t.dtype:
-                a = a.astype(t.dtype)
+                with np.errstate(over="ignore"):     # values beyond the dtype's range: checked just below
+                    a = a.astype(t.dtype)
+            check_finite(t.name, a, ids, layout.axis(t.name), cast_from=was if was != a.dtype else None)
             out[t.name] = np.ascontiguousarray(a)
-        return out
+        return self._with_constants(out)
+
+    def _with_constants(self, feed: dict) -> dict:
+        for t in self.source.layout.unbatched:
+            feed[t.name] = self.source.constants[t.name]
+        return feed
 
     _batch_hint = DEFAULT_BATCH_SIZE
 
@@ -341,7 +442,8 @@ class Dataset:
         """Yield :class:`Batch` es of *batch_size* samples (the last may be smaller).
 
         ``progress``: False, True, or a label for a tqdm bar on stderr (shown on terminals only).
-        After a full pass ``skipped`` lists ``(id, reason)`` of images that could not be decoded.
+        After a full pass ``skipped`` lists ``(id, reason)`` of images that could not be used; a
+        :class:`DataWarning` names those no earlier pass over the source reported.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise DataError(f"batch size must be a positive integer, got {batch_size!r}")
@@ -350,7 +452,7 @@ class Dataset:
         if progress:
             from tqdm import tqdm
 
-            total = len(self._indices) if self._indices is not None else self._len
+            total = len(self._sel) if isinstance(self._sel, np.ndarray) else self._len
             bar = tqdm(total=total, desc=progress if isinstance(progress, str) else "reading", unit="sample",
                        disable=None, leave=False, dynamic_ncols=True)
         skipped: list[tuple[str, str]] = []
@@ -373,18 +475,23 @@ class Dataset:
         if skipped:
             first_id, first_reason = skipped[0]
             if read == 0:
-                raise EmptyDatasetError(f"none of the {len(skipped)} images could be decoded (first: {first_reason})")
-            warnings.warn(f"skipped {len(skipped)} of {len(skipped) + read} images that could not be decoded "
-                          f"(first: {first_reason}); strict=True / --strict stops on them", DataWarning, stacklevel=2)
+                raise EmptyDatasetError(f"none of the {len(skipped)} images could be used (first: {first_reason})")
+            corrupt = self.source.corrupt
+            new = [s for s in skipped if s[0] not in corrupt]
+            corrupt.update(skipped)
+            if new:
+                warnings.warn(f"skipped {len(skipped)} of {len(skipped) + read} images that could not be used "
+                              f"(first: {new[0][1]}); strict=True / --strict stops on them", DataWarning,
+                              stacklevel=2)
 
     def _batches(self, batch_size: int, drop_last: bool, skipped: list) -> Iterator[Batch]:
         """The batches of one pass: HDF5/NumPy read per batch, other sources grouped sample by sample
         (images decoded in worker threads, undecodable ones appended to *skipped*)."""
-        if self._indices is not None and not self.source.threaded:
+        if self._sel is not None and not self.source.threaded:
             yield from self._array_batches(batch_size, drop_last)
             return
         self._batch_hint = batch_size
-        it = self._samples(skipped) if self._indices is not None else self._stream()
+        it = self._samples(skipped) if self._sel is not None else self._stream()
         buf: list = []
         for sample in it:
             buf.append(sample)
@@ -396,9 +503,9 @@ class Dataset:
 
     def _make_batch(self, buf: list) -> Batch:
         ids = [s for s, _, _ in buf]
-        feed = {t.name: _collate([f[t.name] for _, f, _ in buf]) for t in self.inputs}
-        if self.source.streaming:
-            feed = self._finish(feed, ids)
+        layout = self.source.layout
+        feed = {t.name: _collate([f[t.name] for _, f, _ in buf], layout.axis(t.name)) for t in layout.batched}
+        feed = self._finish(feed, ids) if self.source.streaming else self._with_constants(feed)
         labs = [lab for _, _, lab in buf]
         labels = None if any(v is None for v in labs) else np.asarray(labs, dtype=np.int64)
         return Batch(feed, labels, ids)
@@ -407,11 +514,17 @@ class Dataset:
     def describe(self) -> dict:
         """JSON-able provenance: where the samples came from and how they were chosen and prepared."""
         d = self.source.describe()
-        ids = self.ids
+        sha, count = hashlib.sha256(), 0
+        chunks = ((self.source.ids_at(c) for c in self._row_chunks()) if self._sel is not None
+                  else [self._stream_ids()])
+        for ids in chunks:
+            if ids:
+                sha.update((b"\n" if count else b"") + b"\n".join(selection.id_bytes(i) for i in ids))
+                count += len(ids)
         d.update({
-            "count": len(ids),
-            "total": len(self.source.ids) if not self.source.streaming else self.source.total,
-            "ids_sha256": hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest(),
+            "count": count,
+            "total": self.source.n_samples if not self.source.streaming else self.source.total,
+            "ids_sha256": sha.hexdigest(),
             "seed": self.seed,
             "limit": self.limit,
             "split": self.split_name,
@@ -469,30 +582,43 @@ def resolve_preprocess(preprocess) -> Preprocess | None:
     raise PreprocessError(f"preprocess must be a preset name, a dict or a Preprocess, got {type(preprocess).__name__}")
 
 
-def _image_source(path: Path, ids: list[str], inputs, pre, *, single_file, classes, labels, strict):
+def _image_source(path: Path, ids: list[str], layout: FeedLayout, pre, *, single_file, classes, labels, strict):
     if pre is None:
         raise PreprocessError(f"images in {path} need preprocessing: pass a preset ({', '.join(preset_names())}) "
                               f"with --preset, or --scale/--mean/--std/--resize")
-    if len(inputs) != 1:
-        raise InputMismatchError(f"images feed one input but the model has {len(inputs)} "
-                                 f"({', '.join(t.name for t in inputs)}); use HDF5/NumPy data or a loader script")
-    plan = make_plan(pre, inputs[0])
-    return ImageSource(path, ids, inputs[0], plan, single_file=single_file, classes=classes, labels=labels,
+    wanted = [t for t in layout.inputs if t.name not in layout.constants]
+    if len(wanted) != 1:
+        raise InputMismatchError(f"images feed one input but the model has {len(wanted)} "
+                                 f"({', '.join(t.name for t in wanted)}); give the others with --constant "
+                                 f"INPUT=VALUE, or use HDF5/NumPy data or a loader script")
+    t = wanted[0]
+    if layout.axis(t.name) != 0:
+        raise InputMismatchError(f"images are batched on axis 0, but model input '{t.name}' "
+                                 f"{tuple(t.shape)} has --batch-axis {layout.axis(t.name)}")
+    plan = make_plan(pre, t)
+    return ImageSource(path, ids, t, plan, layout=layout, single_file=single_file, classes=classes, labels=labels,
                        strict=strict)
 
 
 def open_dataset(source, model, preprocess=None, *, limit: int | None = None, seed: int = 0, classes=None,
-                 labels=None, strict: bool = False, split: str | None = None, hdf5_map=None,
-                 workers: int | None = None, eval_fraction: float = 0.5) -> Dataset:
+                 labels=None, strict: bool = False, split: str | None = None, input_map=None,
+                 batch_axes=None, constants=None, allow_external_data: bool = False,
+                 workers: int | None = None, eval_fraction: float = 0.5, hdf5_map=None) -> Dataset:
     """Open *source* as samples for *model* (a :class:`calib.model.Model`, path, or list of TensorInfo).
 
     *source*: a folder of images (recursive; JPEG PNG BMP WebP TIFF PNM) or of .npy/.npz files; an
-    image, .h5/.hdf5, .npy or .npz file; ``"script.py:func"``; a NumPy array or dict of arrays; an
-    iterable of feed dicts or a callable returning one. *preprocess*: a preset name, dict or
-    :class:`Preprocess` (images only; arrays are fed as stored, cast to the input dtype).
-    *classes*/*labels*: files mapping images to class indices (see :mod:`calib.datasets.labels`).
-    *hdf5_map*: ``{input: dataset}`` or ``"input=dataset,..."`` (also ``labels=...``; also used
-    for .npz keys). Raises a :class:`~calib.errors.DataError` subclass with a one-line message.
+    image, .h5/.hdf5, .npy or .npz file; ``"script.py:func"`` or ``"script.py"`` (imported and run:
+    it is code); a NumPy array or dict of arrays; an iterable of feed dicts or a callable returning
+    one. *preprocess*: a preset name, dict or :class:`Preprocess` (images only; arrays are fed as
+    stored, cast to the input dtype). *classes*/*labels*: files mapping images to class indices
+    (see :mod:`calib.datasets.labels`). *input_map* (``hdf5_map``, its old name):
+    ``{input: key}`` or ``"input=key,..."``, the HDF5 dataset or .npz array that feeds each input
+    (also ``labels=...``). *batch_axes* (``{input: axis or None}``) and *constants*
+    (``{input: value}``): where an input's samples lie when not on axis 0, and the values of
+    inputs that take one for every sample (see :class:`~calib.datasets.layout.FeedLayout`).
+    *allow_external_data*: let HDF5 external links, external storage and virtual datasets make
+    the reader open other files (refused by default). Raises a :class:`~calib.errors.DataError`
+    subclass with a one-line message.
     """
     inputs = _model_inputs(model)
     pre = resolve_preprocess(preprocess)
@@ -507,73 +633,81 @@ def open_dataset(source, model, preprocess=None, *, limit: int | None = None, se
         raise DataError(f"seed must be an integer, got {seed!r}") from None
     if workers is not None and (int(workers) < 1):
         raise DataError(f"workers must be >= 1, got {workers}")
+    if input_map is not None and hdf5_map is not None:
+        raise DataError("give input_map or hdf5_map (its old name), not both")
 
     if isinstance(source, Dataset):
         ds = source
     else:
-        src = _open_source(source, inputs, pre, classes=classes, labels=labels, strict=strict, hdf5_map=hdf5_map)
+        layout = FeedLayout(inputs, batch_axes, constants)
+        src = _open_source(source, layout, pre, classes=classes, labels=labels, strict=strict,
+                           input_map=input_map if input_map is not None else hdf5_map,
+                           allow_external=bool(allow_external_data))
         used_pre = pre if isinstance(src, ImageSource) else None
         if pre is not None and used_pre is None and preprocess is not None:
             warnings.warn(f"preprocessing {pre.name or 'custom'} ignored: {src.kind} data is fed as stored",
                           DataWarning, stacklevel=2)
-        ds = Dataset(src, inputs, strict=strict, workers=workers, preprocess=used_pre, seed=seed)
+        ds = Dataset(src, inputs, strict=strict, workers=workers, preprocess=used_pre, seed=seed,
+                     extra=layout.to_dict())
     if split is not None:
         ds = ds.split(split, frac)
     if limit is not None:
         ds = ds.subset(int(limit), seed)
     if not ds.source.streaming:
-        if len(ds.source.ids) == 0:
+        if ds.source.n_samples == 0:
             raise EmptyDatasetError(f"{ds.describe()['source']} holds no samples")
-        if len(ds) == 0:
+        if not ds.longer_than(0):
             raise EmptyDatasetError(f"no samples of {ds.describe()['source']} fall in the '{split}' split "
                                     f"(eval_fraction {frac}); use more data")
     return ds
 
 
-def _open_source(source, inputs, pre, *, classes, labels, strict, hdf5_map):
+def _open_source(source, layout, pre, *, classes, labels, strict, input_map, allow_external):
     if isinstance(source, np.ndarray):
-        return from_array(source, inputs)
+        return from_array(source, layout)
     if isinstance(source, Mapping):
         vals = list(source.values())
         if vals and all(isinstance(v, np.ndarray) for v in vals):
-            return from_arrays(source, inputs, labels=labels)
-        return StreamSource([source], inputs)
+            return from_arrays(source, layout, labels=labels)
+        return StreamSource([source], layout)
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
         if isinstance(text, str) and ".py:" in text and not Path(text).exists():
             fn = load_script(text)
-            return StreamSource(fn, inputs, kind="script", label=text)
+            return StreamSource(fn, layout, kind="script", label=text)
         path = Path(text)
         if not path.exists():
             raise DataNotFoundError(f"data path not found: {path}")
+        if not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            raise DataError(f"data path {path} is not a regular file or a folder (a FIFO, socket or device "
+                            f"is never opened)")
         if path.is_dir():
-            return _open_folder(path, inputs, pre, classes=classes, labels=labels, strict=strict,
-                                hdf5_map=hdf5_map)
+            return _open_folder(path, layout, pre, classes=classes, labels=labels, strict=strict,
+                                input_map=input_map)
         suffix = path.suffix.lower()
         if suffix in HDF5_EXTENSIONS:
-            return open_hdf5(path, inputs, hdf5_map, labels)
+            return open_hdf5(path, layout, input_map, labels, allow_external=allow_external)
         if suffix in ARRAY_EXTENSIONS:
-            return open_numpy(path, inputs, hdf5_map, labels)
+            return open_numpy(path, layout, input_map, labels)
         if suffix in IMAGE_EXTENSIONS:
-            return _image_source(path, [path.name], inputs, pre, single_file=True, classes=classes, labels=labels,
+            return _image_source(path, [path.name], layout, pre, single_file=True, classes=classes, labels=labels,
                                  strict=strict)
         if suffix == ".py":
-            return StreamSource(load_script(text), inputs, kind="script", label=text)
+            return StreamSource(load_script(text), layout, kind="script", label=text)
         raise DataError(f"unsupported data file {path}: expected a folder of images, an image, .h5/.hdf5, "
                         f".npy/.npz, or script.py:function")
     if callable(source) or isinstance(source, Iterable):
-        return StreamSource(source, inputs)
+        return StreamSource(source, layout)
     raise DataError(f"data of type {type(source).__name__} is not a path, array, iterable or callable")
 
 
-def _open_folder(path: Path, inputs, pre, *, classes, labels, strict, hdf5_map):
-    images, others = list_images(path)
+def _open_folder(path: Path, layout, pre, *, classes, labels, strict, input_map):
+    images, arrays, others = list_files(path)
     if images:
-        return _image_source(path, images, inputs, pre, single_file=False, classes=classes, labels=labels,
+        return _image_source(path, images, layout, pre, single_file=False, classes=classes, labels=labels,
                              strict=strict)
-    arrays = sorted(o for o in others if Path(o).suffix.lower() in ARRAY_EXTENSIONS)
     if arrays:
-        return open_numpy(path, inputs, hdf5_map, labels, files=arrays)
+        return open_numpy(path, layout, input_map, labels, files=arrays)
     if not others:
         raise EmptyDatasetError(f"data folder {path} is empty")
     exts = ", ".join(sorted(IMAGE_EXTENSIONS))

@@ -13,7 +13,38 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataNotFoundError, LabelError
+
+INT64 = np.iinfo(np.int64)
+
+
+def as_labels(values, where: str) -> np.ndarray:
+    """*values* (integers: an array, a list, one number) as an int64 array; :class:`LabelError`
+    naming *where* for anything else, values beyond int64 included (never wrapped)."""
+    try:
+        a = np.asarray(values)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise LabelError(f"{where}: labels must be integers ({exc})") from None
+    if a.dtype == object:
+        bad = next((v for v in a.reshape(-1) if not isinstance(v, (int, np.integer)) or isinstance(v, bool)
+                    or not INT64.min <= int(v) <= INT64.max), None)
+        if bad is not None:
+            raise LabelError(f"{where}: label {bad!r} is not an integer within int64")
+        return a.astype(np.int64)
+    if a.dtype.kind not in "iu":
+        raise LabelError(f"{where}: labels must be integers, got dtype {a.dtype.name}")
+    if a.dtype.kind == "u" and a.size and int(a.max()) > INT64.max:
+        raise LabelError(f"{where}: label {int(a.max())} is beyond int64")
+    return a.astype(np.int64)
+
+
+def _int(text: str, where: str) -> int:
+    v = int(text)
+    if not INT64.min <= v <= INT64.max:
+        raise LabelError(f"{where}: {text[:40]} is beyond int64")
+    return v
 
 
 def _split(line: str) -> list[str]:
@@ -54,7 +85,7 @@ def read_classes(path: str | os.PathLike) -> dict[str, int]:
             raise LabelError(f"classes file {path}: line {n + 1} {line.strip()[:40]!r} mixes 'index<TAB>id' "
                              f"and plain 'id' rows")
         if indexed:
-            idx, name = int(fields[0]), fields[1]
+            idx, name = _int(fields[0], f"classes file {path}: line {n + 1}"), fields[1]
         else:
             idx, name = n, fields[0]
         if name in out:
@@ -73,7 +104,7 @@ def read_labels(path: str | os.PathLike, classes: dict[str, int] | None = None) 
             raise LabelError(f"labels file {path}: line {n + 1} {line.strip()[:60]!r} is not 'file<TAB or ,>label'")
         name, lab = fields[0], fields[1]
         if lab.lstrip("-").isdigit():
-            idx = int(lab)
+            idx = _int(lab, f"labels file {path}: line {n + 1}")
         elif classes is not None and lab in classes:
             idx = classes[lab]
         elif n == 0:

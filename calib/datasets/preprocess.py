@@ -25,6 +25,8 @@ Order of operations (fixed, documented here once):
 
    when the model input has a fixed spatial size, that size wins where the spec leaves it open
    (no crop / no size); a spec that contradicts it is an error, raised before any image is read;
+   no image may grow past ``MAX_SAMPLE_PIXELS`` here (an image that would is a corrupt sample,
+   a spec or model size that would is refused before any image is read);
 4. to float32, channels swapped to BGR if ``bgr``;
 5. ``x = (pixel * scale - mean) / std`` with **mean and std given in RGB order** (as papers
    and model cards publish them) and applied to the matching channel whatever ``bgr`` says;
@@ -50,6 +52,13 @@ RESIZE_MODES = ("shorter", "exact", "letterbox", "height", "multiple", "none")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
 LAYOUTS = ("nchw", "nhwc")
 FORMAT_VERSION = 1
+
+# The most pixels one image may have after the geometry step (resize, letterbox canvas, crop):
+# 4096 x 4096, room for a 3840 x 2160 frame twice over, and 192 MiB as a float32 RGB sample. An
+# image that would grow past it (a 100000 x 1 PNG resized to a shorter side of 256 would be
+# 25.6M x 256) is a corrupt sample: skipped and counted, an error with strict; a preprocessing
+# spec or a fixed model input size that asks for more is refused before any image is read.
+MAX_SAMPLE_PIXELS = 4096 * 4096
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -412,6 +421,8 @@ def make_plan(pre: Preprocess, tinfo) -> ImagePlan:
             raise InputMismatchError(f"preprocessing gives {out[0]}x{out[1]} images but model input '{name}' "
                                      f"{shape} does not take that size")
 
+    _check_plan_pixels(name, shape, fixed, mode, size, crop, pad_to)
+
     # per-channel affine in output channel order: x * gain + bias
     mean = np.array(pre.mean if pre.mean else (0.0,), dtype=np.float64)
     std = np.array(pre.std if pre.std else (1.0,), dtype=np.float64)
@@ -429,6 +440,32 @@ def make_plan(pre: Preprocess, tinfo) -> ImagePlan:
     bias = (-mean / std).astype(np.float32)
     return ImagePlan(pre=pre, channels=channels, layout=layout, dtype=dtype, mode=mode, size=size,
                      crop=crop, pad_to=pad_to, gain=gain, bias=bias)
+
+
+def _check_plan_pixels(name, shape, fixed, mode, size, crop, pad_to) -> None:
+    """Refuse a plan whose images would exceed :data:`MAX_SAMPLE_PIXELS` whatever their size."""
+    steps = []     # (what, (h, w)): sizes every image reaches at least
+    if size is not None and mode in ("shorter", "multiple"):
+        steps.append(("resize", (size[0], size[0])))
+    elif size is not None and mode in ("exact", "letterbox"):
+        steps.append(("resize", size))
+    elif size is not None and mode == "height":
+        steps.append(("resize", (size[0], 1)))
+    for what, hw in (("crop", crop), ("padding", pad_to)):
+        if hw is not None:
+            steps.append((what, hw))
+    for what, (h, w) in steps:
+        if h * w > MAX_SAMPLE_PIXELS:
+            why = (f"model input '{name}' {tuple(shape)} takes {h}x{w} images" if fixed is not None and tuple(fixed) == (h, w)
+                   else f"the {what} makes images of at least {h}x{w} pixels")
+            raise PreprocessError(f"{why}: more than the {MAX_SAMPLE_PIXELS} pixels (4096x4096) a sample may have")
+
+
+def _check_pixels(w: int, h: int, nw: int, nh: int) -> None:
+    """An image of w x h that the geometry step would make nw x nh: a corrupt sample past the bound."""
+    if nw * nh > MAX_SAMPLE_PIXELS:
+        raise CorruptSampleError(f"a {w}x{h} image would become {nw}x{nh} pixels after resizing, more than the "
+                                 f"{MAX_SAMPLE_PIXELS} (4096x4096) a sample may have")
 
 
 _RESAMPLE = None
@@ -507,6 +544,7 @@ def geometry(im, plan: ImagePlan):
         else:
             nh, nw = s, int(s * w / h)
         if (nw, nh) != (w, h):
+            _check_pixels(w, h, max(1, nw), max(1, nh))
             im = im.resize((max(1, nw), max(1, nh)), rs)
     elif mode == "exact":
         th, tw = plan.size
@@ -530,6 +568,7 @@ def geometry(im, plan: ImagePlan):
         if plan.pad_to is not None:
             nw = min(nw, plan.pad_to[1])
         if (nw, th) != (w, h):
+            _check_pixels(w, h, nw, th)
             im = im.resize((nw, th), rs)
     elif mode == "multiple":
         s = plan.size[0]
@@ -538,6 +577,7 @@ def geometry(im, plan: ImagePlan):
         nh = max(m, int(round(h * r / m)) * m)
         nw = max(m, int(round(w * r / m)) * m)
         if (nw, nh) != (w, h):
+            _check_pixels(w, h, nw, nh)
             im = im.resize((nw, nh), rs)
     if plan.crop is not None:
         ch, cw = plan.crop
@@ -637,7 +677,11 @@ def pad_sample(x: np.ndarray, layout: str, hw: tuple) -> np.ndarray:
 
 
 def load_image(path, plan: ImagePlan, draft: bool = True) -> np.ndarray:
-    """Decode and preprocess one image file into a model-ready sample (no batch axis)."""
+    """Decode and preprocess one image file into a model-ready sample (no batch axis); an image
+    that cannot be decoded or would exceed :data:`MAX_SAMPLE_PIXELS` raises CorruptSampleError."""
     im = decode(path, plan, draft=draft)
-    im = geometry(im, plan)
+    try:
+        im = geometry(im, plan)
+    except CorruptSampleError as exc:
+        raise CorruptSampleError(f"image {path}: {exc}") from None
     return to_array(im, plan)

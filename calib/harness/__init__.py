@@ -7,9 +7,11 @@
     report.write("out/")       # report.json, report.md, metrics.png, layers_<candidate>.png
 
 ``evaluate(reference, candidates, dataset, task=..., attribute=False, out=None)``
-does the same from paths and writes the report when *out* is given.
+does the same from paths and writes the report when *out* is given. ``attribute=True`` adds
+per-layer SQNR (:mod:`.attribution`), captured within ``attribute_memory`` bytes (:mod:`.capture`).
 """
-from .attribution import Attribution, LayerAccumulator, map_tensors
+from .attribution import Attribution, LayerAccumulator, map_tensors, smoothing_factors
+from .capture import ATTRIBUTE_MEMORY
 from .metrics import (REGISTRY, TASKS, CTCDecoder, Metric, MetricContext, MetricError, edit_distance,
                       load_metric, metric, register_metric)
 from .report import SCHEMA, VERSION, Report, load_report
@@ -21,6 +23,6 @@ __all__ = [
     "HarnessError", "load_report", "SCHEMA", "VERSION",
     "Metric", "MetricContext", "MetricError", "metric", "register_metric", "load_metric", "REGISTRY", "TASKS",
     "CTCDecoder", "edit_distance",
-    "Attribution", "LayerAccumulator", "map_tensors",
+    "Attribution", "LayerAccumulator", "map_tensors", "smoothing_factors", "ATTRIBUTE_MEMORY",
     "Interval", "Series", "bootstrap_ci", "paired_bootstrap_diff", "mcnemar_exact", "mcnemar_p",
 ]

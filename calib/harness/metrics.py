@@ -174,6 +174,9 @@ class TopK(Metric):
     def update(self, out, labels):
         s = _class_scores(self.select(out))
         y = _labels_array(labels, s.shape[0]).astype(np.int64)
+        if y.size and y.max() >= s.shape[1]:     # -1: no label; beyond the classes: wrong labels
+            raise MetricError(f"label {int(y.max())} is beyond the model's {s.shape[1]} classes (0 to "
+                              f"{s.shape[1] - 1}): the labels do not match the model's output")
         if self.k == 1:
             return (np.argmax(s, axis=1) == y).astype(np.float64)
         # the label's rank in (score descending, class index ascending) order: ties go to the

@@ -343,8 +343,9 @@ class Report:
         d = Path(out)
         layer_cands = [c for c in self.candidate_names if c in self.attributions and self.attributions[c].layers]
         check_outputs(report_paths(d, layer_cands, plots), force, option="force")
-        files: dict[Path, bytes] = {d / "report.json": self.to_json().encode("utf-8"),
-                                    d / "report.md": self.to_markdown(plots).encode("utf-8")}
+        # backslashreplace: a file name that is not UTF-8 (surrogateescape) stays a valid JSON escape
+        files: dict[Path, bytes] = {d / "report.json": self.to_json().encode("utf-8", "backslashreplace"),
+                                    d / "report.md": self.to_markdown(plots).encode("utf-8", "backslashreplace")}
         if plots:
             files[d / "metrics.png"] = self.plot_metrics_png()
             for c in layer_cands:

@@ -24,7 +24,8 @@ from ..backends.base import Engine
 from ..errors import DataError, HarnessError, LabelError
 from ..model import Model
 from . import metrics as M
-from .attribution import LayerAccumulator, float_activations, map_tensors
+from .attribution import LayerAccumulator, float_activations, map_tensors, smoothing_factors, smoothing_scales
+from .capture import ATTRIBUTE_MEMORY, CaptureRunner
 from .stats import (DEFAULT_RESAMPLES, DEFAULT_SEED, Series, bootstrap_ci, mcnemar_exact,
                     paired_bootstrap_diff)
 
@@ -62,13 +63,6 @@ def _metadata(e: Engine) -> dict[str, str]:
     if m is None:
         return {}
     return {p.key: p.value for p in m.proto.metadata_props}
-
-
-def _with_capture(e: Engine, tensors: list[str]) -> Engine:
-    from ..backends.onnxruntime import OrtEngine
-
-    m = _model_of(e)
-    return OrtEngine(m, name=e.info.name, capture=tensors, precision=e.info.precision, optimize="basic")
 
 
 # --------------------------------------------------------------------------- batches
@@ -238,7 +232,7 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
             attribute: bool | Sequence[str] = False, labels: "Mapping[str, Any] | str | None" = None,
             batch_size: int = 16, progress=None, resamples: int = DEFAULT_RESAMPLES,
             seed: int = DEFAULT_SEED, top_layers: int = 10, dataset_info: dict | None = None,
-            output: str | None = None):
+            output: str | None = None, smoothing=None, attribute_memory: int = ATTRIBUTE_MEMORY):
     """Evaluate *candidates* against *reference* in one pass over *data*; returns a :class:`Report`.
 
     *data*: a calib Dataset (``.batches()`` is called with *batch_size*), or an
@@ -247,7 +241,14 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
     *metrics*: replaces the task's metrics (registry names, ``file.py:func``, Metric
     objects or callables); *extra_metrics* adds to them.
     *attribute*: True for per-layer SQNR over every float tensor (ONNX Runtime
-    engines), or a list of reference tensor names.
+    engines), or a list of reference tensor names (:mod:`calib.harness.attribution`). The
+    captured tensors held at once stay within *attribute_memory* bytes (reference and one
+    candidate; :mod:`calib.harness.capture`), whatever the model and batch size.
+    *smoothing*: the channel smoothing factors (:mod:`calib.smooth`) of the candidates, undone
+    before their tensors are compared: None (default) reads them off each candidate's scaled
+    constants (:func:`~calib.harness.attribution.smoothing_factors`); a mapping
+    ``{tensor: factors}`` (``CalibrationResult.smoothing``) applies to every candidate; a
+    sequence gives one mapping (or None: read them off) per candidate; False undoes none.
     *labels*: a mapping from sample id (or file name) to label, or a ``file<TAB>text``
     TSV path -- for text labels (CTC) the readers do not carry.
     *output*: the output the task's metrics score (default: :func:`primary_output`'s choice).
@@ -266,35 +267,8 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
     ref_names = list(ref.output_names)
     cand_names = [list(c.output_names) for c in cands]
 
-    # per-layer attribution: rebuild ORT engines with captures
-    accs: dict[int, LayerAccumulator] = {}
-    notes: list[str] = []
-    if attribute:
-        ref_model = _model_of(ref)
-        if ref_model is None:
-            notes.append("per-layer attribution needs an ONNX Runtime reference; skipped")
-        else:
-            wanted = list(attribute) if not isinstance(attribute, bool) else float_activations(ref_model)
-            all_pairs = {}
-            for j, c in enumerate(cands):
-                cm = _model_of(c)
-                if cm is None:
-                    notes.append(f"{c.info.name}: per-layer attribution needs an ONNX Runtime engine; skipped")
-                    continue
-                pairs = map_tensors(ref_model, cm, wanted)
-                if not pairs:
-                    notes.append(f"{c.info.name}: no intermediate tensor corresponds to the reference; skipped")
-                    continue
-                all_pairs[j] = pairs
-            if all_pairs:
-                ref_capture = sorted({rt for ps in all_pairs.values() for rt, _ in ps})
-                notes.append("per-layer attribution: the reference and the attributed candidates ran with ONNX "
-                             "Runtime's basic graph optimisations (so intermediate tensors exist); all metrics "
-                             "come from these runs")
-                ref = _with_capture(ref, ref_capture)
-                for j, pairs in all_pairs.items():
-                    cands[j] = _with_capture(cands[j], [ct for _, ct in pairs])
-                    accs[j] = LayerAccumulator(cands[j].info.name, ref_model, pairs)
+    # per-layer attribution: captures run by a CaptureRunner on the engines' models
+    capture, notes = _attribution(ref, cands, attribute, smoothing, attribute_memory)
 
     timing = {"decode_s": 0.0, "engines_s": {e.info.name: 0.0 for e in [ref, *cands]}, "metrics_s": 0.0}
     bound = False
@@ -320,12 +294,18 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
         n = len(b.ids)
         counter += n
 
-        t0 = time.perf_counter()
-        ref_all = ref.run(b.feed)
-        timing["engines_s"][ref.info.name] += time.perf_counter() - t0
+        if capture is not None:
+            ref_all, captured = capture.run(b.feed)
+        else:
+            t0 = time.perf_counter()
+            ref_all, captured = ref.run(b.feed), {}
+            timing["engines_s"][ref.info.name] += time.perf_counter() - t0
         ref_out = {k: ref_all[k] for k in ref_names if k in ref_all}
         cand_all = []
-        for c in cands:
+        for j, c in enumerate(cands):
+            if j in captured:
+                cand_all.append(captured[j])
+                continue
             t0 = time.perf_counter()
             out = c.run(b.feed)
             timing["engines_s"][c.info.name] += time.perf_counter() - t0
@@ -368,12 +348,14 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
                     acc.add(acc.metric.update(c_out, b.labels))
                 else:
                     acc.add(acc.metric.update(ref_out, c_out, b.labels))
-            if j in accs:
-                accs[j].update(ref_all, out)
         timing["metrics_s"] += time.perf_counter() - t0
         n_samples += n
-        del ref_all, ref_out, cand_all
+        del ref_all, ref_out, cand_all, captured
     timing["total_s"] = time.perf_counter() - start
+    if capture is not None:
+        for name, sec in capture.timing.items():
+            timing["engines_s"][name] += sec
+        notes.extend(capture.notes())
     if not bound or n_samples == 0:
         raise HarnessError("the data yielded no samples")
 
@@ -386,7 +368,7 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
         for k, m in enumerate(metric_list):
             rs.append(_summarise(m, cand_accs[j][k], ref_series[k], resamples, seed, ref_ci, k))
         results.append(rs)
-    attributions = {cands[j].info.name: accs[j].result(top_layers) for j in accs}
+    attributions = {cands[j].info.name: acc.result(top_layers) for j, acc in capture.accs.items()} if capture else {}
     timing["statistics_s"] = time.perf_counter() - t0
 
     return Report(
@@ -397,6 +379,44 @@ def compare(reference: "Engine | Model | str", candidates: Sequence["Engine | Mo
                   "ci_method": "paired percentile bootstrap over samples"},
         dataset=dataset_info or (data.describe() if hasattr(data, "describe") else None),
         timing=timing, notes=notes)
+
+
+def _attribution(ref: Engine, cands: list[Engine], attribute, smoothing, budget: int):
+    """(the :class:`CaptureRunner` of the attributed candidates or None, notes)."""
+    notes: list[str] = []
+    if not attribute:
+        return None, notes
+    ref_model = _model_of(ref)
+    if ref_model is None:
+        return None, ["per-layer attribution needs an ONNX Runtime reference; skipped"]
+    if smoothing is None or smoothing is False or isinstance(smoothing, Mapping):
+        per_cand = [smoothing] * len(cands)
+    else:
+        per_cand = list(smoothing)
+        if len(per_cand) != len(cands):
+            raise HarnessError(f"smoothing: {len(per_cand)} entries for {len(cands)} candidates")
+    wanted = list(attribute) if not isinstance(attribute, bool) else float_activations(ref_model)
+    accs = {}
+    for j, c in enumerate(cands):
+        cm = _model_of(c)
+        if cm is None:
+            notes.append(f"{c.info.name}: per-layer attribution needs an ONNX Runtime engine; skipped")
+            continue
+        pairs = map_tensors(ref_model, cm, wanted)
+        if not pairs:
+            notes.append(f"{c.info.name}: no intermediate tensor corresponds to the reference; skipped")
+            continue
+        factors = per_cand[j]
+        if factors is None:
+            factors = smoothing_factors(ref_model, cm)
+        scales = smoothing_scales(ref_model, factors) if factors else {}
+        accs[j] = LayerAccumulator(c.info.name, ref_model, pairs, scales)
+    if not accs:
+        return None, notes
+    notes.append("per-layer attribution: the reference and the attributed candidates ran in ONNX Runtime without "
+                 "graph optimisation (so every intermediate tensor exists as the model defines it); all metrics "
+                 "come from these runs")
+    return CaptureRunner(ref, {j: cands[j] for j in accs}, accs, budget), notes
 
 
 def _unique_names(ref: Engine, cands: list[Engine]) -> None:
@@ -464,9 +484,10 @@ def _fmt_summary(extra: dict) -> str:
 def evaluate(reference, candidates, dataset, *, task: str = "auto", attribute: bool | Sequence[str] = False,
              out: "str | os.PathLike | None" = None, force: bool = False, metrics=None, extra_metrics=(),
              labels=None, batch_size: int = 16, progress=None, resamples: int = DEFAULT_RESAMPLES,
-             seed: int = DEFAULT_SEED, plots: bool = True, output: str | None = None):
+             seed: int = DEFAULT_SEED, plots: bool = True, output: str | None = None, smoothing=None,
+             attribute_memory: int = ATTRIBUTE_MEMORY):
     """Paths / Models / Engines in, :class:`Report` out; with *out*, the report files are written there
-    (refusing to overwrite them unless *force*)."""
+    (refusing to overwrite them unless *force*). The other arguments are :func:`compare`'s."""
     from .report import report_paths
     from ..utils import check_outputs
 
@@ -475,7 +496,8 @@ def evaluate(reference, candidates, dataset, *, task: str = "auto", attribute: b
         check_outputs(report_paths(out, plots=plots), force, option="force")
     rep = compare(reference, cand_list, dataset, task=task, metrics=metrics, extra_metrics=extra_metrics,
                   attribute=attribute, labels=labels, batch_size=batch_size, progress=progress,
-                  resamples=resamples, seed=seed, output=output)
+                  resamples=resamples, seed=seed, output=output, smoothing=smoothing,
+                  attribute_memory=attribute_memory)
     if out is not None:
         rep.write(out, force=force, plots=plots)
     return rep
