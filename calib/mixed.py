@@ -80,9 +80,15 @@ class SearchResult:
     calibration: CalibrationResult = field(repr=False)
     evaluator: Any = field(default=None, repr=False)
     eval_data: Any = field(default=None, repr=False)
+    space: Any = field(default=None, repr=False)
 
     def summary_lines(self) -> list[str]:
         return list(self.summary.get("lines", []))
+
+    def predicted_latency(self, precisions: Mapping[str, str]) -> float:
+        """Seconds per sample the search's latency model predicts for group *precisions* (groups
+        not named: INT8)."""
+        return self.space.predict({g: precisions.get(g, "int8") for g in self.space.groups})
 
     def evaluate(self, plan, *, split: str = "eval", batch_size: int = 16):
         """Score another plan, e.g. :attr:`plan` edited by hand, against FP32: a
@@ -411,7 +417,7 @@ def search(model, data=None, budget=None, config: CalibrationConfig | Mapping | 
     return SearchResult(plan=plan, precisions=dict(outcome.chosen), model=mixed, outcome=outcome,
                         sensitivity=searcher.sensitivity, groups=searcher.groups, latency=summary["latency_model"],
                         verification=verification, summary=summary, paths=paths, calibration=searcher.calibration,
-                        evaluator=searcher.evaluator, eval_data=searcher.eval_data)
+                        evaluator=searcher.evaluator, eval_data=searcher.eval_data, space=searcher.space)
 
 
 def evaluation_line(e, budget, limit: int) -> str:

@@ -1,11 +1,11 @@
 """``search.png``: the sensitivity of every group and the trace of the search, from ``search.json``.
 
-Top: one bar per quantizable group in layer order, the sensitivity the search ranked by (the
-budget metric's loss with the group alone in INT8, or the proxy's SQNR drop), coloured by the
-precision the chosen plan gives the group; the proxy's SQNR drop as dots on the right axis when
-both were measured. Bottom: evaluation number against the budget metric (with its interval, green
-where the budget held, red where not; the budget as a dashed line) and the predicted latency
-(right axis); the chosen evaluation is shaded.
+Top: one bar per quantizable group in layer order, its sensitivity score (the relative output
+noise power it puts in: with the group alone in INT8 for the direct measure, across the group for
+the proxy; log scale), coloured by the precision the chosen plan gives the group; the proxy's SQNR
+drop as dots on the right axis when both were measured. Bottom: evaluation number against the
+budget metric (with its interval, green where the budget held, red where not; the budget as a
+dashed line) and the predicted latency (right axis); the chosen evaluation is shaded.
 """
 from __future__ import annotations
 
@@ -45,17 +45,19 @@ def plot_search(summary: Mapping[str, Any]) -> bytes:
 
     direct = sens.get("direct_mode") is not None
     x = list(range(n))
+    # the score: relative output noise power the group puts in (10**(-SQNR/10)), on one scale for
+    # every budget; zeros (an exact group) drawn at a tenth of the smallest positive score
+    vals = [max(_f(g.get("score")), 0.0) if math.isfinite(_f(g.get("score"))) else 0.0 for g in rows]
+    floor = min([v for v in vals if v > 0] or [1e-12]) / 10
+    top.bar(x, [max(v, floor) for v in vals], bottom=0, width=0.8,
+            color=[COLOURS.get(precision.get(g["group"]), "#888888") for g in rows])
+    top.set_yscale("log")
     if direct:
-        vals = [max(_f(g["direct_loss"]), 0.0) if math.isfinite(_f(g["direct_loss"])) else 0.0 for g in rows]
-        unit = {"pt": " (pt)", "dB": " (dB)"}.get(_unit(budget["metric"]), "")
         what = ("with the group alone in INT8" if sens["direct_mode"] == "only"
-                else "gained by keeping the group out of INT8")
-        ylabel = f"{budget['metric']} loss{unit}\n{what}"
+                else "removed by keeping the group out of INT8")
     else:
-        vals = [max(_f(g["proxy_db"]), 0.0) if math.isfinite(_f(g["proxy_db"])) else 0.0 for g in rows]
-        ylabel = "SQNR drop across the group (dB)\nall INT8 vs FP32"
-    top.bar(x, vals, color=[COLOURS.get(precision.get(g["group"]), "#888888") for g in rows], width=0.8)
-    top.set_ylabel(ylabel)
+        what = "added across the group (proxy)"
+    top.set_ylabel(f"output noise power\n{what}")
     top.set_xlim(-0.7, n - 0.3)
     top.set_xticks(x)
     top.set_xticklabels([_short(g["group"]) for g in rows], rotation=90, fontsize=6 if n > 40 else 7)
@@ -108,12 +110,6 @@ def plot_search(summary: Mapping[str, Any]) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()
-
-
-def _unit(metric: str) -> str:
-    from .budget import METRICS
-
-    return METRICS[metric].unit if metric in METRICS else ""
 
 
 __all__ = ["plot_search"]
