@@ -87,9 +87,12 @@ def run(args) -> int:
         raise CalibError("no output folder: pass --out DIR")
     if not DataArgs.given(args):
         raise CalibError("no data: pass --data PATH (or --data-loader-script FILE.py:FUNC)")
+    from ..mixed import output_paths, search
+    from ..utils import check_outputs
+
     model = ModelArgs.parse(args)
+    check_outputs(output_paths(out.dir, model.name).values(), out.force, option="force")   # before any work
     ds = DATA.parse(args, model)
-    from ..mixed import search
 
     res = search(model, dataset=ds, budget=args.budget, config=config, task=task, latency=args.latency,
                  algorithm=args.algorithm, sensitivity=args.sensitivity, search_samples=args.search_samples,
