@@ -119,13 +119,7 @@ class SearchResult:
 
 
 def _config(config, options) -> CalibrationConfig:
-    if config is None:
-        config = CalibrationConfig()
-    elif isinstance(config, Mapping):
-        config = CalibrationConfig().replace(**config)
-    elif not isinstance(config, CalibrationConfig):
-        raise CalibError(f"config must be a CalibrationConfig or a dict of its fields, got {type(config).__name__}")
-    config = config.replace(**options)
+    config = CalibrationConfig.of(config, **options)
     if config.plan is not None:
         raise CalibError("search chooses the precision plan itself: leave the calibration option plan unset")
     return config

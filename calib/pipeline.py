@@ -125,6 +125,17 @@ class CalibrationConfig:
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
+    @classmethod
+    def of(cls, config: "CalibrationConfig | Mapping | None" = None, **options) -> "CalibrationConfig":
+        """*config* (None: the defaults; a dict: its fields) with *options* changed."""
+        if config is None:
+            config = cls()
+        elif isinstance(config, Mapping):
+            config = cls().replace(**config)
+        elif not isinstance(config, cls):
+            raise CalibError(f"config must be a CalibrationConfig or a dict of its fields, got {type(config).__name__}")
+        return config.replace(**options)
+
     def replace(self, **options) -> "CalibrationConfig":
         """A copy with *options* (field names) changed, validated again."""
         unknown = sorted(set(options) - set(self.names()))
@@ -230,13 +241,7 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     from .plan import load_plan
     from .qdq import check_input, prepare
 
-    if config is None:
-        config = CalibrationConfig()
-    elif isinstance(config, Mapping):
-        config = CalibrationConfig().replace(**config)
-    elif not isinstance(config, CalibrationConfig):
-        raise CalibError(f"config must be a CalibrationConfig or a dict of its fields, got {type(config).__name__}")
-    config = config.replace(**options)
+    config = CalibrationConfig.of(config, **options)
     algorithm, percentile, samples, batch_size = config.algorithm, config.percentile, config.samples, config.batch_size
     seed, target, threads, smooth, bias_correction = (config.seed, config.target, config.threads, config.smooth,
                                                       config.bias_correction)

@@ -86,7 +86,8 @@ def _check_acceptance(r, budget: str, baselines=("bisect-prefix", "bisect-suffix
     # every evaluation recorded with its interval, the budget decision and the plan's cost
     for e in ours.evaluations:
         m = Measurement(e.metric, *e.interval, e.samples)
-        assert e.interval[0] <= e.metric <= e.interval[1] and e.holds == s.budget.holds_with(m, 0.0) == s.budget.holds(e.metric)
+        assert e.interval[0] <= e.metric <= e.interval[1]
+        assert e.holds == s.budget.holds_with(m, 0.0) == s.budget.holds(e.metric)
         assert e.predicted_latency_s == pytest.approx(s.space.predict(e.precisions))
     # no slower than the baseline schemes, with all its evaluations and at the baseline's count
     for a in baselines:
