@@ -24,6 +24,10 @@ class ConfigError(CalibError):
         self.option, self.problem = option, problem
 
 
+class BudgetError(CalibError):
+    """An accuracy budget (``agreement>=0.995``, ...) cannot be parsed or does not fit the task."""
+
+
 # --- data -------------------------------------------------------------------
 class DataError(CalibError):
     """The data given to a reader cannot be used."""

@@ -125,6 +125,17 @@ class CalibrationConfig:
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
+    @classmethod
+    def of(cls, config: "CalibrationConfig | Mapping | None" = None, **options) -> "CalibrationConfig":
+        """*config* (None: the defaults; a dict: its fields) with *options* changed."""
+        if config is None:
+            config = cls()
+        elif isinstance(config, Mapping):
+            config = cls().replace(**config)
+        elif not isinstance(config, cls):
+            raise CalibError(f"config must be a CalibrationConfig or a dict of its fields, got {type(config).__name__}")
+        return config.replace(**options)
+
     def replace(self, **options) -> "CalibrationConfig":
         """A copy with *options* (field names) changed, validated again."""
         unknown = sorted(set(options) - set(self.names()))
@@ -145,6 +156,11 @@ class CalibrationResult:
     qdq_model: Model | None = None
     observers: dict = field(default_factory=dict, repr=False)
     smoothing: dict = field(default_factory=dict, repr=False)   # tensor -> per-channel factors
+    # the Q/DQ model's ranges: amax with each smoothed tensor's range replaced by that of its
+    # smoothed values (what quantize_model takes together with the smoothing factors)
+    qdq_amax: dict = field(default_factory=dict, repr=False)
+    # the bytes of the TensorRT cache and its sidecar (written or not)
+    cache_files: dict = field(default_factory=dict, repr=False)
 
     def summary_lines(self) -> list[str]:
         return list(self.summary.get("lines", []))
@@ -183,6 +199,18 @@ def calibration_ids(qdq_path: str | os.PathLike) -> list[str] | None:
     return [str(i) for i in ids] if isinstance(ids, list) else None
 
 
+def calibration_splits(ds, samples: int | None, seed: int):
+    """``(calibration samples, eval split)`` of *ds* as :func:`calibrate` draws them: up to
+    *samples* of its ``calib`` split by the seeded rule, and its disjoint ``eval`` split (None for
+    a dataset of one sample, which is calibrated on whole)."""
+    if not _more_than(ds, 1):
+        return ds, None
+    calib_ds = ds.split("calib")
+    if samples is not None and _more_than(calib_ds, samples):
+        calib_ds = calib_ds.subset(limit=samples, seed=seed)
+    return calib_ds, ds.split("eval")
+
+
 def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = None, *, preprocess=None,
               classes=None, labels=None, strict: bool = False, batch_axes=None, constants=None, dataset=None,
               out=None, force: bool = False, write: bool = True, progress: bool = True,
@@ -213,13 +241,7 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     from .plan import load_plan
     from .qdq import check_input, prepare
 
-    if config is None:
-        config = CalibrationConfig()
-    elif isinstance(config, Mapping):
-        config = CalibrationConfig().replace(**config)
-    elif not isinstance(config, CalibrationConfig):
-        raise CalibError(f"config must be a CalibrationConfig or a dict of its fields, got {type(config).__name__}")
-    config = config.replace(**options)
+    config = CalibrationConfig.of(config, **options)
     algorithm, percentile, samples, batch_size = config.algorithm, config.percentile, config.samples, config.batch_size
     seed, target, threads, smooth, bias_correction = (config.seed, config.target, config.threads, config.smooth,
                                                       config.bias_correction)
@@ -241,10 +263,7 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
         constants=constants)
     if not _more_than(ds, 0):
         raise EmptyDatasetError(f"no samples in {data}")
-    calib_ds = ds.split("calib") if _more_than(ds, 1) else ds
-    eval_ds = ds.split("eval") if _more_than(ds, 1) else None
-    if samples is not None and _more_than(calib_ds, samples):
-        calib_ds = calib_ds.subset(limit=samples, seed=seed)
+    calib_ds, eval_ds = calibration_splits(ds, samples, seed)
     if not _more_than(calib_ds, 0):
         raise EmptyDatasetError(f"no samples left for calibration in {data}")
 
@@ -362,7 +381,8 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
                           (paths["summary"], (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))],
                          overwrite=force, option="force")
     return CalibrationResult(amax=amax, scales=scales, paths=paths if write else {}, summary=summary,
-                             qdq_model=qdq, observers=observers, smoothing=factors)
+                             qdq_model=qdq, observers=observers, smoothing=factors, qdq_amax=amax_q,
+                             cache_files={"cache": cache_bytes, "sidecar": sidecar_bytes(sidecar)})
 
 
 def _more_than(ds, n: int) -> bool:
@@ -438,7 +458,9 @@ def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, f
     """``quantize_model(prepared, amax_q, ...)``, and with *probe_ds* (a dataset, or anything with
     ``len()`` and ``batches(batch_size=, progress=)``) bias-corrected on its samples, which run one at
     a time so that the correction does not depend on batching (:func:`calib.collect.bias_shifts`).
-    The model's ``bias_correction`` attribute says what was done (None without *probe_ds*).
+    The model's ``bias_correction`` attribute says what was done (None without *probe_ds*), and its
+    ``bias_shifts`` attribute holds the measured shifts (node key -> per-channel mean; empty without
+    *probe_ds*), which ``quantize_model(..., bias_shift=)`` can reuse for another plan.
 
     *fp16_fallback*: as :func:`calib.qdq.quantize_model` (True to score a TensorRT plan's fp16
     nodes in ONNX Runtime on float16-rounded values).
@@ -457,7 +479,7 @@ def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, f
 
     if probe_ds is None or not _more_than(probe_ds, 0):
         q = quantize()
-        q.bias_correction = None
+        q.bias_correction, q.bias_shifts = None, {}
         return q
     probe = quantize(bias_probe=True)
     outputs = probe.quant_report.bias_probes
@@ -465,6 +487,7 @@ def build_qdq(prepared: Model, amax_q, *, target: str = "tensorrt", plan=None, f
                          threads=threads) if outputs else {}
     q = quantize(bias_shift=shifts)
     q.bias_correction = {"layers": len(q.quant_report.bias_corrected), "samples": _used(probe_ds)}
+    q.bias_shifts = shifts
     return q
 
 

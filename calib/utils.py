@@ -515,6 +515,27 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def json_safe(obj):
+    """*obj* with every non-finite float written as the string ``"nan"``, ``"inf"`` or ``"-inf"``
+    (strict JSON has no such numbers), NumPy scalars as Python ones, tuples as lists and keys as
+    strings, recursively."""
+    import math
+
+    if isinstance(obj, float):
+        if math.isnan(obj):
+            return "nan"
+        if math.isinf(obj):
+            return "inf" if obj > 0 else "-inf"
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):   # NumPy scalars
+        return json_safe(obj.item())
+    return obj
+
+
 __all__ = ["LOCK_NAME", "LOCK_WAIT_S", "STAGE_PREFIX", "TEST_HOOK_ENV", "atomic_path", "atomic_write_all",
            "atomic_write_bytes", "atomic_write_text", "check_output_dir", "check_outputs", "check_writable",
-           "printable", "recover_outputs", "sha256_bytes", "sha256_file"]
+           "json_safe", "printable", "recover_outputs", "sha256_bytes", "sha256_file"]

@@ -31,6 +31,7 @@ EXPECTED = {
     "cache show": {"--json"},
     "cache diff": {"--json"},
     "evaluate": {"--model", "--data", "--split", "--threads", "--out", "--force", "--json"},
+    "search": {"--model", "--data", "--threads", "--out", "--force", "--json"},
     "build": {"--model", "--data", "--threads", "--out", "--force"},
     "run": {"--model", "--data", "--out", "--force", "--json"},
 }
@@ -41,6 +42,7 @@ MINIMAL = {
     "cache show": ["a.cache"],
     "cache diff": ["a.cache", "b.cache"],
     "evaluate": ["--model", "m.onnx", "--candidate", "c.onnx", "--out", "d"],
+    "search": ["--model", "m.onnx"],
     "build": ["--model", "m.onnx", "--out", "d"],
     "run": ["--engine", "e.plan"],
 }

@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "calib"
 
 # (module prefix, layer): base -> readers -> statistics -> algorithms -> artifacts -> backends
 # -> harness -> tuning (mixed-precision search) -> pipelines (collect runs a backend;
-# pipeline.calibrate runs everything) -> CLI
+# pipeline.calibrate runs everything; mixed.search runs the search) -> CLI
 LAYERS = [("calib.errors", 0), ("calib.utils", 0), ("calib.model", 0), ("calib.graph", 0), ("calib.version", 0),
           ("calib.datasets", 1), ("calib.stats", 2), ("calib.algorithms", 3),
           ("calib.cache", 4), ("calib.preparation", 4), ("calib.qdq", 4), ("calib.smooth", 4), ("calib.plan", 4),

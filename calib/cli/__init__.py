@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("calibrate", "compute INT8 scales; write a TensorRT cache and a Q/DQ model"),
     "cache": ("cache", "show or diff calibration caches"),
     "evaluate": ("evaluate", "score candidates against the FP32 model (and labels)"),
+    "search": ("search", "find the fastest mixed INT8/FP16/FP32 plan that meets an accuracy budget"),
     "build": ("tensorrt", "build a TensorRT engine (needs TensorRT and a GPU)"),
     "run": ("tensorrt", "run / time a TensorRT engine (needs TensorRT and a GPU)"),
 }

@@ -10,6 +10,8 @@ groups it needs (:func:`add_command`) and adds only its own flags itself.
   ``--limit``, ``--seed``, labels -> :class:`calib.datasets.Dataset`;
 - :class:`SplitArgs`: ``--split calib|eval|all`` -> the part of the data, as calibrate splits it;
 - :class:`RuntimeArgs`: ``--threads`` -> ONNX Runtime intra-op threads (None: all cores);
+- :class:`TaskArgs`: ``--task``, ``--text-labels`` -> the harness task and CTC text labels;
+- :class:`ShapesArgs`: ``--shapes`` -> concrete input shapes for the groups' costs;
 - :class:`OutputArgs`: ``--out DIR`` (always a folder) and ``--force`` -> :class:`Output`;
 - :class:`JsonArgs`: ``--json`` (JSON on stdout, nothing else there) -> bool; :func:`print_json`;
 - :class:`CalibrationArgs`: ``--algorithm``, ``--samples``, ``--smooth``, ...
@@ -215,6 +217,39 @@ class RuntimeArgs(ArgGroup):
         return args.threads
 
 
+class TaskArgs(ArgGroup):
+    """Task: what the model's outputs are and how they are scored against FP32 and the labels."""
+
+    def _add(self, g) -> None:
+        from ..harness.metrics import TASKS
+
+        g.add_argument("--task", choices=["auto", *TASKS], default="auto",
+                       help="which metrics to compute (default: guessed from the outputs, labels and model metadata)")
+        g.add_argument("--text-labels", metavar="TSV",
+                       help="text labels 'file<TAB>text' per line (OCR / CTC), matched to samples by file name")
+
+    @staticmethod
+    def parse(args) -> tuple[str, str | None]:
+        """``(task, text labels path or None)``."""
+        return args.task, args.text_labels
+
+
+class ShapesArgs(ArgGroup):
+    """Shapes: concrete input shapes where the model's are dynamic (for the groups' costs)."""
+
+    def _add(self, g) -> None:
+        g.add_argument("--shapes", metavar="NAME:DxD,...",
+                       help="concrete input shapes for the quantization groups' costs, e.g. x:1x3x48x320 (needed "
+                            "for inputs with dynamic dimensions other than the batch; the batch counts as 1)")
+
+    @staticmethod
+    def parse(args) -> dict[str, tuple[int, ...]]:
+        """``{input: shape}`` (empty when not given)."""
+        from ..backends.tensorrt.builder import parse_shapes
+
+        return parse_shapes(args.shapes, "--shapes")
+
+
 @dataclass(frozen=True)
 class Output:
     """The output folder (None: the command's default place) and whether existing files are replaced."""
@@ -287,25 +322,38 @@ def print_json(obj, *, sort_keys: bool = False) -> None:
 
 
 class CalibrationArgs(ArgGroup):
-    """Calibration: how activation ranges are chosen and the Q/DQ model is made."""
+    """Calibration: how activation ranges are chosen and the Q/DQ model is made.
+
+    A command whose own ``--algorithm`` means something else (``calib search``: the search
+    strategy) takes the calibration algorithm as ``--calib-algorithm`` (*algorithm_flag*);
+    *plan* and *evaluate* False leave out ``--plan`` and ``--no-eval`` where the command decides
+    those itself."""
+
+    ALGORITHM_DEST = "calibration_algorithm"    # dest of the calibration algorithm under another flag
+
+    def __init__(self, algorithm_flag: str = "--algorithm", plan: bool = True, evaluate: bool = True):
+        self.algorithm_flag, self.plan, self.evaluate = algorithm_flag, plan, evaluate
 
     def _add(self, g) -> None:
         from ..pipeline import ALGORITHMS, BIAS_PROBE_SAMPLES, TARGETS, CalibrationConfig
 
         d = CalibrationConfig()
-        g.add_argument("--algorithm", choices=ALGORITHMS, default=d.algorithm,
+        dest = {} if self.algorithm_flag == "--algorithm" else {"dest": self.ALGORITHM_DEST}
+        g.add_argument(self.algorithm_flag, choices=ALGORITHMS, default=d.algorithm, **dest,
                        help=f"how activation ranges are chosen (default: {d.algorithm}, as TensorRT's "
                             "EntropyCalibration2); auto scores every algorithm's INT8 model against FP32 on "
                             "calibration samples and keeps the best")
         g.add_argument("--percentile", type=float, default=d.percentile,
-                       help=f"with --algorithm percentile: the percentile of |x| kept (default {d.percentile:g})")
+                       help=f"with {self.algorithm_flag} percentile: the percentile of |x| kept "
+                            f"(default {d.percentile:g})")
         g.add_argument("--samples", type=int, default=d.samples, metavar="N",
                        help=f"calibration samples drawn from the calibration split (default {d.samples}, "
                             "or all if fewer)")
         g.add_argument("--target", choices=TARGETS, default=d.target,
                        help="Q/DQ placement: as TensorRT fuses it (default), or for ONNX Runtime's integer CPU kernels")
-        g.add_argument("--plan", default=None, metavar="PLAN.json",
-                       help="precision plan: nodes it marks fp32/fp16 stay out of INT8 in the Q/DQ model")
+        if self.plan:
+            g.add_argument("--plan", default=None, metavar="PLAN.json",
+                           help="precision plan: nodes it marks fp32/fp16 stay out of INT8 in the Q/DQ model")
         sm = g.add_mutually_exclusive_group()
         sm.add_argument("--smooth", type=float, default=d.smooth, metavar="ALPHA",
                         help=f"channel smoothing of the Q/DQ model (SmoothQuant's alpha in [0, 1], default "
@@ -319,8 +367,9 @@ class CalibrationArgs(ArgGroup):
                             "samples, is subtracted from its bias; the cache is the same either way)")
         g.add_argument("--trt-version", type=int, default=d.trt_version, metavar="N",
                        help="version field of the cache header, e.g. 100900 for TensorRT 10.9")
-        g.add_argument("--no-eval", dest="evaluate", action="store_false",
-                       help="skip the held-out INT8 vs FP32 comparison")
+        if self.evaluate:
+            g.add_argument("--no-eval", dest="evaluate", action="store_false",
+                           help="skip the held-out INT8 vs FP32 comparison")
         g.add_argument("--eval-samples", type=int, default=d.eval_samples, metavar="N",
                        help=f"held-out samples compared, from the eval split (default {d.eval_samples}, "
                             "or all if fewer)")
@@ -331,12 +380,16 @@ class CalibrationArgs(ArgGroup):
         ``--seed`` and ``--threads`` from the data and runtime groups); validated there."""
         from ..pipeline import CalibrationConfig
 
+        values = {k: getattr(args, k) for k in CalibrationConfig.names() if hasattr(args, k)}
+        renamed = hasattr(args, CalibrationArgs.ALGORITHM_DEST)
+        if renamed:
+            values["algorithm"] = getattr(args, CalibrationArgs.ALGORITHM_DEST)
         try:
-            return CalibrationConfig().replace(**{k: getattr(args, k) for k in CalibrationConfig.names()
-                                                  if hasattr(args, k)})
+            return CalibrationConfig().replace(**values)
         except ConfigError as exc:   # name the flag: --smooth, not smooth
-            raise ConfigError("--" + exc.option.replace("_", "-"), exc.problem) from None
+            flag = "--calib-algorithm" if renamed and exc.option == "algorithm" else "--" + exc.option.replace("_", "-")
+            raise ConfigError(flag, exc.problem) from None
 
 
 __all__ = ["ArgGroup", "add_command", "positive_int", "ModelArgs", "DataArgs", "SplitArgs", "RuntimeArgs",
-           "Output", "OutputArgs", "JsonArgs", "print_json", "CalibrationArgs"]
+           "TaskArgs", "ShapesArgs", "Output", "OutputArgs", "JsonArgs", "print_json", "CalibrationArgs"]

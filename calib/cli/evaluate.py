@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import sys
 
-from .args import DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, SplitArgs, add_command, print_json
+from .args import DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, SplitArgs, TaskArgs, add_command, print_json
 
 DATA = DataArgs(required=True)
 OUTPUT = OutputArgs(required=True, writes="report.json, report.md and the plots")
 
 
 def register(subparsers) -> None:
-    from ..harness.metrics import TASKS
     from ..harness.stats import DEFAULT_RESAMPLES
 
     p = add_command(subparsers, "evaluate", help="score candidates against the FP32 model (and labels)",
@@ -29,13 +28,11 @@ def register(subparsers) -> None:
                                 "(each batch decoded once), and report each candidate's metrics with paired "
                                 "bootstrap 95% intervals, McNemar's exact test for accuracy differences, and "
                                 "optionally per-layer SQNR.",
-                    groups=[ModelArgs(help="the FP32 reference model (.onnx)"), DATA, SplitArgs(), RuntimeArgs(),
-                            OUTPUT, JsonArgs()], func=run)
+                    groups=[ModelArgs(help="the FP32 reference model (.onnx)"), DATA, SplitArgs(), TaskArgs(),
+                            RuntimeArgs(), OUTPUT, JsonArgs()], func=run)
     p.add_argument("--candidate", action="append", required=True, metavar="MODEL",
                    help="a candidate model (.onnx Q/DQ / mixed precision / FP16; a TensorRT plan with "
                         "TensorRT installed); repeat for several; NAME=PATH names it in the report")
-    p.add_argument("--task", choices=["auto", *TASKS], default="auto",
-                   help="which metrics to compute (default: guessed from the outputs, labels and model metadata)")
     p.add_argument("--metric", action="append", default=[], metavar="NAME|FILE.py:FUNC",
                    help="add a metric: a registered name or a Python function (repeatable)")
     p.add_argument("--output", metavar="NAME",
@@ -45,8 +42,6 @@ def register(subparsers) -> None:
                    help="compute only the --metric metrics, not the task's defaults")
     p.add_argument("--attribute", action="store_true",
                    help="per-layer SQNR of every intermediate tensor (ONNX Runtime candidates)")
-    p.add_argument("--text-labels", metavar="TSV",
-                   help="text labels 'file<TAB>text' per line (OCR / CTC), matched to samples by file name")
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES,
                    help=f"bootstrap resamples (default {DEFAULT_RESAMPLES})")
     p.add_argument("--bootstrap-seed", type=int, default=0, help="bootstrap seed (default 0)")

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from ..errors import ConfigError
-from .args import DataArgs, JsonArgs, ModelArgs, RuntimeArgs, SplitArgs, add_command, print_json
+from .args import DataArgs, JsonArgs, ModelArgs, RuntimeArgs, ShapesArgs, SplitArgs, add_command, print_json
 
 DATA = DataArgs()
 
@@ -19,13 +19,11 @@ def register(sub) -> None:
                                 "for classifiers with labels, top-1/top-5. With --groups, list its quantization "
                                 "groups (the node sets TensorRT fuses and quantizes together) with their MACs and "
                                 "activation bytes per sample.",
-                    groups=[ModelArgs(help="ONNX model file"), DATA, SplitArgs(), RuntimeArgs(), JsonArgs()], func=run)
+                    groups=[ModelArgs(help="ONNX model file"), DATA, SplitArgs(), RuntimeArgs(), ShapesArgs(),
+                            JsonArgs()], func=run)
     g = p.add_argument_group("Groups", "quantization groups (calib.tuning.find_groups)")
     g.add_argument("--groups", action="store_true",
                    help="list the quantization groups: id, kind, nodes, MACs, activation bytes, quantizable")
-    g.add_argument("--shapes", metavar="NAME:DxD,...",
-                   help="concrete input shapes for the groups' costs, e.g. x:1x3x48x320 (needed for inputs with "
-                        "dynamic dimensions other than the batch; the batch counts as 1)")
 
 
 def _looks_like_classifier(out: np.ndarray) -> bool:
@@ -71,10 +69,9 @@ def run(args) -> int:
             run_info.update(labelled=int(h1.size), top1=round(float(h1.mean()), 4), top5=round(float(h5.mean()), 4))
         info["fp32_run"] = run_info
     if args.groups:
-        from ..backends.tensorrt.builder import parse_shapes
         from ..tuning import find_groups
 
-        info["groups"] = [g.to_dict() for g in find_groups(model, parse_shapes(args.shapes, "--shapes"))]
+        info["groups"] = [g.to_dict() for g in find_groups(model, ShapesArgs.parse(args))]
     elif args.shapes:
         raise ConfigError("--shapes", "is only used with --groups")
     if JsonArgs.parse(args):
@@ -110,8 +107,13 @@ def _print_human(info: dict) -> None:
         if "top1" in r:
             print(f"accuracy  top-1 {r['top1'] * 100:.1f}%  top-5 {r['top5'] * 100:.1f}%  "
                   f"over {r['labelled']} labelled samples")
-    groups = info.get("groups")
-    if groups is not None:
+    if info.get("groups") is not None:
+        print_groups(info["groups"])
+
+
+def print_groups(groups: list[dict]) -> None:
+    """The quantization groups (``QuantGroup.to_dict()`` each) as a table on stdout."""
+    if groups:
         q = [g for g in groups if g["quantizable"]]
         macs = sum(g["macs"] for g in groups)
         print(f"groups    {len(groups)}: {len(q)} quantizable, {macs / 1e6:.1f} M MACs per sample")

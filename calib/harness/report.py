@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 from ..errors import HarnessError
-from ..utils import atomic_write_all, atomic_write_text, check_outputs
+from ..utils import atomic_write_all, atomic_write_text, check_outputs, json_safe
 
 SCHEMA = "calib-report"
 VERSION = 1
@@ -116,22 +116,6 @@ def verdict(res) -> str:
     return ""
 
 
-def _sanitize(obj):
-    if isinstance(obj, float):
-        if math.isnan(obj):
-            return "nan"
-        if math.isinf(obj):
-            return "inf" if obj > 0 else "-inf"
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): _sanitize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_sanitize(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):   # NumPy scalars
-        return _sanitize(obj.item())
-    return obj
-
-
 def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "candidate"
 
@@ -210,7 +194,7 @@ class Report:
             cands.append({**c, "metrics": [r.to_dict() for r in self.metrics[c["name"]]],
                           "attribution": att.to_dict() if att is not None else None,
                           "summary": self.summary_line(c["name"])})
-        return _sanitize({
+        return json_safe({
             "schema": SCHEMA, "version": VERSION, "created": self.created, "calib_version": __version__,
             "task": self.task, "task_reason": self.task_reason, "samples": self.samples,
             "has_labels": self.has_labels, "settings": self.settings, "dataset": self.dataset,
