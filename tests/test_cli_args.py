@@ -33,6 +33,7 @@ EXPECTED = {
     "evaluate": {"--model", "--data", "--split", "--threads", "--out", "--force", "--json"},
     "build": {"--model", "--data", "--threads", "--out", "--force"},
     "run": {"--model", "--data", "--out", "--force", "--json"},
+    "sweep": {"--model", "--data", "--threads", "--out", "--force", "--json"},
 }
 # the least each command parses
 MINIMAL = {
@@ -43,6 +44,7 @@ MINIMAL = {
     "evaluate": ["--model", "m.onnx", "--candidate", "c.onnx", "--out", "d"],
     "build": ["--model", "m.onnx", "--out", "d"],
     "run": ["--engine", "e.plan"],
+    "sweep": ["--model", "m.onnx"],
 }
 
 

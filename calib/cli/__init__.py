@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "score candidates against the FP32 model (and labels)"),
     "build": ("tensorrt", "build a TensorRT engine (needs TensorRT and a GPU)"),
     "run": ("tensorrt", "run / time a TensorRT engine (needs TensorRT and a GPU)"),
+    "sweep": ("sweep", "run a grid of calibrations; store every point; draw the accuracy/speed front"),
 }
 
 
