@@ -247,8 +247,8 @@ class Statistics:
 
 
 def gather_statistics(model, calib_ds, config: CalibrationConfig | None = None, *, prepared: Model | None = None,
-                      auto: bool | None = None, histogram: bool | None = None,
-                      progress: bool = True) -> Statistics:
+                      auto: bool | None = None, histogram: bool | None = None, progress: bool = True,
+                      collect=None) -> Statistics:
     """The pass of :func:`calibrate` over the calibration samples *calib_ds* (a dataset), for
     *config*'s smoothing, seed, batch size and threads:
 
@@ -260,6 +260,12 @@ def gather_statistics(model, calib_ds, config: CalibrationConfig | None = None, 
     were split), so that ``auto`` scores each candidate on samples its ranges were not fitted to;
     *histogram* (default: unless the algorithm is ``max``) keeps histograms, which every algorithm
     but ``max`` needs. *prepared*: ``calib.qdq.prepare(model)`` if the caller has it.
+
+    *collect*: ``collect(model, part, label, histogram) -> {tensor: TensorObserver}``, the statistics
+    of *model* (the model to observe, smoothed twins included) over the dataset *part* (*label*:
+    its progress bar's label, or False); default :func:`calib.collect.collect_statistics` over its
+    batches in this process. Another collector (Ray tasks over shards of *part*) must return the
+    same observers.
     """
     from .collect import collect_statistics
     from .qdq import prepare
@@ -284,10 +290,14 @@ def gather_statistics(model, calib_ds, config: CalibrationConfig | None = None, 
         parts = [(calib_ds.rest(n_sel, seed), "calibrating"), (calib_ds.subset(n_sel, seed), "calibrating (selection)")]
     else:
         parts = [(calib_ds, "calibrating")]
+    if collect is None:
+        def collect(model, part, label, histogram):
+            return collect_statistics(model, part.batches(batch_size=batch_size, progress=label), threads=threads,
+                                      progress=False, histogram=histogram)
+
     part_obs = []   # per part: (observers, observers of the smoothed twins)
     for part, label in parts:
-        obs = collect_statistics(obs_model, part.batches(batch_size=batch_size, progress=label if progress else False),
-                                 threads=threads, progress=False, histogram=histogram)
+        obs = collect(obs_model, part, label if progress else False, histogram)
         smoothed = {x: obs.pop(name) for x, name in observed_names.items() if name in obs}
         part_obs.append((obs, smoothed))
     kept = set().union(*(twins for _, twins in part_obs))

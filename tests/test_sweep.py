@@ -241,7 +241,9 @@ def test_sweep_show_and_exports(squeezenet_sweep, capsys, tmp_path):
     for name in ("front.md", "front_cpu.png", "front_gpu.png", "front_size.png"):
         assert (out / name).is_file(), name
     assert (out / "front_cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "### top1 against model size" in (out / "front.md").read_text()
+    front_md = (out / "front.md").read_text()
+    assert "### top1 against model size" in front_md
+    assert "### top1 against GPU latency predicted by roofline:h100 (not measured)" in front_md
     assert main(["sweep", "show", str(out)]) == 0
     text = capsys.readouterr().out
     assert all(lbl in text for lbl in ("max int8", "max fp16", "entropy int8", "entropy fp16"))
@@ -291,6 +293,51 @@ def test_sweep_refuses_another_model_in_the_folder(squeezenet_sweep, efficientne
               progress=False)
 
 
+def test_tensorrt_timings_where_tensorrt_exists(tmp_path, monkeypatch):
+    """With TensorRT (the stand-in of tests/fake_tensorrt.py) and a GPU, a point's Q/DQ model is built
+    as an explicit-quantization engine (FP16 allowed for a plan with fp16 layers) and timed beside an
+    FP32 engine built once for the sweep; a failed build is the row's error, not the point's."""
+    import calib.backends.tensorrt as trt
+    import calib.backends.tensorrt.cuda as cuda
+    import fake_tensorrt
+    from calib.errors import BackendError
+    from calib.sweep.points import tensorrt_timing
+
+    builds, timed = [], []
+
+    def build_engine(src, engine, *, options, overwrite, log):
+        builds.append((Path(src).name, engine.name, options.mode, options.fp16))
+        engine.write_bytes(b"engine")
+
+    def benchmark(engine, *, batch_sizes, iterations, warmup):
+        timed.append((engine.name, batch_sizes, iterations))
+        return {}, [{"batch_size": b, "latency_ms": {"median": 1.0 / b}} for b in batch_sizes]
+
+    monkeypatch.setattr(trt, "import_tensorrt", lambda *a: fake_tensorrt.make())
+    monkeypatch.setattr(cuda, "require_gpu", lambda: None)
+    monkeypatch.setattr(trt, "build_engine", build_engine, raising=False)
+    monkeypatch.setattr(trt, "benchmark", benchmark, raising=False)
+    folder = tmp_path / "models" / "k1"
+    folder.mkdir(parents=True)
+    res = tensorrt_timing(folder / "m.int8.onnx", "m.onnx", folder, 8, 20, fp16=True)
+    assert builds == [("m.int8.onnx", "model.engine", "explicit", True), ("m.onnx", "fp32.engine", None, False)]
+    assert timed == [("model.engine", [1, 8], 20), ("fp32.engine", [1, 8], 20)]
+    assert [r["batch_size"] for r in res["candidate"]] == [1, 8] and res["fp32"][1]["latency_ms"]["median"] == 0.125
+    other = tmp_path / "models" / "k2"
+    other.mkdir()
+    builds.clear()
+    tensorrt_timing(other / "m.int8.onnx", "m.onnx", other, 1, 5, fp16=False)
+    assert builds == [("m.int8.onnx", "model.engine", "explicit", False)]      # the FP32 engine is built once
+
+    def broken(*a, **kw):
+        raise BackendError("TensorRT could not parse the model\ndetails")
+
+    monkeypatch.setattr(trt, "build_engine", broken, raising=False)
+    (other / "model.engine").unlink()
+    assert tensorrt_timing(other / "m.int8.onnx", "m.onnx", other, 1, 5, fp16=False) == {
+        "error": "TensorRT could not parse the model"}
+
+
 def test_ray_without_distributed_is_one_line(tmp_path, capsys):
     try:
         import calib.distributed  # noqa: F401
@@ -334,7 +381,7 @@ bias_correction = false
 def _sweep_argv(model: Path, images: Path, classes: Path, grid: Path, out: Path, *extra: str) -> list[str]:
     return ["sweep", "--model", str(model), "--data", str(images), "--preset", "efficientnet-lite", "--classes",
             str(classes), "--limit", "60", "--grid", str(grid), "--out", str(out), "--eval-samples", "12",
-            "--timing-runs", "0", "--threads", "1", *extra]
+            "--timing-runs", "0", *extra]
 
 
 def _stored(out: Path) -> dict[str, tuple]:
@@ -354,7 +401,8 @@ def test_acceptance_sweep_killed_midway_resumes(tmp_path, efficientnet_path, ima
     """4 algorithms x 3 sample counts x 2 seeds on EfficientNet-Lite0: SIGKILL after 6 computed
     points, rerun: the finished points come back cached (their rows untouched), the rest are
     computed, the store holds each of the 24 points once and each group's statistics were
-    collected once. Then --jobs 2 computes the same results as --jobs 1 (timings aside)."""
+    collected once. Then --jobs 2 (two worker processes, one ONNX Runtime thread each) computes the
+    same results as --jobs 1 (this process, every core), timings aside."""
     grid = _grid(tmp_path, ACCEPTANCE_GRID)
     out = tmp_path / "out"
     argv = _sweep_argv(efficientnet_path, imagenet_dir, imagenet_classes, grid, out)

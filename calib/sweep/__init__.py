@@ -146,6 +146,7 @@ def sweep(model, data=None, grid=None, out=None, *, jobs: int = 1, ray: str | No
     """
     from tqdm import tqdm
 
+    from .. import utils
     from ..datasets import open_dataset
     from ..model import load_model
     from ..pipeline import CalibrationConfig
@@ -162,17 +163,19 @@ def sweep(model, data=None, grid=None, out=None, *, jobs: int = 1, ray: str | No
         raise CalibError(f"eval samples must be at least 1, got {eval_samples}")
     base = config if isinstance(config, CalibrationConfig) else CalibrationConfig().replace(**dict(config or {}))
     base = base.replace(**g.calibration)
-    executor = make_executor(jobs, ray)
+    m = load_model(model)
+    for t in sorted(set(g.axes["target"])):
+        check_input(m, t)
+    if m.path is None:
+        raise CalibError("a sweep needs the model as a file (its points reopen it)")
+    # on Ray the model's bytes travel to the workers; the data and the sweep folder are read and
+    # written at their paths, which every worker must see
+    executor = make_executor(jobs, ray, files={str(m.path): m.path.read_bytes()} if ray is not None else None)
     try:
-        m = load_model(model)
-        for t in sorted(set(g.axes["target"])):
-            check_input(m, t)
-        if m.path is None:
-            raise CalibError("a sweep needs the model as a file (its points reopen it)")
         ds = dataset if dataset is not None else open_dataset(data, m, preprocess, limit=limit, seed=seed,
                                                               classes=classes, labels=labels, strict=strict)
         spec = ds.spec()
-        out = Path(out)
+        out = Path(out).absolute()         # workers (Ray's too) write statistics and models there
         digest = data_digest(ds)
         _prepare_folder(out, m.sha256, digest, force)
         out.mkdir(parents=True, exist_ok=True)
@@ -194,6 +197,8 @@ def sweep(model, data=None, grid=None, out=None, *, jobs: int = 1, ray: str | No
 
             def on_result(o: Outcome, total: int) -> None:
                 bar.update(1)
+                if o.status != "cached":        # an interrupted run says the store holds results
+                    utils.COMMITTED.append(out / DB_NAME)
                 write(status_line(o, total, axes))
 
             def on_statistics(info: dict) -> None:
@@ -214,14 +219,15 @@ def sweep(model, data=None, grid=None, out=None, *, jobs: int = 1, ray: str | No
     finally:
         executor.close()
     res = SweepResult(rows=rows, outcomes=outcomes, metric=None, run_id=run_id)
-    res.metric, res.paths = write_front(out, rows, metric)
+    res.metric, res.paths = write_front(out, rows, metric, subject=m.name)
     res.paths["store"] = out / DB_NAME
     return res
 
 
-def write_front(out: Path, rows: list[dict], metric: str | None = None):
+def write_front(out: Path, rows: list[dict], metric: str | None = None, subject: str | None = None):
     """Write ``front.md`` and one ``front_<cost>.png`` per cost the points have into *out* (one
-    atomic set); returns ``(metric, {name: path})``. Nothing when no point succeeded."""
+    atomic set; *subject*, the model's name, opens the plots' titles); returns ``(metric, {name:
+    path})``. Nothing when no point succeeded."""
     from ..utils import atomic_write_all
 
     if not any(r.get("status") == "ok" for r in rows):
@@ -230,7 +236,7 @@ def write_front(out: Path, rows: list[dict], metric: str | None = None):
     files = [(out / FRONT_MD, (f"# Pareto fronts: {m.name}\n\n" + front_table(rows, m)).encode("utf-8"))]
     paths = {"front": out / FRONT_MD}
     for c in costs_of(rows):
-        files.append((out / front_png(c), plot_front(rows, c, m)))
+        files.append((out / front_png(c), plot_front(rows, c, m, subject)))
         paths[f"front_{c}"] = out / front_png(c)
     atomic_write_all(files, overwrite=True)
     return m, paths

@@ -10,8 +10,9 @@ against FP32, e.g. ``top1_agreement``), with its bootstrap interval. Cost is one
   measurement), ms;
 - ``size``: the weights' bytes at the precision they are deployed in, MB.
 
-A point is on the front when no other point has a cost at most its own and a metric at least as
-good, one of them strictly (:func:`pareto`). Only ``ok`` points with both values take part.
+A point is on the front when no other point, and not FP32 itself, has a cost at most its own and
+a metric at least as good, one of them strictly (:func:`pareto`). Only ``ok`` points with both
+values take part.
 The plots (:func:`plot_front`) draw every point with its interval, the front highlighted and
 each front point labelled with its configuration (the axes of the grid that vary), and FP32 as a
 reference star.
@@ -53,6 +54,16 @@ def cost(row: dict, name: str) -> float | None:
         b = (row.get("size") or {}).get("weight_bytes")
         return b / 1e6 if b is not None else None
     raise CalibError(f"unknown cost {name!r} (choose from {', '.join(COSTS)})")
+
+
+def cost_title(rows: list[dict], name: str) -> str:
+    """The cost's title; for ``gpu`` it names the latency model and says it is a prediction."""
+    if name == "gpu":
+        model = next(((r.get("predicted") or {}).get("model") for r in rows if (r.get("predicted") or {}).get("model")),
+                     None)
+        if model:
+            return f"GPU latency predicted by {model} (not measured)"
+    return COSTS[name].title
 
 
 def fp32_cost(rows: list[dict], name: str) -> float | None:
@@ -135,11 +146,16 @@ def pareto(points: list[tuple[float, float]], higher_is_better: bool = True) -> 
 
 
 def front(rows: list[dict], cost_name: str, metric: Metric) -> list[dict]:
-    """The points of *rows* on the Pareto front of *metric* against the cost *cost_name*, cheapest first."""
+    """The points of *rows* on the Pareto front of *metric* against the cost *cost_name*, cheapest
+    first. FP32 competes too (where its cost and value are known): a point it dominates is not on
+    the front, since deploying FP32 would be as good and cheaper."""
     usable = [r for r in rows if r.get("status") == "ok" and cost(r, cost_name) is not None
               and value(r, metric) is not None]
-    idx = pareto([(cost(r, cost_name), value(r, metric)[0]) for r in usable], metric.higher_is_better)
-    return [usable[i] for i in idx]
+    pts = [(cost(r, cost_name), value(r, metric)[0]) for r in usable]
+    ref = (fp32_cost(rows, cost_name), reference_value(rows, metric))
+    if None not in ref:
+        pts.append(ref)
+    return [usable[i] for i in pareto(pts, metric.higher_is_better) if i < len(usable)]
 
 
 def varying_axes(rows: list[dict]) -> tuple[str, ...]:
@@ -168,7 +184,7 @@ def front_table(rows: list[dict], metric: Metric, costs=None) -> str:
     for c in costs or costs_of(rows):
         spec = COSTS[c]
         fr = front(rows, c, metric)
-        out += [f"### {metric.name} against {spec.title}", "",
+        out += [f"### {metric.name} against {cost_title(rows, c)}", "",
                 f"| configuration | {metric.name} (95% CI) | {spec.label} |", "| --- | --- | --- |"]
         for r in fr:
             v = value(r, metric)
@@ -181,59 +197,80 @@ def front_table(rows: list[dict], metric: Metric, costs=None) -> str:
     return "\n".join(out)
 
 
-def plot_front(rows: list[dict], cost_name: str, metric: Metric, title: str | None = None) -> bytes:
-    """PNG bytes: every point (metric with its interval) against the cost, the front highlighted
-    and labelled with its configuration, FP32 as a star."""
-    import matplotlib
+OTHER_COLOURS = ("0.55", "tab:olive", "tab:cyan", "tab:purple", "tab:brown", "tab:pink")
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+
+def plot_front(rows: list[dict], cost_name: str, metric: Metric, subject: str | None = None) -> bytes:
+    """PNG bytes: every point (metric with its interval) against the cost, the front highlighted,
+    numbered and named with its configuration in the legend, the other points coloured by plan and
+    placement (where those vary), FP32 as a star; *subject* (the model's name) opens the title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     spec = COSTS[cost_name]
     axes = varying_axes(rows)
     usable = [r for r in rows if r.get("status") == "ok" and cost(r, cost_name) is not None
               and value(r, metric) is not None]
     if not usable:
-        raise CalibError(f"no point has both {metric.name} and {spec.title}")
+        raise CalibError(f"no point has both {metric.name} and {cost_title(rows, cost_name)}")
     fr = front(rows, cost_name, metric)
     on = {id(r) for r in fr}
     scale = 100.0 if metric.percent else 1.0
-    fig, ax = plt.subplots(figsize=(8.0, 5.0), dpi=110)
-    for group, style in ((False, dict(color="0.6", ms=5, alpha=0.8, zorder=2)),
-                         (True, dict(color="tab:red", ms=7, zorder=4))):
-        pts = [r for r in usable if (id(r) in on) == group]
-        if not pts:
-            continue
-        xs = [cost(r, cost_name) for r in pts]
+    fig = Figure(figsize=(8.0, 5.0), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    def draw(pts: list[dict], name: str, **style) -> None:
         vs = [value(r, metric) for r in pts]
         ys = [v[0] * scale for v in vs]
         err = [[(v[0] - v[1]) * scale for v in vs], [(v[2] - v[0]) * scale for v in vs]]
-        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=2, elinewidth=0.8, markeredgecolor="white",
-                    label="Pareto front" if group else "other points", **style)
+        ax.errorbar([cost(r, cost_name) for r in pts], ys, yerr=err, fmt="o", capsize=2, elinewidth=0.8,
+                    markeredgecolor="white", label=name, **style)
+
+    # the other points, coloured by the plan and placement where those vary
+    kinds = [a for a in ("plan", "target") if a in axes]
+    others: dict[str, list[dict]] = {}
+    for r in usable:
+        if id(r) not in on:
+            others.setdefault(label(r, kinds) if kinds else "other points", []).append(r)
+    for k, (name, pts) in enumerate(sorted(others.items())):
+        draw(pts, name, color=OTHER_COLOURS[k % len(OTHER_COLOURS)], ms=5, alpha=0.75, zorder=2)
+    draw(fr, "Pareto front", color="tab:red", ms=7, zorder=4)
     fx = [cost(r, cost_name) for r in fr]
     fy = [value(r, metric)[0] * scale for r in fr]
-    ax.step(fx, fy, where="post" if metric.higher_is_better else "pre", color="tab:red", lw=1, alpha=0.6, zorder=3)
     ref_x, ref_y = fp32_cost(rows, cost_name), reference_value(rows, metric)
+    sx, sy = list(fx), list(fy)
     if ref_x is not None and ref_y is not None:
         ax.plot([ref_x], [ref_y * scale], marker="*", ms=14, color="tab:blue", ls="none", label="FP32", zorder=5)
+        better = ref_y > fy[-1] / scale if metric.higher_is_better else ref_y < fy[-1] / scale
+        if fr and ref_x > fx[-1] and better:            # FP32 ends the front: the staircase goes on to it
+            sx.append(ref_x)
+            sy.append(ref_y * scale)
+    ax.step(sx, sy, where="post", color="tab:red", lw=1, alpha=0.6, zorder=3)
     spots: dict[tuple[float, float], list[dict]] = {}       # front points at the same place share a label
     for r, x, y in zip(fr, fx, fy):
         spots.setdefault((x, y), []).append(r)
-    for k, ((x, y), rs) in enumerate(spots.items()):
+    for k, ((x, y), rs) in enumerate(spots.items()):     # numbered on the plot, named in the legend
         text = label(rs[0], axes) + (f" (+{len(rs) - 1} tied)" if len(rs) > 1 else "")
-        ax.annotate(text, (x, y), xytext=(6, 8 if k % 2 == 0 else -14), textcoords="offset points",
-                    fontsize=8, color="darkred", zorder=6)
+        ax.annotate(str(k + 1), (x, y), xytext=(4, 4), textcoords="offset points", fontsize=9, fontweight="bold",
+                    color="darkred", zorder=6)
+        ax.plot([], [], ls="none", label=f"{k + 1}: {text}")
     ax.set_xlabel(spec.label)
     ax.set_ylabel(f"{metric.name}{' (%)' if metric.percent else ''}, 95% CI "
                   f"({'higher' if metric.higher_is_better else 'lower'} is better)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    handles, names = ax.get_legend_handles_labels()      # the front and its names first, then FP32, the rest
+
+    def rank(name: str) -> int:
+        return 0 if name == "Pareto front" else 1 if name.split(":")[0].isdigit() else 2 if name == "FP32" else 3
+
+    order = sorted(range(len(names)), key=lambda i: (rank(names[i]), i))
+    ax.legend([handles[i] for i in order], [names[i] for i in order], fontsize=8, loc="best", handletextpad=0.4)
     n = len(usable)
-    ax.set_title(title or f"{metric.name} vs {spec.title}: {len(fr)} of {n} points on the front", fontsize=10)
+    ax.set_title(f"{subject + ': ' if subject else ''}{metric.name} vs {cost_title(rows, cost_name)}: "
+                 f"{len(fr)} of {n} points on the front", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
+    fig.savefig(buf, format="png", dpi=fig.dpi)      # not the caller's savefig.dpi
     return buf.getvalue()
 
 

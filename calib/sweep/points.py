@@ -254,19 +254,35 @@ def check_latency_spec(spec: str | None) -> str | None:
 
 
 # --------------------------------------------------------------------------- statistics
+class _Phases:
+    """Wall and CPU seconds (this process, every thread) of the phases of a task, into *timing*:
+    ``name`` and ``name_cpu``."""
+
+    def __init__(self, timing: dict):
+        self.timing = timing
+        self.t = (time.perf_counter(), time.process_time())
+
+    def done(self, name: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.timing[name] = round(now[0] - self.t[0], 3)
+        self.timing[f"{name}_cpu"] = round(now[1] - self.t[1], 3)
+        self.t = now
+
+
 def run_statistics(samples: int, seed: int, model_path: str, data_spec, stats_dir: str, *,
                    settings: Settings) -> dict:
     """Collect the statistics of the (data, *samples*, *seed*) group into the statistics folder,
-    unless they are there already; returns ``{"path", "samples", "seconds", "cached"}``. Raises
+    unless they are there already; returns ``{"path", "samples", "seconds", "seconds_cpu", "cached"}``. Raises
     :class:`CalibError` when they cannot be collected (the driver then fails the group's points)."""
     from ..pipeline import calibration_splits, gather_statistics
 
-    t0 = time.perf_counter()
+    timing: dict = {}
+    clock = _Phases(timing)
     path = statistics_path(stats_dir, settings, samples, seed)
     if path.is_file():
         st = _load_statistics(str(path))
-        return {"path": str(path), "samples": len(st.ids), "seconds": round(time.perf_counter() - t0, 3),
-                "cached": True}
+        clock.done("seconds")
+        return {"path": str(path), "samples": len(st.ids), **timing, "cached": True}
     m = _model(str(model_path))
     ds = open_data(data_spec, model_path)
     calib_ds, _ = calibration_splits(ds, samples, seed)
@@ -276,8 +292,8 @@ def run_statistics(samples: int, seed: int, model_path: str, data_spec, stats_di
     st = gather_statistics(m, calib_ds, cfg, auto=settings.auto, histogram=settings.histogram, progress=False)
     atomic_write_bytes(path, st.to_bytes(), overwrite=True)
     _load_statistics.cache_clear()
-    return {"path": str(path), "samples": len(st.ids), "seconds": round(time.perf_counter() - t0, 3),
-            "cached": False}
+    clock.done("seconds")
+    return {"path": str(path), "samples": len(st.ids), **timing, "cached": False}
 
 
 def _statistics(stats_dir, model_path, data_spec, settings: Settings, cfg: PointConfig):
@@ -455,14 +471,17 @@ def predicted_latency(model_path: str, plan, spec: str) -> dict:
 
 def tensorrt_timing(qdq_path: Path | None, fp32_path: str, folder: Path | None, batch_size: int, runs: int,
                     fp16: bool) -> dict:
-    """TensorRT's own latency and throughput of an engine built from the Q/DQ model, beside an FP32
-    engine's; ``{"skipped": why}`` where TensorRT or a GPU is missing."""
-    from ..backends.tensorrt import import_tensorrt
+    """TensorRT's own timings (``calib.backends.tensorrt.benchmark``: latency median / p90 / p99 and
+    throughput at batch 1 and *batch_size*) of an engine built from the Q/DQ model (explicit
+    quantization; FP16 allowed where the plan has fp16 layers) into *folder*, beside those of an
+    FP32 engine built once per sweep (in *folder*'s parent): ``{"candidate": rows, "fp32": rows}``;
+    ``{"skipped": why}`` where TensorRT or a GPU is missing, ``{"error": why}`` when a build or run
+    fails (the point keeps its other results)."""
+    from ..backends import tensorrt as trt
     from ..errors import TensorRTUnavailableError
 
     try:
-        import_tensorrt()
-        from ..backends.tensorrt import BuildOptions, benchmark, build_engine
+        trt.import_tensorrt()
         from ..backends.tensorrt.cuda import require_gpu
 
         require_gpu()
@@ -471,14 +490,16 @@ def tensorrt_timing(qdq_path: Path | None, fp32_path: str, folder: Path | None, 
     if qdq_path is None or folder is None:
         return {"skipped": "no model folder to build the engine in"}
     out = {}
-    for name, src, opts in (("int8", qdq_path, BuildOptions(mode="explicit", fp16=fp16)),
-                            ("fp32", fp32_path, BuildOptions())):
-        engine = folder / f"{name}.engine"
-        if not engine.is_file():
-            build_engine(src, engine, options=opts, overwrite=True, log=lambda *_: None)
-        _, rows = benchmark(engine, batch_sizes=sorted({1, batch_size}), iterations=max(runs, 10),
-                            warmup=max(2, runs // 5))
-        out[name] = rows
+    try:
+        for name, src, engine, opts in (
+                ("candidate", qdq_path, folder / "model.engine", trt.BuildOptions(mode="explicit", fp16=fp16)),
+                ("fp32", fp32_path, folder.parent / "fp32.engine", trt.BuildOptions())):
+            if not engine.is_file():
+                trt.build_engine(src, engine, options=opts, overwrite=True, log=lambda *_: None)
+            _, out[name] = trt.benchmark(engine, batch_sizes=sorted({1, batch_size}), iterations=max(runs, 10),
+                                         warmup=max(2, runs // 5))
+    except CalibError as exc:
+        return {"error": one_line(exc)}
     return out
 
 
@@ -514,7 +535,7 @@ def _run(cfg: PointConfig, model_path: str, data_spec, stats_dir, settings: Sett
     from ..backends.onnxruntime import OrtEngine
     from ..harness import compare
 
-    t = time.perf_counter()
+    clock = _Phases(timing)
     m = _model(model_path)
     ds = open_data(data_spec, model_path)
     stats, stats_cached = _statistics(stats_dir, model_path, data_spec, settings, cfg)
@@ -524,17 +545,15 @@ def _run(cfg: PointConfig, model_path: str, data_spec, stats_dir, settings: Sett
                                                             settings.key_fields())[:16]
     plan, search = _plan(cfg, m, ds, settings, folder)
     qdq, summary, model_reused = _calibrated(cfg, m, ds, stats, settings, folder, plan)
-    timing["calibrate"] = round(time.perf_counter() - t, 3)
+    clock.done("calibrate")
 
-    t = time.perf_counter()
     ev = eval_split(ds, settings.eval_samples)
     ref = _fp32_engine(model_path, settings.threads)
     cand = OrtEngine(qdq, name="candidate", threads=settings.threads, precision="int8" if plan is None else "mixed")
     report = compare(ref, [cand], ev, batch_size=cfg.batch_size, progress=False).to_dict()
     fidelity, accuracy, metrics = metric_summary(report)
-    timing["score"] = round(time.perf_counter() - t, 3)
+    clock.done("score")
 
-    t = time.perf_counter()
     cpu = cpu_timing(cand, ref, ev, cfg.batch_size, settings.timing_runs) if settings.timing_runs > 0 else None
     predicted = predicted_latency(model_path, plan, settings.latency) if settings.latency else None
     qdq_path = None
@@ -545,7 +564,7 @@ def _run(cfg: PointConfig, model_path: str, data_spec, stats_dir, settings: Sett
     trt = tensorrt_timing(qdq_path, model_path, folder, cfg.batch_size, settings.timing_runs or 10,
                           fp16=bool(summary.get("quantization", {}).get("fp16_nodes"))) \
         if cfg.target == "tensorrt" else None
-    timing["speed"] = round(time.perf_counter() - t, 3)
+    clock.done("speed")
 
     q = summary.get("quantization") or {}
     return {

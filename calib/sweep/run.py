@@ -7,8 +7,8 @@ be in flight), ``submit(fn, *args, **kwargs) -> concurrent.futures.Future`` and 
 - :class:`SerialExecutor` (``--jobs 1``): runs each task in this process when submitted;
 - :class:`ProcessExecutor` (``--jobs N``): a pool of N worker processes (``spawn``; each ends
   with the driver, even under SIGKILL, where the platform allows: Linux);
-- a Ray executor (``--ray ADDRESS|auto``) from :mod:`calib.distributed` (``ray_executor(address)``),
-  where that module and Ray are installed.
+- a Ray executor (``--ray ADDRESS|auto``) from :mod:`calib.distributed`
+  (``ray_executor(address, files=)``), where that module and Ray are installed.
 
 The driver (:func:`run_sweep`) keeps at most ``slots`` tasks in flight. A (samples, seed) group's
 statistics task runs first (:func:`calib.sweep.points.run_statistics`, unless its file is in the
@@ -83,15 +83,16 @@ class ProcessExecutor:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-def make_executor(jobs: int = 1, ray: str | None = None):
-    """The executor for ``--jobs`` / ``--ray``."""
+def make_executor(jobs: int = 1, ray: str | None = None, files: dict[str, bytes] | None = None):
+    """The executor for ``--jobs`` / ``--ray``; *files* (path -> bytes, the model) are shipped to
+    Ray's workers, which get a local copy where a task's argument names such a path."""
     if ray is not None:
         try:
             from .. import distributed
         except ImportError:
             raise CalibError("--ray needs calib's Ray support (calib.distributed), which this calib does not have; "
                              "use --jobs N") from None
-        return distributed.ray_executor(ray)
+        return distributed.ray_executor(ray, files=files or {})
     if jobs < 1:
         raise CalibError(f"--jobs must be at least 1, got {jobs}")
     return SerialExecutor() if jobs == 1 else ProcessExecutor(jobs)

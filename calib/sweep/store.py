@@ -43,35 +43,35 @@ def _get(row: dict, *path):
     return row
 
 
-# (column, SQL type, value from the result row): the flat view of a point, in the table, the CSV
-# export and `calib sweep show --json`
+# (column, SQL type, where in the result row its value is): the flat view of a point, in the
+# table, the CSV export and `calib sweep show --json`
 COLUMNS = (
-    ("algorithm", "TEXT", lambda r: _get(r, "config", "algorithm")),
-    ("samples", "INTEGER", lambda r: _get(r, "config", "samples")),
-    ("seed", "INTEGER", lambda r: _get(r, "config", "seed")),
-    ("plan", "TEXT", lambda r: _get(r, "config", "plan")),
-    ("batch_size", "INTEGER", lambda r: _get(r, "config", "batch_size")),
-    ("target", "TEXT", lambda r: _get(r, "config", "target")),
-    ("fidelity_metric", "TEXT", lambda r: _get(r, "fidelity", "name")),
-    ("fidelity", "REAL", lambda r: _get(r, "fidelity", "candidate", "estimate")),
-    ("fidelity_low", "REAL", lambda r: _get(r, "fidelity", "candidate", "low")),
-    ("fidelity_high", "REAL", lambda r: _get(r, "fidelity", "candidate", "high")),
-    ("accuracy_metric", "TEXT", lambda r: _get(r, "accuracy", "name")),
-    ("accuracy", "REAL", lambda r: _get(r, "accuracy", "candidate", "estimate")),
-    ("accuracy_low", "REAL", lambda r: _get(r, "accuracy", "candidate", "low")),
-    ("accuracy_high", "REAL", lambda r: _get(r, "accuracy", "candidate", "high")),
-    ("fp32_accuracy", "REAL", lambda r: _get(r, "accuracy", "reference", "estimate")),
-    ("cpu_ms", "REAL", lambda r: _get(r, "cpu", "latency_ms")),
-    ("cpu_p90_ms", "REAL", lambda r: _get(r, "cpu", "p90_ms")),
-    ("fp32_cpu_ms", "REAL", lambda r: _get(r, "cpu", "fp32_latency_ms")),
-    ("cpu_speedup", "REAL", lambda r: _get(r, "cpu", "speedup")),
-    ("throughput", "REAL", lambda r: _get(r, "cpu", "throughput")),
-    ("fp32_throughput", "REAL", lambda r: _get(r, "cpu", "fp32_throughput")),
-    ("predicted_ms", "REAL", lambda r: _get(r, "predicted", "latency_ms")),
-    ("fp32_predicted_ms", "REAL", lambda r: _get(r, "predicted", "fp32_latency_ms")),
-    ("latency_model", "TEXT", lambda r: _get(r, "predicted", "model")),
-    ("weight_bytes", "INTEGER", lambda r: _get(r, "size", "weight_bytes")),
-    ("onnx_bytes", "INTEGER", lambda r: _get(r, "size", "onnx_bytes")),
+    ("algorithm", "TEXT", ("config", "algorithm")),
+    ("samples", "INTEGER", ("config", "samples")),
+    ("seed", "INTEGER", ("config", "seed")),
+    ("plan", "TEXT", ("config", "plan")),
+    ("batch_size", "INTEGER", ("config", "batch_size")),
+    ("target", "TEXT", ("config", "target")),
+    ("fidelity_metric", "TEXT", ("fidelity", "name")),
+    ("fidelity", "REAL", ("fidelity", "candidate", "estimate")),
+    ("fidelity_low", "REAL", ("fidelity", "candidate", "low")),
+    ("fidelity_high", "REAL", ("fidelity", "candidate", "high")),
+    ("accuracy_metric", "TEXT", ("accuracy", "name")),
+    ("accuracy", "REAL", ("accuracy", "candidate", "estimate")),
+    ("accuracy_low", "REAL", ("accuracy", "candidate", "low")),
+    ("accuracy_high", "REAL", ("accuracy", "candidate", "high")),
+    ("fp32_accuracy", "REAL", ("accuracy", "reference", "estimate")),
+    ("cpu_ms", "REAL", ("cpu", "latency_ms")),
+    ("cpu_p90_ms", "REAL", ("cpu", "p90_ms")),
+    ("fp32_cpu_ms", "REAL", ("cpu", "fp32_latency_ms")),
+    ("cpu_speedup", "REAL", ("cpu", "speedup")),
+    ("throughput", "REAL", ("cpu", "throughput")),
+    ("fp32_throughput", "REAL", ("cpu", "fp32_throughput")),
+    ("predicted_ms", "REAL", ("predicted", "latency_ms")),
+    ("fp32_predicted_ms", "REAL", ("predicted", "fp32_latency_ms")),
+    ("latency_model", "TEXT", ("predicted", "model")),
+    ("weight_bytes", "INTEGER", ("size", "weight_bytes")),
+    ("onnx_bytes", "INTEGER", ("size", "onnx_bytes")),
 )
 COLUMN_NAMES = ("key", "status", *(c for c, _, _ in COLUMNS), "error", "seconds", "run_id", "finished")
 
@@ -153,7 +153,7 @@ class Store:
     def put(self, key: str, row: dict, run_id: str) -> None:
         """Store (or replace) the result *row* of the point *key*, committed before returning."""
         values = [key, run_id, now(), row["status"], row.get("error"), _get(row, "timing_s", "total")]
-        values += [f(row) for _, _, f in COLUMNS]
+        values += [_get(row, *path) for _, _, path in COLUMNS]
         values.append(json.dumps(row, sort_keys=True, allow_nan=True))
         names = ["key", "run_id", "finished", "status", "error", "seconds", *(c for c, _, _ in COLUMNS), "row"]
         with self.conn:
