@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class SweepResult:
     metric: object
     paths: dict[str, Path] = field(default_factory=dict)
     run_id: str | None = None
+    timing: dict[str, float] = field(default_factory=dict)     # seconds: "front" (table and plots)
 
     def counts(self) -> dict[str, int]:
         out = {"computed": 0, "cached": 0, "failed": 0}
@@ -219,7 +221,9 @@ def sweep(model, data=None, grid=None, out=None, *, jobs: int = 1, ray: str | No
     finally:
         executor.close()
     res = SweepResult(rows=rows, outcomes=outcomes, metric=None, run_id=run_id)
+    t0 = time.perf_counter()
     res.metric, res.paths = write_front(out, rows, metric, subject=m.name)
+    res.timing["front"] = round(time.perf_counter() - t0, 3)
     res.paths["store"] = out / DB_NAME
     return res
 

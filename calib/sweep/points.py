@@ -208,12 +208,25 @@ def eval_split(ds, eval_samples: int | None):
     return ev
 
 
-@functools.lru_cache(maxsize=2)
+_STATISTICS: dict[str, object] = {}     # path -> Statistics: the last groups this process used
+
+
+def _remember(path: str, st):
+    _STATISTICS.pop(path, None)
+    _STATISTICS[path] = st
+    while len(_STATISTICS) > 2:
+        del _STATISTICS[next(iter(_STATISTICS))]
+    return st
+
+
 def _load_statistics(path: str):
+    """The statistics stored at *path* (read once per process while they are among the last two used)."""
     from ..pipeline import Statistics
 
+    if path in _STATISTICS:
+        return _remember(path, _STATISTICS[path])
     try:
-        return Statistics.from_bytes(Path(path).read_bytes())
+        return _remember(path, Statistics.from_bytes(Path(path).read_bytes()))
     except (OSError, ValueError) as exc:
         raise CalibError(f"cannot read the statistics {path}: {exc}") from None
 
@@ -291,7 +304,7 @@ def run_statistics(samples: int, seed: int, model_path: str, data_spec, stats_di
     cfg = settings.calibration_config(PointConfig(samples=samples, seed=seed))
     st = gather_statistics(m, calib_ds, cfg, auto=settings.auto, histogram=settings.histogram, progress=False)
     atomic_write_bytes(path, st.to_bytes(), overwrite=True)
-    _load_statistics.cache_clear()
+    _remember(str(path), st)        # the group's points in this process need not read them back
     clock.done("seconds")
     return {"path": str(path), "samples": len(st.ids), **timing, "cached": False}
 
