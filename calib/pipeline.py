@@ -166,6 +166,163 @@ class CalibrationResult:
         return list(self.summary.get("lines", []))
 
 
+STATISTICS_FORMAT = "calib-statistics-1"
+
+
+@dataclass
+class Statistics:
+    """What :func:`calibrate`'s pass over the calibration samples gathers (:func:`gather_statistics`):
+    the channel smoothing factors and the observers of every observed tensor, from which every
+    algorithm's ranges follow. Collected once, they serve any number of calibrations of the same
+    samples (``calibrate(..., statistics=)``), here or, through :meth:`to_bytes` /
+    :meth:`from_bytes` (NumPy arrays, no pickle), in another process or a later run.
+
+    - *parts*: ``(observers, smoothed twins' observers)`` per part of the samples: one part, or
+      for ``--algorithm auto`` the samples its ranges are fitted to and the *auto_samples* it
+      scores the candidates on (merged exactly for any other algorithm: :meth:`merged`);
+    - *factors*: tensor -> per-channel smoothing factors; *smoothing*: the summary's smoothing
+      entry (None: smoothing off);
+    - *ids*: the calibration samples' ids; *histogram*: False when only ranges were observed
+      (enough for ``max`` alone); *timing*: seconds of the smoothing probe and the collection.
+    """
+
+    parts: list
+    factors: dict
+    smoothing: dict | None
+    ids: list
+    auto_samples: int = 0
+    histogram: bool = True
+    timing: dict = field(default_factory=dict)
+
+    def merged(self) -> tuple[dict, dict]:
+        """``(observers, smoothed twins' observers)`` over all the samples."""
+        return _merged(self.parts)
+
+    def check(self, calib_ds, config: CalibrationConfig) -> None:
+        """Raise :class:`CalibError` unless these statistics are what :func:`calibrate` would collect
+        for *config* on *calib_ds*: the same samples, the same smoothing alpha, histograms unless
+        the algorithm is ``max``, and ``auto``'s selection samples observed apart."""
+        def refuse(why: str) -> CalibError:
+            return CalibError(f"the statistics given do not fit this calibration: {why}; collect them again")
+
+        if list(calib_ds.ids) != list(self.ids):
+            raise refuse(f"they were collected on other samples ({len(self.ids)} vs {len(calib_ds)} calibration "
+                         f"samples)")
+        alpha = None if self.smoothing is None else self.smoothing.get("alpha")
+        if (alpha is None) != (config.smooth is None) or (alpha is not None and float(alpha) != float(config.smooth)):
+            raise refuse(f"smoothing alpha {alpha} vs {config.smooth}")
+        if config.algorithm != "max" and not self.histogram:
+            raise refuse(f"{config.algorithm} needs histograms, and they hold ranges only")
+        if config.algorithm == "auto" and self.auto_samples != min(AUTO_SAMPLES, len(calib_ds) // 2):
+            raise refuse("auto needs its selection samples observed apart")
+
+    def to_bytes(self) -> bytes:
+        """The statistics as the bytes of a ``.npz`` archive of NumPy arrays only (no pickle)."""
+        import io
+
+        import numpy as np
+
+        from .stats import dump_observers
+
+        meta = {"format": STATISTICS_FORMAT, "smoothing": self.smoothing, "ids": list(self.ids),
+                "auto_samples": self.auto_samples, "histogram": self.histogram, "timing": self.timing,
+                "parts": len(self.parts), "factors": list(self.factors)}
+        arrays = {"meta": np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)}
+        for i, (obs, twins) in enumerate(self.parts):
+            arrays[f"observers.{i}"] = np.frombuffer(dump_observers(obs), np.uint8)
+            arrays[f"twins.{i}"] = np.frombuffer(dump_observers(twins), np.uint8)
+        for i, f in enumerate(self.factors.values()):
+            arrays[f"factor.{i}"] = np.asarray(f)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)     # the observers' archives are compressed already
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Statistics:
+        """The statistics :meth:`to_bytes` wrote; ValueError for anything else."""
+        import io
+        import zipfile
+
+        import numpy as np
+
+        from .stats import load_observers
+
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                meta = json.loads(z["meta"].tobytes().decode("utf-8"))
+                if meta.get("format") != STATISTICS_FORMAT:
+                    raise ValueError(f"not a {STATISTICS_FORMAT} archive")
+                parts = [(load_observers(z[f"observers.{i}"].tobytes()), load_observers(z[f"twins.{i}"].tobytes()))
+                         for i in range(int(meta["parts"]))]
+                factors = {name: z[f"factor.{i}"].copy() for i, name in enumerate(meta["factors"])}
+        except (OSError, EOFError, KeyError, UnicodeDecodeError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"not a readable {STATISTICS_FORMAT} archive: {exc}") from None
+        return cls(parts=parts, factors=factors, smoothing=meta["smoothing"], ids=list(meta["ids"]),
+                   auto_samples=int(meta["auto_samples"]), histogram=bool(meta["histogram"]),
+                   timing=dict(meta.get("timing") or {}))
+
+
+def gather_statistics(model, calib_ds, config: CalibrationConfig | None = None, *, prepared: Model | None = None,
+                      auto: bool | None = None, histogram: bool | None = None, progress: bool = True,
+                      collect=None) -> Statistics:
+    """The pass of :func:`calibrate` over the calibration samples *calib_ds* (a dataset), for
+    *config*'s smoothing, seed, batch size and threads:
+
+    0. channel smoothing factors (Q/DQ model only), from a short per-channel range pass;
+    1. the statistics of every float activation tensor (TensorRT's cache covers all of them).
+
+    *auto* (default: the algorithm is ``auto``) observes up to ``AUTO_SAMPLES`` samples apart
+    from the others (merged afterwards, exactly: the statistics do not depend on how the data
+    were split), so that ``auto`` scores each candidate on samples its ranges were not fitted to;
+    *histogram* (default: unless the algorithm is ``max``) keeps histograms, which every algorithm
+    but ``max`` needs. *prepared*: ``calib.qdq.prepare(model)`` if the caller has it.
+
+    *collect*: ``collect(model, part, label, histogram) -> {tensor: TensorObserver}``, the statistics
+    of *model* (the model to observe, smoothed twins included) over the dataset *part* (*label*:
+    its progress bar's label, or False); default :func:`calib.collect.collect_statistics` over its
+    batches in this process. Another collector (Ray tasks over shards of *part*) must return the
+    same observers.
+    """
+    from .collect import collect_statistics
+    from .qdq import prepare
+
+    config = config or CalibrationConfig()
+    m = load_model(model)
+    prepared = prepared if prepared is not None else prepare(m)
+    auto = config.algorithm == "auto" if auto is None else auto
+    histogram = config.algorithm != "max" if histogram is None else histogram
+    seed, batch_size, threads = config.seed, config.batch_size, config.threads
+    t0 = time.perf_counter()
+    factors, observed_names, smooth_info = {}, {}, None
+    obs_model = m
+    if config.smooth is not None:
+        factors, obs_model, observed_names, smooth_info = _smoothing(
+            m, prepared, calib_ds, float(config.smooth), seed, batch_size, threads, progress)
+    t_smooth = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    n_sel = min(AUTO_SAMPLES, len(calib_ds) // 2) if auto else 0
+    if n_sel >= 1:
+        parts = [(calib_ds.rest(n_sel, seed), "calibrating"), (calib_ds.subset(n_sel, seed), "calibrating (selection)")]
+    else:
+        parts = [(calib_ds, "calibrating")]
+    if collect is None:
+        def collect(model, part, label, histogram):
+            return collect_statistics(model, part.batches(batch_size=batch_size, progress=label), threads=threads,
+                                      progress=False, histogram=histogram)
+
+    part_obs = []   # per part: (observers, observers of the smoothed twins)
+    for part, label in parts:
+        obs = collect(obs_model, part, label if progress else False, histogram)
+        smoothed = {x: obs.pop(name) for x, name in observed_names.items() if name in obs}
+        part_obs.append((obs, smoothed))
+    kept = set().union(*(twins for _, twins in part_obs))
+    factors = {x: f for x, f in factors.items() if x in kept}
+    return Statistics(parts=part_obs, factors=factors, smoothing=smooth_info, ids=list(calib_ds.ids),
+                      auto_samples=n_sel, histogram=histogram,
+                      timing={"smooth": round(t_smooth, 3), "collect": round(time.perf_counter() - t0, 3)})
+
+
 QDQ_SUFFIX = ".int8.onnx"
 SUMMARY_SUFFIX = ".summary.json"
 
@@ -214,6 +371,7 @@ def calibration_splits(ds, samples: int | None, seed: int):
 def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = None, *, preprocess=None,
               classes=None, labels=None, strict: bool = False, batch_axes=None, constants=None, dataset=None,
               out=None, force: bool = False, write: bool = True, progress: bool = True,
+              statistics: Statistics | None = None,
               **options) -> CalibrationResult:
     """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
 
@@ -233,18 +391,21 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
 
     Outputs go to the folder *out* (default: the model's folder) unless ``write=False``; existing
     files are refused unless *force*. *progress* shows progress bars on stderr.
+
+    *statistics*: what :func:`gather_statistics` collected before on the same calibration samples
+    with the same smoothing (checked: :meth:`Statistics.check`), reused instead of a new pass over
+    the data; the artifacts are the same as without it. A sweep calibrates every algorithm and
+    precision plan of a (data, samples, seed) point of its grid from one such pass.
     """
     from .cache import (CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, sidecar_bytes,
                         trt_algorithm_name)
-    from .collect import collect_statistics
     from .datasets import open_dataset
     from .plan import load_plan
     from .qdq import check_input, prepare
 
     config = CalibrationConfig.of(config, **options)
     algorithm, percentile, samples, batch_size = config.algorithm, config.percentile, config.samples, config.batch_size
-    seed, target, threads, smooth, bias_correction = (config.seed, config.target, config.threads, config.smooth,
-                                                      config.bias_correction)
+    seed, target, threads, bias_correction = config.seed, config.target, config.threads, config.bias_correction
     if data is None and dataset is None:
         raise CalibError("no data: pass the calibration data (a folder, HDF5/NumPy file, iterable of feeds) "
                          "or an opened dataset=")
@@ -267,37 +428,23 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     if not _more_than(calib_ds, 0):
         raise EmptyDatasetError(f"no samples left for calibration in {data}")
 
-    # 0. channel smoothing factors (Q/DQ model only), from a short per-channel range pass
+    # 0-1. channel smoothing factors and the statistics of every float activation tensor (TensorRT's
+    # cache covers all of them); or the statistics given, collected before on the same samples
     prepared = prepare(m)    # once, for the smoothing sites and the Q/DQ model
-    t0 = time.perf_counter()
-    factors, observed_names, smooth_info = {}, {}, None
-    obs_model = m
-    if smooth is not None:
-        factors, obs_model, observed_names, smooth_info = _smoothing(
-            m, prepared, calib_ds, float(smooth), seed, batch_size, threads, progress)
-    t_smooth = time.perf_counter() - t0
-
-    # 1. statistics over every float activation tensor (TensorRT's cache covers all of them).
-    # --algorithm auto observes its selection samples apart from the others (merged afterwards,
-    # exactly: the statistics do not depend on how the data were split), so that each
-    # candidate is scored on samples its ranges were not fitted to.
-    t0 = time.perf_counter()
-    n_sel = min(AUTO_SAMPLES, len(calib_ds) // 2) if algorithm == "auto" else 0
+    if statistics is None:
+        statistics = gather_statistics(m, calib_ds, config, prepared=prepared, progress=progress)
+        t_smooth, t_collect = statistics.timing["smooth"], statistics.timing["collect"]
+    else:
+        statistics.check(calib_ds, config)
+        t_smooth = t_collect = 0.0
+    factors, smooth_info = statistics.factors, statistics.smoothing
+    n_sel = statistics.auto_samples if algorithm == "auto" else 0
     if n_sel >= 1:
         fit_ds, sel_ds = calib_ds.rest(n_sel, seed), calib_ds.subset(n_sel, seed)
-        parts = [(fit_ds, "calibrating"), (sel_ds, "calibrating (selection)")]
     else:
         fit_ds = sel_ds = calib_ds
-        parts = [(calib_ds, "calibrating")]
-    part_obs = []   # per part: (observers, observers of the smoothed twins)
-    for part, label in parts:
-        obs = collect_statistics(obs_model, part.batches(batch_size=batch_size, progress=label if progress else False),
-                                 threads=threads, progress=False, histogram=algorithm != "max")
-        smoothed = {x: obs.pop(name) for x, name in observed_names.items() if name in obs}
-        part_obs.append((obs, smoothed))
-    observers, smoothed_obs = _merged(part_obs)
-    factors = {x: f for x, f in factors.items() if x in smoothed_obs}
-    t_collect = time.perf_counter() - t0
+    part_obs = statistics.parts
+    observers, smoothed_obs = statistics.merged()
 
     # 1b. --algorithm auto: every algorithm's Q/DQ model against FP32 on the selection samples,
     # with ranges from the other calibration samples (or, with a single sample, in-sample)

@@ -34,6 +34,7 @@ EXPECTED = {
     "search": {"--model", "--data", "--threads", "--out", "--force", "--json"},
     "build": {"--model", "--data", "--threads", "--out", "--force"},
     "run": {"--model", "--data", "--out", "--force", "--json"},
+    "sweep": {"--model", "--data", "--threads", "--out", "--force", "--json"},
 }
 # the least each command parses
 MINIMAL = {
@@ -45,6 +46,7 @@ MINIMAL = {
     "search": ["--model", "m.onnx"],
     "build": ["--model", "m.onnx", "--out", "d"],
     "run": ["--engine", "e.plan"],
+    "sweep": ["--model", "m.onnx"],
 }
 
 

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("search", "find the fastest mixed INT8/FP16/FP32 plan that meets an accuracy budget"),
     "build": ("tensorrt", "build a TensorRT engine (needs TensorRT and a GPU)"),
     "run": ("tensorrt", "run / time a TensorRT engine (needs TensorRT and a GPU)"),
+    "sweep": ("sweep", "run a grid of calibrations; store every point; draw the accuracy/speed front"),
 }
 
 
