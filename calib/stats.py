@@ -479,6 +479,31 @@ class TensorObserver:
         o.max = float(st["max"])
         return o
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The statistics as NumPy arrays (the name left out): ``hist`` (int64, ``bins``), 0-d
+        ``bins``, ``exp``, ``count``, ``nan_count``, ``inf_count`` (int64), ``min``, ``max``
+        (float64) and ``histogram`` (bool). Plain arrays, so they travel and are stored without
+        pickle (:func:`dump_observers`); :meth:`from_arrays` gives back an exact copy."""
+        st = self.state()
+        del st["name"]
+        types = {"hist": np.int64, "min": np.float64, "max": np.float64, "histogram": np.bool_}
+        return {k: np.asarray(v, dtype=types.get(k, np.int64)) for k, v in st.items()}
+
+    @classmethod
+    def from_arrays(cls, arrays, name: str | None = None) -> TensorObserver:
+        """The observer whose :meth:`to_arrays` gave *arrays* (any mapping of those names: a dict,
+        an open ``.npz``), named *name*; raises ValueError when a field is missing or malformed."""
+        try:
+            st = {k: arrays[k] for k in ("bins", "exp", "hist", "count", "nan_count", "inf_count", "min", "max",
+                                         "histogram")}
+            for k, v in st.items():
+                if k != "hist" and np.ndim(v) != 0:
+                    raise ValueError(f"field '{k}' must be a scalar, got shape {np.shape(v)}")
+        except KeyError as exc:
+            raise ValueError(f"observer arrays lack the field {exc}") from None
+        st["name"] = name
+        return cls.from_state(st)
+
     def __getstate__(self):
         return self.state()
 
@@ -632,3 +657,45 @@ class ClipSplitObserver:
             hist[int(np.float32(self.hi) * np.float32(math.ldexp(1.0, -o.exp)))] += n_over
         o.hist = hist
         return o
+
+
+OBSERVERS_FORMAT = "calib-observers-1"
+
+
+def dump_observers(observers) -> bytes:
+    """``{tensor: TensorObserver}`` as the bytes of a compressed ``.npz`` archive holding only
+    NumPy arrays (no pickle): ``format``, ``names`` (str, in the mapping's order) and, for the
+    observer at position ``i``, its :meth:`~TensorObserver.to_arrays` fields as ``<i>.<field>``.
+    :func:`load_observers` reads it back exactly, in the same order. Used to send statistics
+    between processes and to store them (histograms are mostly zeros: they compress well)."""
+    import io
+
+    arrays: dict[str, np.ndarray] = {"format": np.asarray(OBSERVERS_FORMAT),
+                                     "names": np.asarray([str(k) for k in observers], dtype=np.str_)}
+    for i, o in enumerate(observers.values()):
+        arrays.update({f"{i}.{k}": v for k, v in o.to_arrays().items()})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def load_observers(data: bytes) -> dict[str, TensorObserver]:
+    """The ``{tensor: TensorObserver}`` that :func:`dump_observers` wrote into *data*, in its
+    order. Object arrays are refused (``allow_pickle=False``); anything else than such an archive
+    raises ValueError."""
+    import io
+    import zipfile
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) != OBSERVERS_FORMAT:
+                raise ValueError(f"not a {OBSERVERS_FORMAT} archive")
+            names = [str(n) for n in z["names"]]
+            fields: dict[int, dict[str, np.ndarray]] = {}
+            for key in z.files:
+                i, dot, field = key.partition(".")
+                if dot and i.isdigit():
+                    fields.setdefault(int(i), {})[field] = z[key]
+            return {n: TensorObserver.from_arrays(fields.get(i, {}), n) for i, n in enumerate(names)}
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise ValueError(f"not a readable {OBSERVERS_FORMAT} archive: {exc}") from None
