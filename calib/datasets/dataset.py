@@ -21,6 +21,14 @@ Split (``split="calib"|"eval"``, ``eval_fraction``)
     ``open_dataset(split=..., limit=N)`` the split is taken first, then N samples from it;
     ``Dataset.split()`` partitions the dataset it is called on.
 
+Reopening elsewhere (``Dataset.spec()``, :func:`open_spec`)
+    A dataset opened from a path (folder, file, loader script) describes itself as a JSON-able
+    spec: the absolute paths, preprocessing and flags it was opened with, the selection steps
+    (split, limit, rest) that narrowed it, and the digest of its sample ids. ``open_spec(spec,
+    model)`` opens the same samples in another process or on another machine that sees the same
+    files at the same paths, and refuses data whose ids differ. Data held in memory (arrays,
+    iterables) has no spec.
+
 Batching
     ``batches(batch_size)`` yields full batches of the requested size (the last may be smaller;
     ``drop_last=True`` drops it). Models with a fixed batch dimension are the engine's business.
@@ -77,6 +85,10 @@ def _unit_hash(text: str) -> float:
 def split_of(sample_id: str, eval_fraction: float = 0.5) -> str:
     """Which split a sample id belongs to (the documented, stable rule)."""
     return "eval" if _unit_hash("calib-split\0" + sample_id) < eval_fraction else "calib"
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
 
 
 def _sample_key(seed: int, sample_id: str) -> str:
@@ -153,7 +165,7 @@ class Dataset:
     """Samples shaped for one model. Build with :func:`open_dataset`."""
 
     def __init__(self, source, inputs, *, ops=(), indices=None, strict=False, workers=None, preprocess=None,
-                 seed=0, limit=None, split=None, eval_fraction=0.5, extra=None):
+                 seed=0, limit=None, split=None, eval_fraction=0.5, extra=None, origin=None):
         self.source = source
         self.inputs = list(inputs)
         self.strict = bool(strict)
@@ -165,6 +177,7 @@ class Dataset:
         self.eval_fraction = eval_fraction
         self._ops = tuple(ops)
         self._extra = dict(extra or {})
+        self._origin = origin           # how open_dataset opened the source (None: held in memory)
         self.skipped: list[tuple[str, str]] = []
         self.last_pass: dict | None = None
         self._indices: list[int] | None = None
@@ -194,7 +207,8 @@ class Dataset:
         """This dataset narrowed by one more selection step *op*, applied to the ids already selected
         here (streaming sources apply every step while reading: see :meth:`_admit`)."""
         kw = dict(strict=self.strict, workers=self.workers, preprocess=self.preprocess, seed=self.seed,
-                  limit=self.limit, split=self.split_name, eval_fraction=self.eval_fraction, extra=self._extra)
+                  limit=self.limit, split=self.split_name, eval_fraction=self.eval_fraction, extra=self._extra,
+                  origin=self._origin)
         kw.update(changes)
         indices = None if self._indices is None else self._apply(op, self._indices)
         return Dataset(self.source, self.inputs, ops=self._ops + (op,), indices=indices, **kw)
@@ -411,7 +425,7 @@ class Dataset:
         d.update({
             "count": len(ids),
             "total": len(self.source.ids) if not self.source.streaming else self.source.total,
-            "ids_sha256": hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest(),
+            "ids_sha256": _ids_digest(ids),
             "seed": self.seed,
             "limit": self.limit,
             "split": self.split_name,
@@ -428,6 +442,19 @@ class Dataset:
         d.update(self._extra)
         json.dumps(d)  # guarantee JSON-ability
         return d
+
+    def spec(self) -> dict:
+        """A JSON-able description from which :func:`open_spec` opens the same samples in another
+        process: ``source``, ``preprocess``, ``classes``, ``labels``, ``hdf5_map``, ``strict`` as
+        :func:`open_dataset` got them (paths made absolute), ``seed``, ``selection`` (the split /
+        limit / rest steps, in order) and ``ids_sha256`` (None for streaming sources, whose ids
+        are positions). Raises :class:`~calib.errors.DataError` for data held in memory."""
+        if self._origin is None:
+            raise DataError(f"data held in memory ({self.describe()['source']}) cannot be reopened by another "
+                            f"process; give a file or folder path")
+        return {"format": SPEC_FORMAT, **self._origin, "seed": self.seed,
+                "selection": [list(op) for op in self._ops],
+                "ids_sha256": None if self.source.streaming else _ids_digest(self.ids)}
 
 
 # ---------------------------------------------------------------------------
@@ -516,7 +543,9 @@ def open_dataset(source, model, preprocess=None, *, limit: int | None = None, se
         if pre is not None and used_pre is None and preprocess is not None:
             warnings.warn(f"preprocessing {pre.name or 'custom'} ignored: {src.kind} data is fed as stored",
                           DataWarning, stacklevel=2)
-        ds = Dataset(src, inputs, strict=strict, workers=workers, preprocess=used_pre, seed=seed)
+        ds = Dataset(src, inputs, strict=strict, workers=workers, preprocess=used_pre, seed=seed,
+                     origin=_origin(source, used_pre, classes=classes, labels=labels, strict=strict,
+                                    hdf5_map=hdf5_map))
     if split is not None:
         ds = ds.split(split, frac)
     if limit is not None:
@@ -527,6 +556,56 @@ def open_dataset(source, model, preprocess=None, *, limit: int | None = None, se
         if len(ds) == 0:
             raise EmptyDatasetError(f"no samples of {ds.describe()['source']} fall in the '{split}' split "
                                     f"(eval_fraction {frac}); use more data")
+    return ds
+
+
+SPEC_FORMAT = "calib-data-spec-1"
+_SELECTION = {"split": "split", "limit": "subset", "rest": "rest"}   # selection step -> Dataset method
+
+
+def _absolute(path) -> str:
+    """*path* as an absolute path (not resolved: links stay links); a loader script ``file.py:func``
+    keeps its function name."""
+    text = os.fspath(path)
+    file, sep, func = text.rpartition(".py:") if ".py:" in text and not Path(text).exists() else (text, "", "")
+    return os.path.abspath(file + (".py" if sep else "")) + (":" + func if sep else "")
+
+
+def _origin(source, pre, *, classes, labels, strict, hdf5_map) -> dict | None:
+    """What :meth:`Dataset.spec` records of an :func:`open_dataset` call, or None when the data or
+    its labels are held in memory."""
+    def path_or_none(v):
+        return None if v is None else _absolute(v)
+
+    if not isinstance(source, (str, os.PathLike)) or any(
+            v is not None and not isinstance(v, (str, os.PathLike)) for v in (classes, labels)):
+        return None
+    if hdf5_map is not None and not isinstance(hdf5_map, (str, Mapping)):
+        return None
+    return {"source": _absolute(source), "preprocess": pre.to_dict() if pre is not None else None,
+            "classes": path_or_none(classes), "labels": path_or_none(labels), "strict": bool(strict),
+            "hdf5_map": dict(hdf5_map) if isinstance(hdf5_map, Mapping) else hdf5_map}
+
+
+def open_spec(spec: Mapping, model, *, workers: int | None = None) -> Dataset:
+    """The dataset that :meth:`Dataset.spec` described, opened for *model* (same inputs), here.
+
+    Raises :class:`~calib.errors.DataError` when *spec* is not such a description, or when the
+    data found at its paths hold other sample ids than where the spec was made (every process
+    must see the same files)."""
+    if not isinstance(spec, Mapping) or spec.get("format") != SPEC_FORMAT:
+        raise DataError(f"not a {SPEC_FORMAT} data description")
+    ds = open_dataset(spec["source"], model, spec.get("preprocess"), seed=spec.get("seed", 0),
+                      classes=spec.get("classes"), labels=spec.get("labels"), strict=bool(spec.get("strict")),
+                      hdf5_map=spec.get("hdf5_map"), workers=workers)
+    for step in spec.get("selection") or ():
+        if not step or step[0] not in _SELECTION:
+            raise DataError(f"unknown selection step {step!r} in a data description")
+        ds = getattr(ds, _SELECTION[step[0]])(*step[1:])
+    want = spec.get("ids_sha256")
+    if want is not None and _ids_digest(ds.ids) != want:
+        raise DataError(f"the data at {spec['source']} hold other samples here ({len(ds)} selected) than where "
+                        f"they were described; every process must see the same files")
     return ds
 
 
