@@ -574,12 +574,17 @@ def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any
     if observers is None:
         raise EmptyDatasetError("no calibration batches: the data source yielded nothing")
     observers = _resolve(kept, observers, plan, pad_zeros, kw)
+    warn_nonfinite(observers, stacklevel=3)
+    return observers
+
+
+def warn_nonfinite(observers: Mapping[str, TensorObserver], stacklevel: int = 2) -> None:
+    """One RuntimeWarning naming the tensors among *observers* that held NaN or Inf (none if none did)."""
     bad = [o for o in observers.values() if o.nonfinite]
     if bad:
         shown = ", ".join(f"'{o.name}' ({o.nan_count} NaN, {o.inf_count} Inf)" for o in bad[:3])
         warnings.warn(f"{len(bad)} tensor(s) held non-finite values, left out of their statistics: {shown}"
-                      + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""), RuntimeWarning, stacklevel=2)
-    return observers
+                      + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""), RuntimeWarning, stacklevel=stacklevel)
 
 
 def _kept(wanted: Sequence[str], arrays: Mapping[str, np.ndarray], plan: Mapping[str, _Derived],

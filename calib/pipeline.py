@@ -185,7 +185,7 @@ def calibration_ids(qdq_path: str | os.PathLike) -> list[str] | None:
 
 def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = None, *, preprocess=None,
               classes=None, labels=None, strict: bool = False, dataset=None, out=None, force: bool = False,
-              write: bool = True, progress: bool = True, **options) -> CalibrationResult:
+              write: bool = True, progress: bool = True, ray: str | None = None, **options) -> CalibrationResult:
     """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
 
     ``calibrate("m.onnx", "imgs/", preprocess="torchvision")`` is the whole call for the defaults.
@@ -202,6 +202,12 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
 
     Outputs go to the folder *out* (default: the model's folder) unless ``write=False``; existing
     files are refused unless *force*. *progress* shows progress bars on stderr.
+
+    *ray*: a Ray cluster's address, or ``"auto"`` (join the running one, else start a local one),
+    to collect the statistics as Ray tasks over shards of the calibration samples
+    (:mod:`calib.distributed`; ``pip install 'calib[ray]'``). The data must then come from a path
+    every worker sees. The artifacts are byte-identical to a run without Ray; the smoothing pass,
+    ``auto``'s scoring, the bias correction and the held-out check run in this process.
     """
     from .cache import (CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, sidecar_bytes,
                         trt_algorithm_name)
@@ -243,35 +249,49 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     if len(calib_ds) == 0:
         raise EmptyDatasetError(f"no samples left for calibration in {data}")
 
-    # 0. channel smoothing factors (Q/DQ model only), from a short per-channel range pass
-    prepared = prepare(m)    # once, for the smoothing sites and the Q/DQ model
-    t0 = time.perf_counter()
-    factors, observed_names, smooth_info = {}, {}, None
-    obs_model = m
-    if smooth is not None:
-        factors, obs_model, observed_names, smooth_info = _smoothing(
-            m, prepared, calib_ds, float(smooth), seed, batch_size, threads, progress)
-    t_smooth = time.perf_counter() - t0
+    # With ray (an address or "auto"), the statistics pass runs as Ray tasks over shards of the
+    # samples (calib.distributed); the smoothing pass before it and everything after it run here.
+    if ray is not None:
+        from .distributed import RayStatistics, connect
 
-    # 1. statistics over every float activation tensor (TensorRT's cache covers all of them).
-    # --algorithm auto observes its selection samples apart from the others (merged afterwards,
-    # exactly: the statistics do not depend on how the data were split), so that each
-    # candidate is scored on samples its ranges were not fitted to.
-    t0 = time.perf_counter()
-    n_sel = min(AUTO_SAMPLES, len(calib_ds) // 2) if algorithm == "auto" else 0
-    if n_sel >= 1:
-        fit_ds, sel_ds = calib_ds.rest(n_sel, seed), calib_ds.subset(n_sel, seed)
-        parts = [(fit_ds, "calibrating"), (sel_ds, "calibrating (selection)")]
-    else:
-        fit_ds = sel_ds = calib_ds
-        parts = [(calib_ds, "calibrating")]
-    part_obs = []   # per part: (observers, observers of the smoothed twins)
-    for part, label in parts:
-        obs = collect_statistics(obs_model, part.batches(batch_size=batch_size, progress=label if progress else False),
-                                 threads=threads, progress=False, histogram=algorithm != "max")
-        smoothed = {x: obs.pop(name) for x, name in observed_names.items() if name in obs}
-        part_obs.append((obs, smoothed))
-    observers, smoothed_obs = _merged(part_obs)
+        calib_ds.spec()      # data held in memory cannot go to Ray workers: refused before any work
+    with connect(ray) if ray is not None else contextlib.nullcontext() as cluster:
+        # 0. channel smoothing factors (Q/DQ model only), from a short per-channel range pass
+        prepared = prepare(m)    # once, for the smoothing sites and the Q/DQ model
+        t0 = time.perf_counter()
+        factors, observed_names, smooth_info = {}, {}, None
+        obs_model = m
+        if smooth is not None:
+            factors, obs_model, observed_names, smooth_info = _smoothing(
+                m, prepared, calib_ds, float(smooth), seed, batch_size, threads, progress)
+        t_smooth = time.perf_counter() - t0
+
+        # 1. statistics over every float activation tensor (TensorRT's cache covers all of them).
+        # --algorithm auto observes its selection samples apart from the others (merged afterwards,
+        # exactly: the statistics do not depend on how the data were split), so that each
+        # candidate is scored on samples its ranges were not fitted to.
+        t0 = time.perf_counter()
+        n_sel = min(AUTO_SAMPLES, len(calib_ds) // 2) if algorithm == "auto" else 0
+        if n_sel >= 1:
+            fit_ds, sel_ds = calib_ds.rest(n_sel, seed), calib_ds.subset(n_sel, seed)
+            parts = [(fit_ds, "calibrating"), (sel_ds, "calibrating (selection)")]
+        else:
+            fit_ds = sel_ds = calib_ds
+            parts = [(calib_ds, "calibrating")]
+        part_obs = []   # per part: (observers, observers of the smoothed twins)
+        sharded = None if cluster is None else RayStatistics(cluster, obs_model, batch_size=batch_size,
+                                                             threads=threads, histogram=algorithm != "max")
+        for part, label in parts:
+            shown = label if progress else False
+            if sharded is not None:
+                obs = sharded.collect(part, seed=seed, progress=shown)
+            else:
+                obs = collect_statistics(obs_model, part.batches(batch_size=batch_size, progress=shown),
+                                         threads=threads, progress=False, histogram=algorithm != "max")
+            smoothed = {x: obs.pop(name) for x, name in observed_names.items() if name in obs}
+            part_obs.append((obs, smoothed))
+        observers, smoothed_obs = _merged(part_obs)
+        ray_info = None if sharded is None else {"address": ray, "tasks": sharded.tasks_run}
     factors = {x: f for x, f in factors.items() if x in smoothed_obs}
     t_collect = time.perf_counter() - t0
 
@@ -341,6 +361,8 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
         # the set this summary belongs to: a cache or Q/DQ model of another run does not match
         "sha256": {"cache": sha256_bytes(cache_bytes), "qdq": sha256_bytes(qdq_bytes)},
     }
+    if ray_info is not None:
+        summary["ray"] = ray_info
     if config.evaluate and eval_ds is not None and len(eval_ds) > 0:
         summary["held_out"] = _held_out(m, qdq, eval_ds, config.eval_samples, seed, batch_size, threads, progress,
                                         auto=selection is not None)
@@ -580,7 +602,8 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
     alg = s["algorithm"] if s.get("requested_algorithm", s["algorithm"]) == s["algorithm"] \
         else f"{s['requested_algorithm']}: {s['algorithm']}"
     lines = [f"calibrated {s['tensors']} tensors on {s['calibration_samples']} samples "
-             f"({alg}) in {s['timing_s']['collect'] + s['timing_s'].get('select', 0) + s['timing_s']['amax']:.1f} s"]
+             f"({alg}) in {s['timing_s']['collect'] + s['timing_s'].get('select', 0) + s['timing_s']['amax']:.1f} s"
+             + (f", statistics in {s['ray']['tasks']} Ray tasks" if s.get("ray") else "")]
     sel = (s.get("params") or {}).get("selection")
     if sel:
         def fmt(v):

@@ -1,0 +1,241 @@
+"""Scale-out on Ray: the one module that imports ``ray`` (lazily; ``pip install 'calib[ray]'``).
+
+Ray does the scheduling, the transport and the retries; this module only says what runs where.
+
+* :func:`connect` (``--ray ADDRESS|auto``): ``auto`` joins the cluster that ``RAY_ADDRESS`` or
+  the latest ``ray start`` on this machine names, else starts a local one (Ray's own rule for
+  ``ray.init()`` without an address; ``ray.init(address="auto")`` would refuse to start one);
+  ``host:port`` (or ``ray://host:port``) joins that cluster, after checking that something
+  answers there (Ray itself waits for an unreachable address without end). The block is left
+  disconnected, and a local instance started by :func:`connect` is stopped; a process already
+  connected (``ray.init()`` before) keeps its connection.
+* :func:`map_tasks`: one Ray task per item, with the values every task shares (a model's
+  bytes, a data description) put into Ray's object store once; results come back to the driver
+  as the tasks finish.
+* :class:`RayStatistics`: :func:`calib.collect.collect_statistics` sharded over Ray tasks. The
+  samples of a dataset are split into disjoint shards by its seeded hash rule
+  (:func:`shards`); each task reopens its shard from the data description
+  (:meth:`calib.datasets.Dataset.spec`: a path every worker must see), observes it, and sends
+  its observers back as plain NumPy arrays (:func:`calib.stats.dump_observers`, no pickle of
+  arbitrary objects); the driver merges them. Observers merge exactly and do not depend on
+  order, batching or ONNX Runtime's thread count, so the merged statistics, hence the cache and
+  the Q/DQ model, are bit-identical to a single process's.
+
+Workers need calib (and its dependencies) installed, and the data at the same path as the
+driver; the model travels through the object store.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from .errors import CalibError
+from .model import Model
+
+INSTALL_HINT = "pip install 'calib[ray]'"
+CONNECT_TIMEOUT_S = 10.0     # how long a cluster address may take to accept a TCP connection
+
+
+def import_ray():
+    """The ``ray`` module, or a :class:`CalibError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise CalibError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """``(host, port)`` of a cluster address ``[ray://]host:port``, else a :class:`CalibError`."""
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise CalibError(f"--ray: expected auto or a cluster address host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str) -> None:
+    """A :class:`CalibError` unless the cluster address *address* accepts a TCP connection."""
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise CalibError(f"--ray: no Ray cluster answers at {host}:{port} ({exc.strerror or exc}); start one "
+                         f"with `ray start --head`, or use --ray auto") from None
+
+
+@contextlib.contextmanager
+def connect(address: str):
+    """Ray connected to the cluster at *address* (``"auto"``: see the module docstring) for the
+    duration of the block, which gets the ``ray`` module. Raises :class:`CalibError` (one line)
+    when Ray is missing or the cluster cannot be reached."""
+    ray = import_ray()
+    address = address.strip() if isinstance(address, str) else ""
+    if address != "auto":
+        _host_port(address)
+    if ray.is_initialized():       # the caller connected already: use and keep that connection
+        yield ray
+        return
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    if address != "auto":
+        _check_reachable(address)
+    elif env and env not in ("auto", "local"):
+        _check_reachable(env)
+    try:
+        ray.init(address=None if address == "auto" else address, include_dashboard=False)
+    except Exception as exc:       # ConnectionError, ValueError, RuntimeError, ...: Ray's own reasons
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CalibError(f"--ray {address}: cannot connect to Ray: {reason}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _reraise(ray, exc: BaseException):
+    """A task's failure as the driver reports it: the task's own :class:`CalibError` (one line)
+    when it raised one, a :class:`CalibError` when Ray lost it (a worker or node died), else
+    the task's exception as Ray gives it (a bug, with its remote traceback)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, CalibError):
+        raise cause from None
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        raise exc
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    raise CalibError(f"a Ray task was lost: {reason}") from None
+
+
+def map_tasks(ray, fn: Callable, items: Sequence, *, shared: Sequence = (), num_cpus: float = 1,
+              progress: bool | str = False) -> Iterator[tuple[int, Any]]:
+    """``(index, fn(*shared, items[index]))`` for every item, each call a Ray task, yielded as
+    the tasks finish (in any order). The *shared* values go into the object store once and
+    every task gets them from there; *fn* must be importable by the workers (a module-level
+    function of an installed package); a shared value that is an ``ObjectRef`` already is passed
+    as it is. A task's failure is raised here (see :func:`_reraise`)
+    and the tasks still running are cancelled. *progress*: a tqdm bar over the tasks."""
+    remote = ray.remote(num_cpus=num_cpus)(fn)
+    refs = [v if isinstance(v, ray.ObjectRef) else ray.put(v) for v in shared]
+    pending = {remote.remote(*refs, item): i for i, item in enumerate(items)}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(pending), desc=progress if isinstance(progress, str) else "Ray tasks", unit="task",
+                   leave=False)
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    value = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    _reraise(ray, exc)
+                if bar is not None:
+                    bar.update(1)
+                yield i, value
+    finally:
+        if bar is not None:
+            bar.close()
+        for ref in pending:
+            ray.cancel(ref)
+
+
+def shards(ds, n: int, seed: int) -> list:
+    """*ds* split into *n* disjoint datasets (at most ``len(ds)``, sizes differing by at most one)
+    that together hold its samples: the samples ranked by the seeded hash rule of
+    :meth:`calib.datasets.Dataset.subset`, cut into consecutive runs (``ds.rest(k, seed)
+    .subset(m, seed)``). Each is a selection of *ds*, so its spec reopens it elsewhere."""
+    total = len(ds)
+    n = max(1, min(int(n), total))
+    sizes = [total // n + (1 if k < total % n else 0) for k in range(n)]
+    out, taken = [], 0
+    for k, size in enumerate(sizes):
+        part = ds.rest(taken, seed) if taken else ds
+        out.append(part.subset(size, seed) if k < n - 1 else part)
+        taken += size
+    return out
+
+
+def collect_shard(model_bytes: bytes, spec: dict, task: dict) -> dict:
+    """Run in a Ray worker: one shard's statistics, as plain data: ``observers`` (the bytes of
+    :func:`calib.stats.dump_observers`), ``read`` (samples read) and ``skipped`` (``[id,
+    reason]`` of the images that could not be decoded). *spec* is the dataset's description
+    (shared by all tasks); *task* holds the shard's own ``selection`` steps and ``ids_sha256``,
+    ``batch_size``, ``threads`` and ``histogram``. The warning about tensors holding NaN or Inf
+    is left to the driver, which sees all shards."""
+    import warnings
+
+    import onnx
+
+    from .collect import collect_statistics
+    from .datasets import open_spec
+    from .stats import dump_observers
+
+    model = Model.from_proto(onnx.load_from_string(model_bytes))
+    ds = open_spec({**spec, "selection": task["selection"], "ids_sha256": task["ids_sha256"]}, model)
+    threads = int(task["threads"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*held non-finite values", category=RuntimeWarning)
+        obs = collect_statistics(model, ds.batches(batch_size=task["batch_size"]), threads=threads, progress=False,
+                                 workers=min(4, threads) if threads > 1 else 0, histogram=task["histogram"])
+    return {"observers": dump_observers(obs), "read": int((ds.last_pass or {}).get("read", 0)),
+            "skipped": [[str(i), str(r)] for i, r in ds.skipped]}
+
+
+class RayStatistics:
+    """:func:`calib.collect.collect_statistics` of *model* over shards of a dataset, one Ray task
+    per shard (see the module docstring). The model's bytes go into the object store once, when
+    this is made, for every dataset :meth:`collect` is called with.
+
+    *threads*: ONNX Runtime threads of each task, which reserves as many CPUs (default 1);
+    *tasks*: shards per dataset (default: the cluster's CPUs divided by *threads*, at most one
+    per *batch_size* samples)."""
+
+    def __init__(self, ray, model: Model, *, batch_size: int, threads: int | None = None, histogram: bool = True,
+                 tasks: int | None = None):
+        self.ray = ray
+        self.batch_size, self.histogram = int(batch_size), bool(histogram)
+        self.threads = int(threads or 1)
+        self.tasks = tasks
+        self.model_ref = ray.put(model.serialize())
+        self.tasks_run = 0          # tasks run by collect() so far
+
+    def collect(self, ds, *, seed: int, progress: bool | str = False) -> dict:
+        """``{tensor: TensorObserver}`` of *ds* (a dataset with a spec: opened from a path), equal
+        to :func:`calib.collect.collect_statistics` over its batches. Afterwards ``ds.skipped``
+        and ``ds.last_pass`` say what the tasks read and skipped, as after a pass over *ds*."""
+        from .collect import warn_nonfinite
+        from .stats import load_observers
+
+        spec = ds.spec()
+        n = self.tasks or max(1, int(self.ray.cluster_resources().get("CPU", 1)) // self.threads)
+        n = min(n, max(1, math.ceil(len(ds) / self.batch_size)))
+        jobs = []
+        for part in shards(ds, n, seed):
+            ps = part.spec()
+            jobs.append({"selection": ps["selection"], "ids_sha256": ps["ids_sha256"], "batch_size": self.batch_size,
+                         "threads": self.threads, "histogram": self.histogram})
+        self.tasks_run += len(jobs)
+        label = f"{progress} ({len(jobs)} Ray tasks)" if isinstance(progress, str) else progress
+        merged, read, skipped = None, 0, []
+        for _, res in map_tasks(self.ray, collect_shard, jobs, shared=(self.model_ref, spec),
+                                num_cpus=self.threads, progress=label):
+            obs = load_observers(res["observers"])
+            read += res["read"]
+            skipped += [(i, r) for i, r in res["skipped"]]
+            if merged is None:
+                merged = obs
+                continue
+            if list(obs) != list(merged):
+                raise RuntimeError("internal: shards observed different tensors")
+            for k, o in obs.items():
+                merged[k].merge(o)
+        ds.skipped = sorted(skipped)
+        ds.last_pass = {"read": read, "skipped": len(skipped), "complete": True}
+        warn_nonfinite(merged, stacklevel=3)
+        return merged
