@@ -13,13 +13,14 @@ Ray does the scheduling, the transport and the retries; this module only says wh
   bytes, a data description) put into Ray's object store once; results come back to the driver
   as the tasks finish.
 * :class:`RayStatistics`: :func:`calib.collect.collect_statistics` sharded over Ray tasks. The
-  samples of a dataset are split into disjoint shards by its seeded hash rule
-  (:func:`shards`); each task reopens its shard from the data description
+  samples of a dataset (chosen by its seeded hash rule, as without Ray) are cut into shards of
+  whole batches (:func:`shards`); each task reopens its shard from the data description
   (:meth:`calib.datasets.Dataset.spec`: a path every worker must see), observes it, and sends
   its observers back as plain NumPy arrays (:func:`calib.stats.dump_observers`, no pickle of
-  arbitrary objects); the driver merges them. Observers merge exactly and do not depend on
-  order, batching or ONNX Runtime's thread count, so the merged statistics, hence the cache and
-  the Q/DQ model, are bit-identical to a single process's.
+  arbitrary objects); the driver merges them. Observers merge exactly and do not depend on the
+  order of the batches or on ONNX Runtime's thread count, and each shard reads the very batches
+  a single pass reads (images of different sizes are padded per batch), so the merged
+  statistics, hence the cache and the Q/DQ model, are bit-identical to a single process's.
 
 Workers need calib (and its dependencies) installed, and the data at the same path as the
 driver; the model travels through the object store.
@@ -145,19 +146,20 @@ def map_tasks(ray, fn: Callable, items: Sequence, *, shared: Sequence = (), num_
             ray.cancel(ref)
 
 
-def shards(ds, n: int, seed: int) -> list:
-    """*ds* split into *n* disjoint datasets (at most ``len(ds)``, sizes differing by at most one)
-    that together hold its samples: the samples ranked by the seeded hash rule of
-    :meth:`calib.datasets.Dataset.subset`, cut into consecutive runs (``ds.rest(k, seed)
-    .subset(m, seed)``). Each is a selection of *ds*, so its spec reopens it elsewhere."""
-    total = len(ds)
-    n = max(1, min(int(n), total))
-    sizes = [total // n + (1 if k < total % n else 0) for k in range(n)]
-    out, taken = [], 0
-    for k, size in enumerate(sizes):
-        part = ds.rest(taken, seed) if taken else ds
-        out.append(part.subset(size, seed) if k < n - 1 else part)
-        taken += size
+def shards(ds, n: int, batch_size: int) -> list:
+    """*ds* cut into at most *n* disjoint slices (:meth:`calib.datasets.Dataset.slice`) of whole
+    batches of *batch_size* (numbers of batches differing by at most one) that together hold its
+    samples. Each yields exactly the batches a single pass over *ds* yields for its positions,
+    padding of differently sized images included (a batch is padded to its largest image), so
+    their statistics merge into those of one pass; each is a selection of *ds*, so its spec
+    reopens it elsewhere."""
+    batches = max(1, math.ceil(len(ds) / batch_size))
+    n = max(1, min(int(n), batches))
+    out, start = [], 0
+    for k in range(n):
+        stop = start + batches // n + (1 if k < batches % n else 0)
+        out.append(ds.slice(start * batch_size, stop * batch_size))
+        start = stop
     return out
 
 
@@ -193,8 +195,8 @@ class RayStatistics:
     this is made, for every dataset :meth:`collect` is called with.
 
     *threads*: ONNX Runtime threads of each task, which reserves as many CPUs (default 1);
-    *tasks*: shards per dataset (default: the cluster's CPUs divided by *threads*, at most one
-    per *batch_size* samples)."""
+    *tasks*: shards per dataset (default: the cluster's CPUs divided by *threads*; at most one per
+    batch)."""
 
     def __init__(self, ray, model: Model, *, batch_size: int, threads: int | None = None, histogram: bool = True,
                  tasks: int | None = None):
@@ -205,7 +207,7 @@ class RayStatistics:
         self.model_ref = ray.put(model.serialize())
         self.tasks_run = 0          # tasks run by collect() so far
 
-    def collect(self, ds, *, seed: int, progress: bool | str = False) -> dict:
+    def collect(self, ds, *, progress: bool | str = False) -> dict:
         """``{tensor: TensorObserver}`` of *ds* (a dataset with a spec: opened from a path), equal
         to :func:`calib.collect.collect_statistics` over its batches. Afterwards ``ds.skipped``
         and ``ds.last_pass`` say what the tasks read and skipped, as after a pass over *ds*."""
@@ -214,9 +216,8 @@ class RayStatistics:
 
         spec = ds.spec()
         n = self.tasks or max(1, int(self.ray.cluster_resources().get("CPU", 1)) // self.threads)
-        n = min(n, max(1, math.ceil(len(ds) / self.batch_size)))
         jobs = []
-        for part in shards(ds, n, seed):
+        for part in shards(ds, n, self.batch_size):
             ps = part.spec()
             jobs.append({"selection": ps["selection"], "ids_sha256": ps["ids_sha256"], "batch_size": self.batch_size,
                          "threads": self.threads, "histogram": self.histogram})

@@ -284,7 +284,7 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
         for part, label in parts:
             shown = label if progress else False
             if sharded is not None:
-                obs = sharded.collect(part, seed=seed, progress=shown)
+                obs = sharded.collect(part, progress=shown)
             else:
                 obs = collect_statistics(obs_model, part.batches(batch_size=batch_size, progress=shown),
                                          threads=threads, progress=False, histogram=algorithm != "max")

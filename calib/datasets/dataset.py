@@ -21,10 +21,16 @@ Split (``split="calib"|"eval"``, ``eval_fraction``)
     ``open_dataset(split=..., limit=N)`` the split is taken first, then N samples from it;
     ``Dataset.split()`` partitions the dataset it is called on.
 
+Slices (``Dataset.slice(start, stop)``)
+    The samples at positions ``start`` to ``stop - 1`` of a dataset, in the order it reads them
+    (id order; read order for iterables). With both multiples of a batch size, a slice yields
+    exactly some of the batches the whole dataset yields, padding included: how work is cut into
+    shards that give the same statistics as one pass (:mod:`calib.distributed`).
+
 Reopening elsewhere (``Dataset.spec()``, :func:`open_spec`)
     A dataset opened from a path (folder, file, loader script) describes itself as a JSON-able
     spec: the absolute paths, preprocessing and flags it was opened with, the selection steps
-    (split, limit, rest) that narrowed it, and the digest of its sample ids. ``open_spec(spec,
+    (split, limit, rest, slice) that narrowed it, and the digest of its sample ids. ``open_spec(spec,
     model)`` opens the same samples in another process or on another machine that sees the same
     files at the same paths, and refuses data whose ids differ. Data held in memory (arrays,
     iterables) has no spec.
@@ -201,6 +207,8 @@ class Dataset:
             _, n, seed = op
             keep = set(sorted(idx, key=lambda i: _sample_key(seed, ids[i]))[:n]) if n < len(idx) else set(idx)
             idx = [i for i in idx if (i in keep) == (op[0] == "limit")]
+        elif op[0] == "slice":
+            idx = idx[op[1]:op[2]]
         return idx
 
     def _derive(self, op: tuple, **changes) -> "Dataset":
@@ -239,6 +247,14 @@ class Dataset:
             raise DataError(f"limit must be >= 0, got {limit}")
         seed = self.seed if seed is None else seed
         return self._derive(("rest", int(limit), int(seed)), seed=seed)
+
+    def slice(self, start: int, stop: int) -> Dataset:
+        """The samples at positions *start* .. *stop* - 1 of this dataset, in its reading order (see
+        the module docstring); positions past the end select nothing."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop:
+            raise DataError(f"a slice needs 0 <= start <= stop, got [{start}, {stop})")
+        return self._derive(("slice", start, stop))
 
     # -- facts ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -283,6 +299,12 @@ class Dataset:
             elif op[0] == "rest":
                 if counts[k] < op[1]:
                     counts[k] += 1
+                    return False
+            elif op[0] == "slice":
+                if counts[k] >= op[2]:
+                    return None
+                counts[k] += 1
+                if counts[k] <= op[1]:
                     return False
         return True
 
@@ -560,7 +582,7 @@ def open_dataset(source, model, preprocess=None, *, limit: int | None = None, se
 
 
 SPEC_FORMAT = "calib-data-spec-1"
-_SELECTION = {"split": "split", "limit": "subset", "rest": "rest"}   # selection step -> Dataset method
+_SELECTION = {"split": "split", "limit": "subset", "rest": "rest", "slice": "slice"}   # step -> Dataset method
 
 
 def _absolute(path) -> str:
