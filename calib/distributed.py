@@ -97,17 +97,20 @@ def connect(address: str):
         ray.shutdown()
 
 
-def _reraise(ray, exc: BaseException):
-    """A task's failure as the driver reports it: the task's own :class:`CalibError` (one line)
-    when it raised one, a :class:`CalibError` when Ray lost it (a worker or node died), else
-    the task's exception as Ray gives it (a bug, with its remote traceback)."""
+def _task_error(ray, exc: BaseException, unwrap: bool = False) -> BaseException:
+    """A task's failure (what ``ray.get`` raised) as the driver reports it: the task's own
+    :class:`CalibError` (one line) when it raised one, and with *unwrap* any exception it raised;
+    a :class:`CalibError` when Ray lost the task (a worker or node died); else the exception as
+    Ray gives it (a bug in the task, with its remote traceback)."""
+    if not isinstance(exc, ray.exceptions.RayError):
+        return exc
     cause = getattr(exc, "cause", None)
-    if isinstance(cause, CalibError):
-        raise cause from None
+    if isinstance(cause, CalibError) or (unwrap and isinstance(cause, Exception)):
+        return cause
     if isinstance(exc, ray.exceptions.RayTaskError):
-        raise exc
+        return exc
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    raise CalibError(f"a Ray task was lost: {reason}") from None
+    return CalibError(f"a Ray task was lost: {reason}")
 
 
 def map_tasks(ray, fn: Callable, items: Sequence, *, shared: Sequence = (), num_cpus: float = 1,
@@ -116,7 +119,7 @@ def map_tasks(ray, fn: Callable, items: Sequence, *, shared: Sequence = (), num_
     the tasks finish (in any order). The *shared* values go into the object store once and
     every task gets them from there; *fn* must be importable by the workers (a module-level
     function of an installed package); a shared value that is an ``ObjectRef`` already is passed
-    as it is. A task's failure is raised here (see :func:`_reraise`)
+    as it is. A task's failure is raised here (see :func:`_task_error`)
     and the tasks still running are cancelled. *progress*: a tqdm bar over the tasks."""
     remote = ray.remote(num_cpus=num_cpus)(fn)
     refs = [v if isinstance(v, ray.ObjectRef) else ray.put(v) for v in shared]
@@ -135,7 +138,7 @@ def map_tasks(ray, fn: Callable, items: Sequence, *, shared: Sequence = (), num_
                 try:
                     value = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    _reraise(ray, exc)
+                    raise _task_error(ray, exc) from None
                 if bar is not None:
                     bar.update(1)
                 yield i, value
@@ -240,3 +243,71 @@ class RayStatistics:
         ds.last_pass = {"read": read, "skipped": len(skipped), "complete": True}
         warn_nonfinite(merged, stacklevel=3)
         return merged
+
+
+def call(fn: Callable, *args, **kwargs):
+    """``fn(*args, **kwargs)``: the Ray task behind :meth:`RayExecutor.submit`, so that any
+    picklable callable (a function, a bound method, a partial) runs as one."""
+    return fn(*args, **kwargs)
+
+
+class RayExecutor:
+    """Where a sweep's tasks run on Ray: the executor seam of :mod:`calib.sweep.run` (``slots``,
+    ``submit(fn, *args, **kwargs) -> concurrent.futures.Future``, ``close()``), as
+    :class:`concurrent.futures.Executor` has them.
+
+    Connected to the cluster at *address* (:func:`connect`) until :meth:`close`. Each call of
+    :meth:`submit` is one Ray task reserving *num_cpus* CPUs; ``slots`` is the number of such
+    tasks the cluster runs at once. An argument other than a plain scalar or string (a data
+    description, settings, a model's bytes) goes into the object store the first time it is
+    passed and every later task that gets the same object shares that copy. A task's failure
+    comes back as the exception the function raised, as with a local executor; a task Ray lost
+    as a :class:`CalibError`.
+    """
+
+    def __init__(self, address: str, *, num_cpus: float = 1):
+        self._session = connect(address)
+        self.ray = self._session.__enter__()
+        self.num_cpus = num_cpus
+        self.slots = max(1, int(self.ray.cluster_resources().get("CPU", 1) // num_cpus))
+        self._call = self.ray.remote(num_cpus=num_cpus)(call)
+        self._shared: dict[int, tuple[Any, Any]] = {}     # id(value) -> (value, its ObjectRef)
+        self.puts = 0                                     # values put into the object store
+
+    def _arg(self, v):
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return v
+        held = self._shared.get(id(v))
+        if held is None or held[0] is not v:
+            held = self._shared[id(v)] = (v, self.ray.put(v))
+            self.puts += 1
+        return held[1]
+
+    def submit(self, fn: Callable, *args, **kwargs):
+        """A :class:`concurrent.futures.Future` of ``fn(*args, **kwargs)`` run as a Ray task."""
+        import concurrent.futures as cf
+
+        ref = self._call.remote(fn, *(self._arg(a) for a in args), **{k: self._arg(v) for k, v in kwargs.items()})
+        out: cf.Future = cf.Future()
+
+        def done(f: cf.Future) -> None:
+            exc = cf.CancelledError() if f.cancelled() else f.exception()
+            if exc is None:
+                out.set_result(f.result())
+            else:
+                out.set_exception(_task_error(self.ray, exc, unwrap=True))
+
+        ref.future().add_done_callback(done)
+        return out
+
+    def close(self) -> None:
+        """Disconnect (and stop a local instance :func:`connect` started); idempotent."""
+        session, self._session = self._session, None
+        self._shared.clear()
+        if session is not None:
+            session.__exit__(None, None, None)
+
+
+def ray_executor(address: str, *, num_cpus: float = 1) -> RayExecutor:
+    """The :class:`RayExecutor` for ``--ray ADDRESS|auto``."""
+    return RayExecutor(address, num_cpus=num_cpus)

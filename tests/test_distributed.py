@@ -23,8 +23,8 @@ import ray
 
 from calib.cli import main
 from calib.collect import captured_tensors, collect_statistics
-from calib.datasets import open_dataset
-from calib.distributed import RayStatistics, collect_shard, map_tasks, shards
+from calib.datasets import Preprocess, open_dataset, open_spec, split_of
+from calib.distributed import RayStatistics, collect_shard, map_tasks, ray_executor, shards
 from calib.errors import CalibError, DataError
 from calib.model import Model
 from calib.pipeline import calibrate
@@ -187,3 +187,25 @@ def test_connect_refuses_a_missing_address():
     with pytest.raises(CalibError, match="expected auto or a cluster address"):
         with connect(None):
             pass
+
+
+def test_the_sweep_executor_runs_tasks_on_the_cluster(cluster, efficientnet, imagenet_dir):
+    """The executor seam of calib.sweep.run: futures of Ray tasks, shared arguments put into the
+    object store once, a task's exception as the function raised it."""
+    spec = open_dataset(imagenet_dir, efficientnet, "efficientnet-lite", limit=4).spec()
+    ex = ray_executor("auto")
+    try:
+        assert ex.slots == 2
+        ids = [f"{k}.JPEG" for k in range(6)]
+        futures = [ex.submit(split_of, i, eval_fraction=0.5) for i in ids]
+        assert [f.result(timeout=300) for f in futures] == [split_of(i) for i in ids]
+        pre = spec["preprocess"]
+        got = [ex.submit(Preprocess.from_dict, pre) for _ in range(2)] + [ex.submit(Preprocess.from_dict, d=pre)]
+        assert [f.result(timeout=300) for f in got] == [Preprocess.from_dict(dict(pre))] * 3
+        assert ex.puts == 1                               # the same description, put once
+        bad = ex.submit(open_spec, {"source": "x"}, efficientnet.inputs)
+        with pytest.raises(DataError, match="not a calib-data-spec-1 data description"):
+            bad.result(timeout=300)
+    finally:
+        ex.close()
+    assert ray.is_initialized()                          # the executor left the test's connection alone
