@@ -245,10 +245,34 @@ class RayStatistics:
         return merged
 
 
-def call(fn: Callable, *args, **kwargs):
-    """``fn(*args, **kwargs)``: the Ray task behind :meth:`RayExecutor.submit`, so that any
-    picklable callable (a function, a bound method, a partial) runs as one."""
-    return fn(*args, **kwargs)
+def local_copy(name: str, data: bytes) -> str:
+    """The path of a file named *name* holding *data* on this machine: written once (atomically)
+    into ``<temp>/calib-ray/<sha256 of data>/``, then reused by every process of the machine."""
+    import hashlib
+    import tempfile
+
+    folder = os.path.join(tempfile.gettempdir(), "calib-ray", hashlib.sha256(data).hexdigest()[:32])
+    path = os.path.join(folder, os.path.basename(name))
+    if not os.path.isfile(path) or os.path.getsize(path) != len(data):
+        os.makedirs(folder, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return path
+
+
+def call(files: dict, fn: Callable, *args, **kwargs):
+    """The Ray task behind :meth:`RayExecutor.submit`: ``fn(*args, **kwargs)`` (any picklable
+    callable: a function, a bound method, a partial), where an argument equal to a key of *files*
+    (a path on the driver) is replaced by the path of a local copy of its bytes
+    (:func:`local_copy`, same file name)."""
+    local = {p: local_copy(p, data) for p, data in files.items()}
+
+    def swap(v):
+        return local.get(v, v) if isinstance(v, str) else v
+
+    return fn(*(swap(a) for a in args), **{k: swap(v) for k, v in kwargs.items()})
 
 
 class RayExecutor:
@@ -260,12 +284,15 @@ class RayExecutor:
     :meth:`submit` is one Ray task reserving *num_cpus* CPUs; ``slots`` is the number of such
     tasks the cluster runs at once. An argument other than a plain scalar or string (a data
     description, settings, a model's bytes) goes into the object store the first time it is
-    passed and every later task that gets the same object shares that copy. A task's failure
-    comes back as the exception the function raised, as with a local executor; a task Ray lost
-    as a :class:`CalibError`.
+    passed and every later task that gets the same object shares that copy. *files* maps paths on
+    the driver to the bytes the tasks get instead of reading them there (a model: workers need not
+    see its path), put into the object store once: in a task, an argument equal to such a path
+    names a local copy with the same file name (:func:`call`). A task's failure comes back as the
+    exception the function raised, as with a local executor; a task Ray lost as a
+    :class:`CalibError`.
     """
 
-    def __init__(self, address: str, *, num_cpus: float = 1):
+    def __init__(self, address: str, *, num_cpus: float = 1, files: dict[str, bytes] | None = None):
         self._session = connect(address)
         self.ray = self._session.__enter__()
         self.num_cpus = num_cpus
@@ -273,6 +300,7 @@ class RayExecutor:
         self._call = self.ray.remote(num_cpus=num_cpus)(call)
         self._shared: dict[int, tuple[Any, Any]] = {}     # id(value) -> (value, its ObjectRef)
         self.puts = 0                                     # values put into the object store
+        self._files = self._arg(dict(files or {}))
 
     def _arg(self, v):
         if v is None or isinstance(v, (str, int, float, bool)):
@@ -287,7 +315,8 @@ class RayExecutor:
         """A :class:`concurrent.futures.Future` of ``fn(*args, **kwargs)`` run as a Ray task."""
         import concurrent.futures as cf
 
-        ref = self._call.remote(fn, *(self._arg(a) for a in args), **{k: self._arg(v) for k, v in kwargs.items()})
+        ref = self._call.remote(self._files, fn, *(self._arg(a) for a in args),
+                                **{k: self._arg(v) for k, v in kwargs.items()})
         out: cf.Future = cf.Future()
 
         def done(f: cf.Future) -> None:
@@ -308,6 +337,6 @@ class RayExecutor:
             session.__exit__(None, None, None)
 
 
-def ray_executor(address: str, *, num_cpus: float = 1) -> RayExecutor:
+def ray_executor(address: str, *, num_cpus: float = 1, files: dict[str, bytes] | None = None) -> RayExecutor:
     """The :class:`RayExecutor` for ``--ray ADDRESS|auto``."""
-    return RayExecutor(address, num_cpus=num_cpus)
+    return RayExecutor(address, num_cpus=num_cpus, files=files)

@@ -28,6 +28,7 @@ from calib.distributed import RayStatistics, collect_shard, map_tasks, ray_execu
 from calib.errors import CalibError, DataError
 from calib.model import Model
 from calib.pipeline import calibrate
+from calib.utils import sha256_file
 from test_artifacts_pinned import DATA, PINS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,20 +190,23 @@ def test_connect_refuses_a_missing_address():
             pass
 
 
-def test_the_sweep_executor_runs_tasks_on_the_cluster(cluster, efficientnet, imagenet_dir):
-    """The executor seam of calib.sweep.run: futures of Ray tasks, shared arguments put into the
-    object store once, a task's exception as the function raised it."""
+def test_the_sweep_executor_runs_tasks_on_the_cluster(cluster, efficientnet, imagenet_dir, tmp_path):
+    """The executor seam of calib.sweep.run: futures of Ray tasks, the model's bytes and shared
+    arguments put into the object store once, a task's exception as the function raised it."""
     spec = open_dataset(imagenet_dir, efficientnet, "efficientnet-lite", limit=4).spec()
-    ex = ray_executor("auto")
+    model = str(tmp_path / "not-here" / "m.onnx")           # a path the workers cannot read
+    ex = ray_executor("auto", files={model: efficientnet.serialize()})
     try:
-        assert ex.slots == 2
+        assert ex.slots == 2 and ex.puts == 1
+        name, digest = ex.submit(os.path.basename, model), ex.submit(sha256_file, model)
+        assert name.result(timeout=300) == "m.onnx" and digest.result(timeout=300) == efficientnet.sha256
         ids = [f"{k}.JPEG" for k in range(6)]
         futures = [ex.submit(split_of, i, eval_fraction=0.5) for i in ids]
         assert [f.result(timeout=300) for f in futures] == [split_of(i) for i in ids]
         pre = spec["preprocess"]
         got = [ex.submit(Preprocess.from_dict, pre) for _ in range(2)] + [ex.submit(Preprocess.from_dict, d=pre)]
         assert [f.result(timeout=300) for f in got] == [Preprocess.from_dict(dict(pre))] * 3
-        assert ex.puts == 1                               # the same description, put once
+        assert ex.puts == 2                               # the same description, put once
         bad = ex.submit(open_spec, {"source": "x"}, efficientnet.inputs)
         with pytest.raises(DataError, match="not a calib-data-spec-1 data description"):
             bad.result(timeout=300)
