@@ -193,27 +193,34 @@ def collect_shard(model_bytes: bytes, spec: dict, task: dict) -> dict:
 
 
 class RayStatistics:
-    """:func:`calib.collect.collect_statistics` of *model* over shards of a dataset, one Ray task
-    per shard (see the module docstring). The model's bytes go into the object store once, when
-    this is made, for every dataset :meth:`collect` is called with.
+    """:func:`calib.collect.collect_statistics` over shards of a dataset, one Ray task per shard
+    (see the module docstring): ``stats(model, ds, label, histogram)``, the ``collect`` hook of
+    :func:`calib.pipeline.gather_statistics`. A model's bytes go into the object store once, the
+    first time it is passed, for every dataset it is called with.
 
-    *threads*: ONNX Runtime threads of each task, which reserves as many CPUs (default 1);
-    *tasks*: shards per dataset (default: the cluster's CPUs divided by *threads*; at most one per
-    batch)."""
+    *batch_size*: the batches (hence the shards) as a single pass reads them; *threads*: ONNX
+    Runtime threads of each task, which reserves as many CPUs (default 1); *tasks*: shards per
+    dataset (default: the cluster's CPUs divided by *threads*; at most one per batch)."""
 
-    def __init__(self, ray, model: Model, *, batch_size: int, threads: int | None = None, histogram: bool = True,
-                 tasks: int | None = None):
+    def __init__(self, ray, *, batch_size: int, threads: int | None = None, tasks: int | None = None):
         self.ray = ray
-        self.batch_size, self.histogram = int(batch_size), bool(histogram)
+        self.batch_size = int(batch_size)
         self.threads = int(threads or 1)
         self.tasks = tasks
-        self.model_ref = ray.put(model.serialize())
-        self.tasks_run = 0          # tasks run by collect() so far
+        self._models: dict[int, tuple[Model, Any]] = {}    # id(model) -> (model, ObjectRef of its bytes)
+        self.tasks_run = 0          # tasks run so far
 
-    def collect(self, ds, *, progress: bool | str = False) -> dict:
-        """``{tensor: TensorObserver}`` of *ds* (a dataset with a spec: opened from a path), equal
-        to :func:`calib.collect.collect_statistics` over its batches. Afterwards ``ds.skipped``
-        and ``ds.last_pass`` say what the tasks read and skipped, as after a pass over *ds*."""
+    def _model_ref(self, model: Model):
+        held = self._models.get(id(model))
+        if held is None or held[0] is not model:
+            held = self._models[id(model)] = (model, self.ray.put(model.serialize()))
+        return held[1]
+
+    def __call__(self, model: Model, ds, label: bool | str = False, histogram: bool = True) -> dict:
+        """``{tensor: TensorObserver}`` of *model* over *ds* (a dataset with a spec: opened from a
+        path), equal to :func:`calib.collect.collect_statistics` over its batches (*histogram*
+        as there); *label*: a progress bar over the tasks. Afterwards ``ds.skipped`` and
+        ``ds.last_pass`` say what the tasks read and skipped, as after a pass over *ds*."""
         from .collect import warn_nonfinite
         from .stats import load_observers
 
@@ -223,11 +230,11 @@ class RayStatistics:
         for part in shards(ds, n, self.batch_size):
             ps = part.spec()
             jobs.append({"selection": ps["selection"], "ids_sha256": ps["ids_sha256"], "batch_size": self.batch_size,
-                         "threads": self.threads, "histogram": self.histogram})
+                         "threads": self.threads, "histogram": bool(histogram)})
         self.tasks_run += len(jobs)
-        label = f"{progress} ({len(jobs)} Ray tasks)" if isinstance(progress, str) else progress
+        label = f"{label} ({len(jobs)} Ray tasks)" if isinstance(label, str) else label
         merged, read, skipped = None, 0, []
-        for _, res in map_tasks(self.ray, collect_shard, jobs, shared=(self.model_ref, spec),
+        for _, res in map_tasks(self.ray, collect_shard, jobs, shared=(self._model_ref(model), spec),
                                 num_cpus=self.threads, progress=label):
             obs = load_observers(res["observers"])
             read += res["read"]

@@ -279,12 +279,11 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
             fit_ds = sel_ds = calib_ds
             parts = [(calib_ds, "calibrating")]
         part_obs = []   # per part: (observers, observers of the smoothed twins)
-        sharded = None if cluster is None else RayStatistics(cluster, obs_model, batch_size=batch_size,
-                                                             threads=threads, histogram=algorithm != "max")
+        sharded = None if cluster is None else RayStatistics(cluster, batch_size=batch_size, threads=threads)
         for part, label in parts:
             shown = label if progress else False
             if sharded is not None:
-                obs = sharded.collect(part, progress=shown)
+                obs = sharded(obs_model, part, shown, algorithm != "max")
             else:
                 obs = collect_statistics(obs_model, part.batches(batch_size=batch_size, progress=shown),
                                          threads=threads, progress=False, histogram=algorithm != "max")

@@ -109,8 +109,8 @@ def test_sharded_observers_equal_a_single_pass(name, cluster, shared_model, imag
     preset = "efficientnet-lite" if name.startswith("efficient") else "caffe"
     ds = open_dataset(imagenet_dir, m, preset, limit=20)
     plain = collect_statistics(m, ds.batches(batch_size=4), progress=False)
-    stats = RayStatistics(ray, m, batch_size=4, tasks=3)
-    sharded = stats.collect(ds)
+    stats = RayStatistics(ray, batch_size=4, tasks=3)
+    sharded = stats(m, ds)
     assert stats.tasks_run == 3
     assert list(sharded) == list(plain)
     not_captured = set(plain) - set(captured_tensors(m)) - {t.name for t in m.inputs}
