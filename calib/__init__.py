@@ -10,11 +10,10 @@ when asked for.
 """
 from __future__ import annotations
 
+from .errors import CalibError
+from .mixed import SearchResult, search
+from .pipeline import CalibrationConfig, CalibrationResult, calibrate
 from .version import __version__
-
-from .errors import CalibError  # noqa: E402
-from .pipeline import CalibrationConfig, CalibrationResult, calibrate  # noqa: E402
-from .mixed import SearchResult, search  # noqa: E402
 
 __all__ = ["__version__", "CalibError", "CalibrationConfig", "CalibrationResult", "calibrate", "SearchResult",
            "search"]

@@ -56,7 +56,8 @@ import os
 import queue
 import threading
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -90,7 +91,7 @@ class _Derived:
         return f"_Derived({self.name!r}, {self.kind}, {self.op}, {self.sources})"
 
 
-def _pad_plan(node, model: Model, consts: ConstEval) -> "np.ndarray | None":
+def _pad_plan(node, model: Model, consts: ConstEval) -> np.ndarray | None:
     """ONNX pads (begin..., end...) of a Pad that adds only zeros, else None."""
     mode = attr(node, "mode", b"constant")
     if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
@@ -222,7 +223,7 @@ def plan_clip_splits(ranges: Mapping[str, tuple[str, float, float]]) -> dict[str
     return out
 
 
-def _out_shape(d: _Derived, shapes: Mapping[str, tuple]) -> "tuple | None":
+def _out_shape(d: _Derived, shapes: Mapping[str, tuple]) -> tuple | None:
     """Run-time shape of a derived tensor from its sources' shapes (None if not computable)."""
     src = [shapes.get(s) for s in d.sources]
     if any(s is None for s in src):
@@ -282,7 +283,7 @@ def _capture_plan(m: Model, wanted: Sequence[str], explicit: bool, derive: bool,
     return plan, ranges, [t for t in direct if t not in inputs and t not in ranges]
 
 
-def captured_tensors(model: "Model | str | os.PathLike", *, histogram: bool = True) -> list[str]:
+def captured_tensors(model: Model | str | os.PathLike, *, histogram: bool = True) -> list[str]:
     """The tensors :func:`collect_statistics` has ONNX Runtime output for *model* by default
     (every float tensor observed, ``derive=True``), with or without histograms."""
     m = load_model(model)
@@ -292,7 +293,8 @@ def captured_tensors(model: "Model | str | os.PathLike", *, histogram: bool = Tr
 def _feed_of(batch: Any) -> Mapping[str, np.ndarray]:
     feed = getattr(batch, "feed", batch)
     if not isinstance(feed, Mapping):
-        raise CalibError(f"a calibration batch must be a dict of input arrays or have .feed, got {type(batch).__name__}")
+        raise CalibError(f"a calibration batch must be a dict of input arrays or have .feed, "
+                         f"got {type(batch).__name__}")
     return feed
 
 
@@ -329,8 +331,8 @@ class _Updater:
     """
 
     def __init__(self, observers: dict[str, TensorObserver], workers: int,
-                 dependents: "Mapping[str, list] | None" = None, recapture=None,
-                 splits: "dict[str, ClipSplitObserver] | None" = None):
+                 dependents: Mapping[str, list] | None = None, recapture=None,
+                 splits: dict[str, ClipSplitObserver] | None = None):
         self.observers = observers
         self.workers = workers
         self.dependents = dict(dependents or {})
@@ -449,9 +451,9 @@ class _Updater:
             raise self.error
 
 
-def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any],
+def collect_statistics(model: Model | str | os.PathLike, batches: Iterable[Any],
                        tensors: Sequence[str] | None = None, *, threads: int | None = None,
-                       progress: "bool | str" = True, workers: int | None = None,
+                       progress: bool | str = True, workers: int | None = None,
                        run_batch: int | None = 4, bins: int | None = None,
                        derive: bool = True, spinning: bool | None = None,
                        histogram: bool = True, optimize: str | None = None) -> dict[str, TensorObserver]:
@@ -574,16 +576,21 @@ def collect_statistics(model: "Model | str | os.PathLike", batches: Iterable[Any
     if observers is None:
         raise EmptyDatasetError("no calibration batches: the data source yielded nothing")
     observers = _resolve(kept, observers, plan, pad_zeros, kw)
+    warn_nonfinite(observers, stacklevel=3)
+    return observers
+
+
+def warn_nonfinite(observers: Mapping[str, TensorObserver], stacklevel: int = 2) -> None:
+    """One RuntimeWarning naming the tensors among *observers* that held NaN or Inf (none if none did)."""
     bad = [o for o in observers.values() if o.nonfinite]
     if bad:
         shown = ", ".join(f"'{o.name}' ({o.nan_count} NaN, {o.inf_count} Inf)" for o in bad[:3])
         warnings.warn(f"{len(bad)} tensor(s) held non-finite values, left out of their statistics: {shown}"
-                      + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""), RuntimeWarning, stacklevel=2)
-    return observers
+                      + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""), RuntimeWarning, stacklevel=stacklevel)
 
 
 def _kept(wanted: Sequence[str], arrays: Mapping[str, np.ndarray], plan: Mapping[str, _Derived],
-          explicit: bool, ranges: "Mapping[str, tuple] | None" = None) -> list[str]:
+          explicit: bool, ranges: Mapping[str, tuple] | None = None) -> list[str]:
     """The observed tensors, in *wanted* order: captured ones holding floats (any dtype when
     named explicitly), range-derived ones whose source is kept and derived ones whose sources
     are all kept."""
@@ -617,8 +624,8 @@ def _resolve(kept: Sequence[str], direct: dict[str, TensorObserver], plan: Mappi
     return {k: done[k] for k in kept}
 
 
-def bias_shifts(probe: "Model | str | os.PathLike", batches: Iterable[Any], outputs: Mapping[str, str], *,
-                threads: int | None = None, progress: "bool | str" = False) -> dict[str, np.ndarray]:
+def bias_shifts(probe: Model | str | os.PathLike, batches: Iterable[Any], outputs: Mapping[str, str], *,
+                threads: int | None = None, progress: bool | str = False) -> dict[str, np.ndarray]:
     """``{node key: mean INT8 output error per channel}`` for bias correction.
 
     *probe* is a Q/DQ model from ``calib.qdq.quantize_model(..., bias_probe=True)`` and *outputs*

@@ -466,9 +466,9 @@ def _summary_lines(s: Mapping[str, Any], outcome, bud) -> list[str]:
     sens = s["sensitivity"]
     lm = s["latency_model"]
     quant = [g for g in s["groups"] if g["quantizable"]]
-    lines = [f"search ({s['algorithm']}) for {bud} on {s['search_split']['samples']} search samples: "
-             f"{len(outcome.evaluations)} of at most {s['max_evals']} evaluations; {len(quant)} quantizable groups "
-             f"of {len(s['groups'])}"]
+    lines = [(f"search ({s['algorithm']}) for {bud} on {s['search_split']['samples']} search samples: "
+              f"{len(outcome.evaluations)} of at most {s['max_evals']} evaluations; {len(quant)} quantizable groups "
+              f"of {len(s['groups'])}")]
     rho = sens.get("spearman")
     lines.append(f"sensitivity: {sens['used']}" + (f" ({sens['direct_mode']})" if sens.get("direct_mode") else "")
                  + (f"; Spearman rho of proxy and direct {rho:+.2f}" if rho is not None else ""))

@@ -16,16 +16,17 @@ import math
 import numbers
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from .version import __version__
 from .cache import sidecar_path
 from .errors import CalibError, ConfigError, EmptyDatasetError
 from .model import Model, load_model
 from .smooth import DEFAULT_ALPHA
 from .utils import atomic_write_all, check_outputs, sha256_bytes
+from .version import __version__
 
 ALGORITHMS = ("entropy", "max", "percentile", "mse", "auto")
 TARGETS = ("tensorrt", "onnxruntime")
@@ -51,8 +52,8 @@ class CalibrationConfig:
     """The options of one calibration (what :func:`calibrate` computes, not where data or outputs are).
 
     Validated when made, in one place: a bad value raises :class:`calib.errors.ConfigError` (a
-    :class:`CalibError`) with one line naming the field. ``config.replace(**options)`` gives a copy with some fields changed (validated again;
-    an unknown name is an error listing the valid ones).
+    :class:`CalibError`) with one line naming the field. ``config.replace(**options)`` gives a copy
+    with some fields changed (validated again; an unknown name is an error listing the valid ones).
 
     - *algorithm*: ``entropy`` (TensorRT's default), ``max``, ``percentile``, ``mse``, or ``auto``
       (every one of those four from the same statistics, scored against FP32 on calibration samples
@@ -126,7 +127,7 @@ class CalibrationConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def of(cls, config: "CalibrationConfig | Mapping | None" = None, **options) -> "CalibrationConfig":
+    def of(cls, config: CalibrationConfig | Mapping | None = None, **options) -> CalibrationConfig:
         """*config* (None: the defaults; a dict: its fields) with *options* changed."""
         if config is None:
             config = cls()
@@ -136,7 +137,7 @@ class CalibrationConfig:
             raise CalibError(f"config must be a CalibrationConfig or a dict of its fields, got {type(config).__name__}")
         return config.replace(**options)
 
-    def replace(self, **options) -> "CalibrationConfig":
+    def replace(self, **options) -> CalibrationConfig:
         """A copy with *options* (field names) changed, validated again."""
         unknown = sorted(set(options) - set(self.names()))
         if unknown:
@@ -371,7 +372,7 @@ def calibration_splits(ds, samples: int | None, seed: int):
 def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = None, *, preprocess=None,
               classes=None, labels=None, strict: bool = False, batch_axes=None, constants=None, dataset=None,
               out=None, force: bool = False, write: bool = True, progress: bool = True,
-              statistics: Statistics | None = None,
+              statistics: Statistics | None = None, ray: str | None = None,
               **options) -> CalibrationResult:
     """Calibrate *model* on *data* and write a TensorRT cache, its sidecar, a Q/DQ model and a summary.
 
@@ -396,9 +397,22 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     with the same smoothing (checked: :meth:`Statistics.check`), reused instead of a new pass over
     the data; the artifacts are the same as without it. A sweep calibrates every algorithm and
     precision plan of a (data, samples, seed) point of its grid from one such pass.
+
+    *ray*: a Ray cluster's address, or ``"auto"`` (join the running one, else start a local one),
+    to collect the statistics as Ray tasks over shards of the calibration samples
+    (:mod:`calib.distributed`; ``pip install 'calib[ray]'``). The data must then come from a path
+    every worker sees (not with *statistics*). The artifacts are byte-identical to a run without
+    Ray; the smoothing pass, ``auto``'s scoring, the bias correction and the held-out check run in
+    this process.
     """
-    from .cache import (CalibrationCache, DEFAULT_TRT_VERSION, format_cache, make_sidecar, sidecar_bytes,
-                        trt_algorithm_name)
+    from .cache import (
+        DEFAULT_TRT_VERSION,
+        CalibrationCache,
+        format_cache,
+        make_sidecar,
+        sidecar_bytes,
+        trt_algorithm_name,
+    )
     from .datasets import open_dataset
     from .plan import load_plan
     from .qdq import check_input, prepare
@@ -429,12 +443,27 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
         raise EmptyDatasetError(f"no samples left for calibration in {data}")
 
     # 0-1. channel smoothing factors and the statistics of every float activation tensor (TensorRT's
-    # cache covers all of them); or the statistics given, collected before on the same samples
+    # cache covers all of them); or the statistics given, collected before on the same samples.
+    # With ray (an address or "auto"), the statistics pass runs as Ray tasks over shards of the
+    # samples (calib.distributed); the smoothing pass and everything after it run here.
     prepared = prepare(m)    # once, for the smoothing sites and the Q/DQ model
-    if statistics is None:
+    ray_info = None
+    if statistics is None and ray is not None:
+        from .distributed import RayStatistics, connect
+
+        calib_ds.spec()      # data held in memory cannot go to Ray workers: refused before any work
+        with connect(ray) as cluster:
+            sharded = RayStatistics(cluster, batch_size=batch_size, threads=threads)
+            statistics = gather_statistics(m, calib_ds, config, prepared=prepared, progress=progress,
+                                           collect=sharded)
+        ray_info = {"address": ray, "tasks": sharded.tasks_run}
+        t_smooth, t_collect = statistics.timing["smooth"], statistics.timing["collect"]
+    elif statistics is None:
         statistics = gather_statistics(m, calib_ds, config, prepared=prepared, progress=progress)
         t_smooth, t_collect = statistics.timing["smooth"], statistics.timing["collect"]
     else:
+        if ray is not None:
+            raise CalibError("give statistics= (collected before) or ray= (collect them on Ray), not both")
         statistics.check(calib_ds, config)
         t_smooth = t_collect = 0.0
     factors, smooth_info = statistics.factors, statistics.smoothing
@@ -515,6 +544,8 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
         # the set this summary belongs to: a cache or Q/DQ model of another run does not match
         "sha256": {"cache": sha256_bytes(cache_bytes), "qdq": sha256_bytes(qdq_bytes)},
     }
+    if ray_info is not None:
+        summary["ray"] = ray_info
     if config.evaluate and eval_ds is not None and _more_than(eval_ds, 0):
         summary["held_out"] = _held_out(m, qdq, eval_ds, config.eval_samples, seed, batch_size, threads, progress,
                                         auto=selection is not None)
@@ -731,7 +762,8 @@ def _smoothing(m: Model, prepared: Model, calib_ds, alpha: float, seed: int, bat
     import numpy as np
 
     from .backends.onnxruntime import OrtEngine
-    from .smooth import channel_absmax, factors as smooth_factors, find_sites, observed, range_probe
+    from .smooth import channel_absmax, find_sites, observed, range_probe
+    from .smooth import factors as smooth_factors
 
     sites = find_sites(prepared)
     info = {"alpha": alpha, "sites": len(sites), "tensors": [], "probe_samples": 0}
@@ -801,7 +833,8 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
     alg = s["algorithm"] if s.get("requested_algorithm", s["algorithm"]) == s["algorithm"] \
         else f"{s['requested_algorithm']}: {s['algorithm']}"
     lines = [f"calibrated {s['tensors']} tensors on {s['calibration_samples']} samples "
-             f"({alg}) in {s['timing_s']['collect'] + s['timing_s'].get('select', 0) + s['timing_s']['amax']:.1f} s"]
+             f"({alg}) in {s['timing_s']['collect'] + s['timing_s'].get('select', 0) + s['timing_s']['amax']:.1f} s"
+             + (f", statistics in {s['ray']['tasks']} Ray tasks" if s.get("ray") else "")]
     sel = (s.get("params") or {}).get("selection")
     if sel:
         def fmt(v):
@@ -828,8 +861,8 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
                      + (" ..." if len(names) > 3 else ""))
     masks = set(s.get("unranged_with_inf") or ())
     for names, why in (([n for n in s.get("unranged_tensors") or () if n not in masks], "all zeros over the data"),
-                       (sorted(masks), "only 0 and infinities over the data, as attention masks hold: no finite "
-                                       "range")):
+                       (sorted(masks), ("only 0 and infinities over the data, as attention masks hold: no finite "
+                                        "range"))):
         if names:
             lines.append(f"left out of the cache ({why}): {', '.join(names[:3])}"
                          + (f" and {len(names) - 3} more" if len(names) > 3 else ""))
@@ -838,6 +871,6 @@ def _summary_lines(s: Mapping[str, Any]) -> list[str]:
         lines.append(f"held-out ({ho['samples']} samples): {ho['line']}")
         if ho.get("warning"):
             lines.append(f"warning: {ho['warning']}")
-    for k, v in s.get("outputs", {}).items():
+    for v in s.get("outputs", {}).values():
         lines.append(f"wrote {v}")
     return lines

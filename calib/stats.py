@@ -308,7 +308,7 @@ class TensorObserver:
             self._hist = _coarsen(self._hist, new_exp - self.exp)
             self.exp = new_exp
 
-    def update(self, x) -> "TensorObserver":
+    def update(self, x) -> TensorObserver:
         """Add every value of *x* (any shape; float, int or bool) to the statistics."""
         a = np.asarray(x)
         if a.dtype != np.float32:
@@ -369,7 +369,7 @@ class TensorObserver:
         self._hist += acc
         return self
 
-    def add_range(self, mn: float, mx: float, n: int) -> "TensorObserver":
+    def add_range(self, mn: float, mx: float, n: int) -> TensorObserver:
         """Add *n* finite values whose minimum is *mn* and maximum *mx* (range-only observers).
 
         Exactly what ``update(x)`` does for such an ``x`` when the observer keeps no histogram:
@@ -391,7 +391,7 @@ class TensorObserver:
         self.max = max(self.max, mx)
         return self
 
-    def add_zeros(self, n: int) -> "TensorObserver":
+    def add_zeros(self, n: int) -> TensorObserver:
         """Add *n* values equal to 0.0, exactly as ``update(np.zeros(n, np.float32))`` would.
 
         Zeros land in fine bin 0 whatever the width and never change the width; the range
@@ -409,13 +409,13 @@ class TensorObserver:
             self.hist[0] += n
         return self
 
-    def renamed(self, name: str | None) -> "TensorObserver":
+    def renamed(self, name: str | None) -> TensorObserver:
         """An exact, independent copy of this observer under another name."""
         st = self.state()
         st["name"] = name
         return TensorObserver.from_state(st)
 
-    def merge(self, other: "TensorObserver") -> "TensorObserver":
+    def merge(self, other: TensorObserver) -> TensorObserver:
         """Add *other*'s statistics into this observer (exactly as if its data were updated here)."""
         if not isinstance(other, TensorObserver):
             raise TypeError(f"cannot merge {type(other).__name__} into a TensorObserver")
@@ -436,7 +436,7 @@ class TensorObserver:
         self.max = max(self.max, other.max)
         return self
 
-    def copy(self) -> "TensorObserver":
+    def copy(self) -> TensorObserver:
         o = TensorObserver(self.name, self.bins, self.has_histogram)
         o.merge(self)
         return o
@@ -466,7 +466,7 @@ class TensorObserver:
                 "min": self.min, "max": self.max, "histogram": self.has_histogram}
 
     @classmethod
-    def from_state(cls, st: dict[str, Any]) -> "TensorObserver":
+    def from_state(cls, st: dict[str, Any]) -> TensorObserver:
         o = cls(st.get("name"), int(st["bins"]), bool(st.get("histogram", True)))
         hist = np.asarray(st["hist"], dtype=np.int64)
         if hist.shape != (o.bins,):
@@ -512,11 +512,11 @@ class TensorObserver:
         for k in TensorObserver.__slots__:
             setattr(self, k, getattr(o, k))
 
-    def same_as(self, other: "TensorObserver") -> bool:
+    def same_as(self, other: TensorObserver) -> bool:
         """True if both hold bit-identical statistics."""
-        return (self.has_histogram == other.has_histogram and self.bins == other.bins and self.exp == other.exp and self.count == other.count
-                and self.nan_count == other.nan_count and self.inf_count == other.inf_count
-                and self.min == other.min and self.max == other.max
+        return (self.has_histogram == other.has_histogram and self.bins == other.bins and self.exp == other.exp
+                and self.count == other.count and self.nan_count == other.nan_count
+                and self.inf_count == other.inf_count and self.min == other.min and self.max == other.max
                 and np.array_equal(self.hist, other.hist))
 
 
@@ -590,7 +590,7 @@ class ClipSplitObserver:
             self._hists[r] = _coarsen(self._hists[r], new_exp - self.exps[r])
             self.exps[r] = new_exp
 
-    def update(self, x, minmax: "tuple[float, float] | None" = None) -> "ClipSplitObserver":
+    def update(self, x, minmax: tuple[float, float] | None = None) -> ClipSplitObserver:
         """Add every value of *x* (float16 or float32, all finite) to the statistics.
 
         *minmax*: ``(x.min(), x.max())`` when the caller has them already (saves two passes).

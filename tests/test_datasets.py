@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from calib.datasets import Batch, DataWarning, Preprocess, open_dataset, parse_floats, preset_names, split_of
+from calib.datasets import Batch, DataWarning, Preprocess, open_dataset, open_spec, parse_floats, preset_names, split_of
 from calib.errors import (
     CalibError,
     CorruptSampleError,
@@ -586,6 +586,71 @@ def test_rest_is_the_complement_of_subset(imagenet_dir):
     assert [i for b in ds.rest(4).batches(2) for i in b.ids] == ev[4:]
     assert [float(b.feed["input"][j, 0, 0, 0]) for b in ds.rest(4).batches(3) for j in range(len(b.ids))] == \
         [float(int(i) // 3) for i in ev[4:]]
+
+
+def test_slices_are_whole_batches_of_the_reading_order(imagenet_dir):
+    base = open_dataset(imagenet_dir, rgb_model(), RAW_EXACT, limit=30).split("calib")
+    cuts = [base.slice(0, 8), base.slice(8, 16), base.slice(16, 10 ** 6)]
+    assert [i for c in cuts for i in c.ids] == base.ids and len(cuts[0]) == 8
+    assert [b.ids for c in cuts for b in c.batches(4)] == [b.ids for b in base.batches(4)]
+    assert base.slice(5, 5).ids == [] and cuts[1].describe()["selection"][-1] == ["slice", 8, 16]
+    with pytest.raises(DataError, match="slice"):
+        base.slice(3, 2)
+    # streaming: positions in reading order, after the steps before
+    feeds = [{"input": np.full((3, 3, 8, 8), k, np.float32)} for k in range(7)]     # ids "0".."20"
+    ds = open_dataset(feeds, rgb_model()).split("calib")
+    cal = [i for i in map(str, range(21)) if split_of(i) == "calib"]
+    assert ds.slice(2, 5).ids == cal[2:5] and [i for b in ds.slice(2, 5).batches(2) for i in b.ids] == cal[2:5]
+    assert ds.slice(3, 100).ids == cal[3:]
+
+
+def test_spec_reopens_the_same_samples_anywhere(imagenet_dir, imagenet_classes, tmp_path, monkeypatch):
+    """A dataset opened from relative paths describes itself with absolute ones; the spec survives
+    JSON and reopens the same ids, labels and pixels from another working directory."""
+    monkeypatch.chdir(imagenet_dir.parent)
+    ds = open_dataset(imagenet_dir.name, rgb_model(), RAW_EXACT, limit=40, seed=3,
+                      classes=imagenet_classes.name).split("calib").subset(6, 1).slice(1, 5)
+    spec = json.loads(json.dumps(ds.spec()))
+    assert spec["source"] == str(imagenet_dir) and spec["classes"] == str(imagenet_classes)
+    assert [step[0] for step in spec["selection"]] == ["limit", "split", "limit", "slice"]
+    (b1,) = list(ds.batches(8))
+    monkeypatch.chdir(tmp_path)
+    back = open_spec(spec, rgb_model())
+    assert back.ids == ds.ids and len(back) == 4
+    (b2,) = list(back.batches(8))
+    assert b1.labels.tolist() == b2.labels.tolist() and np.array_equal(b1.feed["input"], b2.feed["input"])
+    assert back.describe()["preprocess_digest"] == ds.describe()["preprocess_digest"]
+    # the files at the path changed (or another machine sees others): refused
+    with pytest.raises(DataError, match="hold other samples here"):
+        open_spec(dict(spec, ids_sha256="0" * 64), rgb_model())
+    with pytest.raises(DataError, match="calib-data-spec"):
+        open_spec({"source": str(imagenet_dir)}, rgb_model())
+    with pytest.raises(DataError, match="unknown selection step"):
+        open_spec(dict(spec, selection=[["shuffle", 1]], ids_sha256=None), rgb_model())
+
+
+def test_spec_of_arrays_scripts_and_data_in_memory(tmp_path):
+    import h5py
+
+    img, meta, y = _two_input_data()
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["image"], f["grp/side"] = img, meta
+    ds = open_dataset(tmp_path / "d.h5", TWO, hdf5_map="meta=grp/side", limit=6, seed=2)
+    back = open_spec(ds.spec(), TWO)
+    assert back.ids == ds.ids and np.array_equal(next(back.batches(6)).feed["meta"], next(ds.batches(6)).feed["meta"])
+    script = tmp_path / "loader.py"
+    script.write_text("import numpy as np\n"
+                      "def load_data():\n"
+                      "    for i in range(5):\n"
+                      "        yield {'image': np.full((1, 3, 4, 4), i, np.float32), 'meta': np.zeros((1, 2))}\n")
+    ds = open_dataset(f"{script}:load_data", TWO).slice(1, 4)
+    assert ds.spec()["source"] == f"{script}:load_data" and ds.spec()["ids_sha256"] is None
+    assert next(open_spec(ds.spec(), TWO).batches(5)).feed["image"][:, 0, 0, 0].tolist() == [1, 2, 3]
+    for data in (img, {"image": img, "meta": meta}, [{"image": img, "meta": meta}]):
+        with pytest.raises(DataError, match="held in memory"):
+            open_dataset(data, TWO if isinstance(data, (dict, list)) else [TWO[0]]).spec()
+    with pytest.raises(DataError, match="held in memory"):
+        open_dataset(tmp_path / "d.h5", TWO, hdf5_map="meta=grp/side", labels=y).spec()
 
 
 # ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ LAYERS = [("calib.errors", 0), ("calib.utils", 0), ("calib.model", 0), ("calib.g
           ("calib.cache", 4), ("calib.preparation", 4), ("calib.qdq", 4), ("calib.smooth", 4), ("calib.plan", 4),
           ("calib.backends", 5), ("calib.harness", 6), ("calib.tuning", 7),
           ("calib.collect", 8), ("calib.pipeline", 8), ("calib.mixed", 8), ("calib.sweep", 8),
+          ("calib.distributed", 8),
           ("calib.cli", 9), ("calib.__main__", 9)]
 
 

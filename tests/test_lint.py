@@ -12,9 +12,7 @@ import pytest
 from conftest import REPO
 
 PATHS = [
-    # strict: the marker must go as soon as calib/ is clean
-    pytest.param("calib", marks=pytest.mark.xfail(strict=True, reason="calib/ is cleaned once the issue-16 "
-                                                  "refactor of the package has merged")),
+    "calib",
     "tests",
     "benchmarks",
     "notebooks/execute.py",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from calib.algorithms import compute_amax
-from calib.stats import EXP_MIN, TensorObserver
+from calib.stats import EXP_MIN, TensorObserver, dump_observers, load_observers
 
 
 def _data(seed=0, n=50_000):
@@ -135,6 +135,32 @@ def test_pickle_and_state_round_trip():
     assert p.same_as(o) and p.name == o.name
     q = TensorObserver.from_state(o.state())
     assert q.same_as(o)
+
+
+def test_observers_round_trip_as_plain_arrays_without_pickle():
+    """Histogram, range-only, empty and non-finite-counting observers, under any tensor name, in
+    order; what is read is exactly what was written, and nothing but NumPy arrays is accepted."""
+    import io
+
+    hist = _observe([_data(1), np.array([np.nan, np.inf, -np.inf], np.float32)])
+    ranged = _observe([_data(2)], histogram=False)
+    small = _observe([np.arange(5, dtype=np.float32)], bins=4096)
+    obs = {"/layer1/Relu_output_0": hist, "b:0.x": ranged, "empty": TensorObserver("empty"), "4096": small}
+    arrays = hist.to_arrays()
+    assert all(isinstance(v, np.ndarray) and v.dtype != object for v in arrays.values())
+    assert TensorObserver.from_arrays(arrays, "x").same_as(hist)
+    back = load_observers(dump_observers(obs))
+    assert list(back) == list(obs) and all(back[k].same_as(o) and back[k].name == k for k, o in obs.items())
+    assert (back["/layer1/Relu_output_0"].nan_count, back["/layer1/Relu_output_0"].inf_count) == (1, 2)
+    assert not back["b:0.x"].has_histogram and back["4096"].bins == 4096 and back["empty"].count == 0
+    assert load_observers(dump_observers({})) == {}
+    buf = io.BytesIO()
+    np.savez(buf, format=np.asarray("calib-observers-1"), names=np.asarray(["a"], dtype=object))
+    for bad in (b"", b"not an archive", dump_observers(obs)[:200], buf.getvalue(), pickle.dumps(obs)):
+        with pytest.raises(ValueError):
+            load_observers(bad)
+    with pytest.raises(ValueError, match="lack the field .exp."):
+        TensorObserver.from_arrays({k: v for k, v in arrays.items() if k != "exp"})
 
 
 def test_bins_must_be_power_of_two():

@@ -90,15 +90,6 @@ def test_grid_errors_are_one_line_naming_the_choices(tmp_path, capsys, text, mes
     assert not (tmp_path / "out").exists()
 
 
-def test_search_plans_need_the_search(tmp_path):
-    from calib.sweep.grid import search_budget_parser
-
-    if search_budget_parser() is not None:
-        pytest.skip("calib.search exists here: test_search_plan_axis covers the search axis")
-    with pytest.raises(CalibError, match=r"needs the mixed-precision search \(calib.search\)"):
-        make_grid({"plan": ["search:agreement>=0.99"]})
-
-
 def test_plan_files_count_by_content(tmp_path):
     plan = tmp_path / "p.json"
     plan.write_text(json.dumps({"format": "calib-precision-plan", "version": 1, "default": "int8",
@@ -338,24 +329,7 @@ def test_tensorrt_timings_where_tensorrt_exists(tmp_path, monkeypatch):
         "error": "TensorRT could not parse the model"}
 
 
-def test_ray_without_distributed_is_one_line(tmp_path, capsys):
-    try:
-        import calib.distributed  # noqa: F401
-        pytest.skip("calib.distributed exists: its own tests cover --ray")
-    except ImportError:
-        pass
-    grid = _grid(tmp_path, 'samples = [4]\n')
-    rc = main(["sweep", "--model", str(MODEL), "--data", str(IMAGES), "--preset", "caffe", "--grid", str(grid),
-               "--out", str(tmp_path / "o"), "--ray", "auto"])
-    err = capsys.readouterr().err
-    assert rc != 0 and err.startswith("error: --ray needs calib's Ray support") and err.count("\n") == 1
-
-
 def test_search_plan_axis(tmp_path):
-    from calib.sweep.grid import search_budget_parser
-
-    if search_budget_parser() is None:
-        pytest.skip("calib.search (the mixed-precision search, issue 17) has not landed in this calib")
     out = tmp_path / "out"
     res = sweep(MODEL, IMAGES, {"algorithm": ["max"], "samples": [8], "plan": ["int8", "search:agreement>=0.99"]},
                 out=out, preprocess="caffe", classes=CLASSES, timing_runs=0, eval_samples=10, progress=False,

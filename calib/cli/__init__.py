@@ -40,7 +40,7 @@ def _build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"calib {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     registered: set[str] = set()
-    for name, (mod, help_) in COMMANDS.items():
+    for name, (mod, _help) in COMMANDS.items():
         if only is not None and name != only:
             continue
         if mod in registered:

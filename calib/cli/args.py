@@ -15,16 +15,17 @@ groups it needs (:func:`add_command`) and adds only its own flags itself.
 - :class:`OutputArgs`: ``--out DIR`` (always a folder) and ``--force`` -> :class:`Output`;
 - :class:`JsonArgs`: ``--json`` (JSON on stdout, nothing else there) -> bool; :func:`print_json`;
 - :class:`CalibrationArgs`: ``--algorithm``, ``--samples``, ``--smooth``, ...
-  -> :class:`calib.pipeline.CalibrationConfig`.
+  -> :class:`calib.pipeline.CalibrationConfig`;
+- :class:`RayArgs`: ``--ray ADDRESS|auto`` -> the Ray cluster to run on (None: this process).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from ..datasets import DEFAULT_BATCH_SIZE, PRESETS, SPLITS, Preprocess, open_dataset, parse_floats
 from ..datasets.preprocess import INTERPOLATIONS
@@ -391,5 +392,26 @@ class CalibrationArgs(ArgGroup):
             raise ConfigError(flag, exc.problem) from None
 
 
+class RayArgs(ArgGroup):
+    """Ray: scale out over a Ray cluster (pip install 'calib[ray]')."""
+
+    def __init__(self, what: str = "the statistics pass runs as Ray tasks over shards of the samples"):
+        self.what = what
+
+    def _add(self, g) -> None:
+        g.add_argument("--ray", metavar="ADDRESS|auto", default=None,
+                       help=f"{self.what}; auto joins the cluster RAY_ADDRESS or `ray start` names, else starts a "
+                            "local one; host:port joins that cluster. Workers read the data from the same path")
+
+    @staticmethod
+    def parse(args) -> str | None:
+        """The cluster address, ``"auto"``, or None (no Ray); an empty address is an error."""
+        if args.ray is None:
+            return None
+        if not args.ray.strip():
+            raise ConfigError("--ray", "expected auto or a cluster address host:port, got an empty string")
+        return args.ray.strip()
+
+
 __all__ = ["ArgGroup", "add_command", "positive_int", "ModelArgs", "DataArgs", "SplitArgs", "RuntimeArgs",
-           "TaskArgs", "ShapesArgs", "Output", "OutputArgs", "JsonArgs", "print_json", "CalibrationArgs"]
+           "TaskArgs", "ShapesArgs", "Output", "OutputArgs", "JsonArgs", "print_json", "CalibrationArgs", "RayArgs"]

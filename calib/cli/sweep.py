@@ -5,7 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import CalibError
-from .args import DataArgs, JsonArgs, ModelArgs, OutputArgs, RuntimeArgs, add_command, positive_int, print_json
+from .args import (
+    DataArgs,
+    JsonArgs,
+    ModelArgs,
+    OutputArgs,
+    RayArgs,
+    RuntimeArgs,
+    add_command,
+    positive_int,
+    print_json,
+)
 
 DATA = DataArgs()
 MODEL = ModelArgs(required=False, help="the FP32 ONNX model (required to run a sweep)")
@@ -21,15 +31,14 @@ def register(sub) -> None:
                     "CPU against FP32, predict GPU latency, record the size. Results go into DIR/sweep.db one "
                     "point at a time; a rerun skips finished points. Statistics are collected once per (samples, "
                     "seed). The grid's batch sizes replace --batch-size. `calib sweep show DIR` prints the table.",
-        groups=[MODEL, DATA, RuntimeArgs(), OUTPUT, JsonArgs()], func=run)
+        groups=[MODEL, DATA, RuntimeArgs(), RayArgs("the points run as Ray tasks instead of --jobs processes"), OUTPUT,
+                JsonArgs()], func=run)
     p.add_argument("action", nargs="?", choices=["show"], help="show: print the points stored in the folder DIR")
     p.add_argument("folder", nargs="?", metavar="DIR", help="with show: the sweep's --out folder")
     g = p.add_argument_group("Sweep", "the grid, where results go, and how points run")
     g.add_argument("--grid", metavar="SWEEP.toml", help="the grid: one list per axis (required to run a sweep)")
     g.add_argument("--jobs", type=positive_int, default=1, metavar="N",
                    help="points run at once, in N worker processes (default 1: in this process)")
-    g.add_argument("--ray", metavar="ADDRESS", help="run the points as Ray tasks on the cluster at ADDRESS "
-                                                    "('auto': start or join one; needs calib[ray])")
     g.add_argument("--latency", default="roofline:h100", metavar="roofline:GPU",
                    help="latency model that predicts GPU latency (not a measurement): roofline:h100 (default), "
                         "roofline:a100, roofline:l4, roofline:t4, roofline:orin, or none")
@@ -82,7 +91,7 @@ def run(args) -> int:
         def echo(line: str) -> None:
             print(line, file=sys.stderr)
     out = OUTPUT.parse(args)
-    res = sweep(model, grid=grid, out=out.dir, dataset=DATA.parse(args, model), jobs=args.jobs, ray=args.ray,
+    res = sweep(model, grid=grid, out=out.dir, dataset=DATA.parse(args, model), jobs=args.jobs, ray=RayArgs.parse(args),
                 force=out.force, latency=args.latency, timing_runs=args.timing_runs, eval_samples=args.eval_samples,
                 threads=RuntimeArgs.parse(args), metric=args.metric, progress=not json_out, echo=echo)
     c = res.counts()

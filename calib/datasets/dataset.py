@@ -29,10 +29,16 @@ Split (``split="calib"|"eval"``, ``eval_fraction``)
     ``open_dataset(split=..., limit=N)`` the split is taken first, then N samples from it;
     ``Dataset.split()`` partitions the dataset it is called on.
 
+Slices (``Dataset.slice(start, stop)``)
+    The samples at positions ``start`` to ``stop - 1`` of a dataset, in the order it reads them
+    (id order; read order for iterables). With both multiples of a batch size, a slice yields
+    exactly some of the batches the whole dataset yields, padding included: how work is cut into
+    shards that give the same statistics as one pass (:mod:`calib.distributed`).
+
 Reopening elsewhere (``Dataset.spec()``, :func:`open_spec`)
     A dataset opened from a path (folder, file, loader script) describes itself as a JSON-able
     spec: the absolute paths, preprocessing and flags it was opened with, the selection steps
-    (split, limit, rest) that narrowed it, and the digest of its sample ids. ``open_spec(spec,
+    (split, limit, rest, slice) that narrowed it, and the digest of its sample ids. ``open_spec(spec,
     model)`` opens the same samples in another process or on another machine that sees the same
     files at the same paths, and refuses data whose ids differ. Data held in memory (arrays,
     iterables) has no spec.
@@ -63,21 +69,40 @@ import json
 import os
 import stat
 import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..errors import (CorruptSampleError, DataError, DataNotFoundError, EmptyDatasetError, InputMismatchError,
-                      PreprocessError)
+from ..errors import (
+    CorruptSampleError,
+    DataError,
+    DataNotFoundError,
+    EmptyDatasetError,
+    InputMismatchError,
+    PreprocessError,
+)
 from . import selection
+from .layout import FeedLayout, check_finite
 from .preprocess import Preprocess, make_plan, preset_names
 from .selection import EXACT_MAX
-from .layout import FeedLayout, check_finite
-from .sources import (ARRAY_EXTENSIONS, HDF5_EXTENSIONS, IMAGE_EXTENSIONS, DataWarning, ImageSource, StreamSource,
-                      from_array, from_arrays, list_files, load_script, open_hdf5, open_numpy)
+from .sources import (
+    ARRAY_EXTENSIONS,
+    HDF5_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    DataWarning,
+    ImageSource,
+    StreamSource,
+    from_array,
+    from_arrays,
+    list_files,
+    load_script,
+    open_hdf5,
+    open_numpy,
+)
 
 SPLITS = ("calib", "eval")
 DEFAULT_BATCH_SIZE = 16
@@ -194,7 +219,7 @@ class Dataset:
         self._origin = origin           # how open_dataset opened the source (None: held in memory)
         self.skipped: list[tuple[str, str]] = []
         self.last_pass: dict | None = None
-        self._sel: "np.ndarray | _Lazy | None" = None     # sorted source rows, or a lazy selection
+        self._sel: np.ndarray | _Lazy | None = None     # sorted source rows, or a lazy selection
         self._len: int | None = None
         if not source.streaming:
             if indices is None:
@@ -224,12 +249,22 @@ class Dataset:
         if isinstance(sel, _Lazy):
             if op[0] == "split":
                 return _Lazy(sel.filters + (op,))
+            if op[0] == "slice":      # reads the selection only as far as the slice's end
+                rows, seen = [], 0
+                for c in selection.chunks(self.source.n_samples, self._keep(sel.filters) if sel.filters else None):
+                    rows.append(c[max(0, op[1] - seen):max(0, op[2] - seen)])
+                    seen += len(c)
+                    if seen >= op[2]:
+                        break
+                return np.concatenate(rows) if rows else np.zeros(0, np.int64)
             _, n, seed = op
             first = selection.first_permuted(self.source.n_samples, n, seed, self._keep(sel.filters))
             return first if op[0] == "limit" else _Lazy(sel.filters + (("exclude", first),))
         if op[0] == "split":
             _, part, frac = op
             return sel[self._in_split(sel, part, frac)] if len(sel) else sel
+        if op[0] == "slice":
+            return sel[op[1]:op[2]]
         _, n, seed = op
         keep = selection.smallest(sel, n, seed, ids_at)
         return keep if op[0] == "limit" else np.setdiff1d(sel, keep, assume_unique=True)
@@ -249,7 +284,7 @@ class Dataset:
         return np.concatenate([selection.in_split(src.ids_at(c), part, frac)
                                for c in np.array_split(rows, -(-len(rows) // selection.CHUNK))])
 
-    def _derive(self, op: tuple, **changes) -> "Dataset":
+    def _derive(self, op: tuple, **changes) -> Dataset:
         """This dataset narrowed by one more selection step *op*, applied to the ids already selected
         here (streaming sources apply every step while reading: see :meth:`_admit`)."""
         kw = dict(strict=self.strict, workers=self.workers, preprocess=self.preprocess, seed=self.seed,
@@ -262,12 +297,13 @@ class Dataset:
     def _row_chunks(self) -> Iterator[np.ndarray]:
         """The selected source rows, in order, in chunks of at most ``selection.CHUNK``."""
         if isinstance(self._sel, _Lazy):
-            yield from selection.chunks(self.source.n_samples, self._keep(self._sel.filters) if self._sel.filters else None)
+            keep = self._keep(self._sel.filters) if self._sel.filters else None
+            yield from selection.chunks(self.source.n_samples, keep)
         else:
             for k in range(0, len(self._sel), selection.CHUNK):
                 yield self._sel[k:k + selection.CHUNK]
 
-    def split(self, part: str, eval_fraction: float = 0.5) -> "Dataset":
+    def split(self, part: str, eval_fraction: float = 0.5) -> Dataset:
         """The ``"calib"`` or ``"eval"`` part of this dataset (see the module docstring for the rule).
 
         The two parts are disjoint, cover this dataset, and a sample's part depends only on its id.
@@ -276,7 +312,7 @@ class Dataset:
         frac = _check_fraction(eval_fraction)
         return self._derive(("split", part, frac), split=part, eval_fraction=frac)
 
-    def subset(self, limit: int | None = None, seed: int | None = None) -> "Dataset":
+    def subset(self, limit: int | None = None, seed: int | None = None) -> Dataset:
         """At most *limit* samples of this dataset, chosen by the seeded hash rule."""
         if limit is None:
             return self
@@ -285,7 +321,7 @@ class Dataset:
         seed = self.seed if seed is None else seed
         return self._derive(("limit", int(limit), int(seed)), limit=int(limit), seed=seed)
 
-    def rest(self, limit: int, seed: int | None = None) -> "Dataset":
+    def rest(self, limit: int, seed: int | None = None) -> Dataset:
         """The samples of this dataset that ``subset(limit, seed)`` leaves out: the two are
         disjoint and together make up this dataset (for a streaming source, ``subset`` keeps the
         first *limit* samples read and ``rest`` the ones after them)."""
@@ -293,6 +329,14 @@ class Dataset:
             raise DataError(f"limit must be >= 0, got {limit}")
         seed = self.seed if seed is None else seed
         return self._derive(("rest", int(limit), int(seed)), seed=seed)
+
+    def slice(self, start: int, stop: int) -> Dataset:
+        """The samples at positions *start* .. *stop* - 1 of this dataset, in its reading order (see
+        the module docstring); positions past the end select nothing."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop:
+            raise DataError(f"a slice needs 0 <= start <= stop, got [{start}, {stop})")
+        return self._derive(("slice", start, stop))
 
     # -- facts ----------------------------------------------------------------
     def __len__(self) -> int:
@@ -360,6 +404,12 @@ class Dataset:
             elif op[0] == "rest":
                 if counts[k] < op[1]:
                     counts[k] += 1
+                    return False
+            elif op[0] == "slice":
+                if counts[k] >= op[2]:
+                    return None
+                counts[k] += 1
+                if counts[k] <= op[1]:
                     return False
         return True
 
@@ -560,9 +610,10 @@ class Dataset:
     def spec(self) -> dict:
         """A JSON-able description from which :func:`open_spec` opens the same samples in another
         process: ``source``, ``preprocess``, ``classes``, ``labels``, ``input_map``, ``batch_axes``,
-        ``constants``, ``strict``, ``allow_external_data`` as :func:`open_dataset` got them (paths made absolute), ``seed``, ``selection`` (the split /
-        limit / rest steps, in order) and ``ids_sha256`` (None for streaming sources, whose ids
-        are positions). Raises :class:`~calib.errors.DataError` for data held in memory."""
+        ``constants``, ``strict``, ``allow_external_data`` as :func:`open_dataset` got them (paths
+        made absolute), ``seed``, ``selection`` (the split / limit / rest / slice steps, in order)
+        and ``ids_sha256`` (None for streaming sources, whose ids are positions).
+        Raises :class:`~calib.errors.DataError` for data held in memory."""
         if self._origin is None:
             raise DataError(f"data held in memory ({self.describe()['source']}) cannot be reopened by another "
                             f"process; give a file or folder path")
@@ -587,7 +638,8 @@ def _model_inputs(model) -> list:
         try:
             inputs = list(model)
         except TypeError:
-            raise DataError(f"model must be a calib.model.Model or a list of TensorInfo, got {type(model).__name__}") from None
+            raise DataError(f"model must be a calib.model.Model or a list of TensorInfo, "
+                            f"got {type(model).__name__}") from None
         if not all(isinstance(t, TensorInfo) for t in inputs):
             raise DataError("model must be a calib.model.Model or a list of TensorInfo")
     if not inputs:
@@ -694,7 +746,7 @@ def open_dataset(source, model, preprocess=None, *, limit: int | None = None, se
 
 
 SPEC_FORMAT = "calib-data-spec-1"
-_SELECTION = {"split": "split", "limit": "subset", "rest": "rest"}   # selection step -> Dataset method
+_SELECTION = {"split": "split", "limit": "subset", "rest": "rest", "slice": "slice"}   # step -> Dataset method
 
 
 def _absolute(path) -> str:

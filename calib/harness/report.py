@@ -251,8 +251,8 @@ class Report:
             L += ["## Metrics with 95% intervals", "", "![metrics](metrics.png)", ""]
         t = self.timing
         eng = ", ".join(f"{k} {v:.1f} s" for k, v in t.get("engines_s", {}).items())
-        L += ["## Timing", "", f"total {t.get('total_s', 0):.1f} s: waiting for data {t.get('decode_s', 0):.1f} s, "
-              f"engines ({eng}), metrics {t.get('metrics_s', 0):.1f} s", ""]
+        L += ["## Timing", "", (f"total {t.get('total_s', 0):.1f} s: waiting for data {t.get('decode_s', 0):.1f} s, "
+                                f"engines ({eng}), metrics {t.get('metrics_s', 0):.1f} s"), ""]
         if self.notes:
             L += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
         return "\n".join(L)
@@ -336,7 +336,7 @@ class Report:
         return buf.getvalue()
 
     # -- writing --------------------------------------------------------------------
-    def write(self, out: "str | os.PathLike", force: bool = False, plots: bool = True) -> list[Path]:
+    def write(self, out: str | os.PathLike, force: bool = False, plots: bool = True) -> list[Path]:
         """Write report.json, report.md and the PNGs into *out* as one set (all or none, see
         :func:`calib.utils.atomic_write_all`); check every target first and refuse to overwrite any
         unless *force*."""
@@ -354,7 +354,7 @@ class Report:
         return list(files)
 
 
-def load_report(path: "str | os.PathLike") -> dict:
+def load_report(path: str | os.PathLike) -> dict:
     """Read a report.json back (as a dict), checking the schema and version."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if data.get("schema") != SCHEMA:

@@ -77,7 +77,7 @@ def canonical_algorithm(value) -> str:
 
 
 def canonical_plan(value, base: Path | None = None) -> str:
-    """``int8``, ``fp16``, ``search:<budget>`` (budget checked when the search exists) or the
+    """``int8``, ``fp16``, ``search:<budget>`` (budget checked) or the
     absolute path of an existing precision plan file (read and checked)."""
     from ..plan import load_plan
 
@@ -88,27 +88,15 @@ def canonical_plan(value, base: Path | None = None) -> str:
         return text.lower()
     if text.lower().startswith("search:"):
         budget = text.split(":", 1)[1].strip()
-        parse = search_budget_parser()
-        if parse is None:
-            raise ConfigError("plan", f"{text!r} needs the mixed-precision search (calib.search), which this calib "
-                                      f"does not have; choose from int8, fp16, <plan.json>")
-        parse(budget)          # BudgetError names the valid metrics
+        from ..tuning.budget import parse_budget
+
+        parse_budget(budget)          # BudgetError names the valid metrics
         return f"search:{budget}"
     path = Path(text) if base is None or Path(text).is_absolute() else base / text
     if not path.is_file():
         raise ConfigError("plan", f"{text!r} is unknown and no such plan file exists; choose from {', '.join(PLANS)}")
     load_plan(path)             # a bad plan file fails here, before any work
     return str(path.resolve())
-
-
-def search_budget_parser():
-    """``calib.tuning.budget.parse_budget`` where the mixed-precision search exists, else None."""
-    try:
-        from ..mixed import search  # noqa: F401  (the search itself must be there too)
-        from ..tuning.budget import parse_budget
-    except ImportError:
-        return None
-    return parse_budget
 
 
 def _positive_int(axis: str, v) -> int:

@@ -87,12 +87,9 @@ def make_executor(jobs: int = 1, ray: str | None = None, files: dict[str, bytes]
     """The executor for ``--jobs`` / ``--ray``; *files* (path -> bytes, the model) are shipped to
     Ray's workers, which get a local copy where a task's argument names such a path."""
     if ray is not None:
-        try:
-            from .. import distributed
-        except ImportError:
-            raise CalibError("--ray needs calib's Ray support (calib.distributed), which this calib does not have; "
-                             "use --jobs N") from None
-        return distributed.ray_executor(ray, files=files or {})
+        from ..distributed import ray_executor
+
+        return ray_executor(ray, files=files or {})
     if jobs < 1:
         raise CalibError(f"--jobs must be at least 1, got {jobs}")
     return SerialExecutor() if jobs == 1 else ProcessExecutor(jobs)
