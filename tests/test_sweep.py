@@ -143,6 +143,29 @@ def test_pareto_front():
     assert pareto([]) == []
 
 
+def test_a_front_fp32_dominates_is_empty_and_still_drawn():
+    """On a loaded machine INT8 Q/DQ models can time slower on the CPU than FP32 with no better
+    top-1: FP32 dominates every point, the CPU front is empty, and the table and plot say so."""
+    from calib.sweep.front import Metric, front, front_table, plot_front
+
+    def row(alg, rel, top1):
+        return {"config": PointConfig(algorithm=alg, samples=4).to_dict(), "status": "ok",
+                "cpu": {"latency_ms": 10.0 * rel, "fp32_latency_ms": 10.0},
+                "metrics": {"top1": {"candidate": {"estimate": top1, "low": top1 - 0.1, "high": top1 + 0.1},
+                                     "reference": {"estimate": 0.6}}}}
+
+    metric = Metric("top1", higher_is_better=True, percent=True, labels=True)
+    slow = [row("max", 1.3, 0.6), row("entropy", 1.1, 0.5)]
+    assert front(slow, "cpu", metric) == []
+    assert "no point: FP32" in front_table(slow, metric, ["cpu"])
+    png = plot_front(slow, "cpu", metric, subject="m")
+    assert png.startswith(b"\x89PNG")
+    # one point faster than FP32 is the front
+    fast = slow + [row("mse", 0.5, 0.55)]
+    assert [r["config"]["algorithm"] for r in front(fast, "cpu", metric)] == ["mse"]
+    assert plot_front(fast, "cpu", metric).startswith(b"\x89PNG")
+
+
 def test_store_keeps_one_row_per_point(tmp_path):
     row = {"config": PointConfig(algorithm="max", samples=4).to_dict(), "status": "ok", "timing_s": {"total": 1.0},
            "fidelity": {"name": "top1_agreement", "candidate": {"estimate": 0.5, "low": 0.25, "high": 0.75}}}

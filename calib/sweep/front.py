@@ -191,6 +191,8 @@ def front_table(rows: list[dict], metric: Metric, costs=None) -> str:
             out.append(f"| {label(r, axes)} | {metric.fmt(v[0])} [{metric.fmt(v[1])}, {metric.fmt(v[2])}] | "
                        f"{spec.fmt.format(cost(r, c))} |")
         ref = fp32_cost(rows, c)
+        if not fr:
+            out.append("| no point: FP32 is as good and no costlier than each | | |")
         if ref is not None:
             out.append(f"| FP32 | {metric.fmt(reference_value(rows, metric))} | {spec.fmt.format(ref)} |")
         out.append("")
@@ -234,18 +236,20 @@ def plot_front(rows: list[dict], cost_name: str, metric: Metric, subject: str | 
             others.setdefault(label(r, kinds) if kinds else "other points", []).append(r)
     for k, (name, pts) in enumerate(sorted(others.items())):
         draw(pts, name, color=OTHER_COLOURS[k % len(OTHER_COLOURS)], ms=5, alpha=0.75, zorder=2)
-    draw(fr, "Pareto front", color="tab:red", ms=7, zorder=4)
+    if fr:
+        draw(fr, "Pareto front", color="tab:red", ms=7, zorder=4)
     fx = [cost(r, cost_name) for r in fr]
     fy = [value(r, metric)[0] * scale for r in fr]
     ref_x, ref_y = fp32_cost(rows, cost_name), reference_value(rows, metric)
     sx, sy = list(fx), list(fy)
     if ref_x is not None and ref_y is not None:
         ax.plot([ref_x], [ref_y * scale], marker="*", ms=14, color="tab:blue", ls="none", label="FP32", zorder=5)
-        better = ref_y > fy[-1] / scale if metric.higher_is_better else ref_y < fy[-1] / scale
-        if fr and ref_x > fx[-1] and better:            # FP32 ends the front: the staircase goes on to it
+        better = fr and (ref_y > fy[-1] / scale if metric.higher_is_better else ref_y < fy[-1] / scale)
+        if better and ref_x > fx[-1]:                   # FP32 ends the front: the staircase goes on to it
             sx.append(ref_x)
             sy.append(ref_y * scale)
-    ax.step(sx, sy, where="post", color="tab:red", lw=1, alpha=0.6, zorder=3)
+    if fr:
+        ax.step(sx, sy, where="post", color="tab:red", lw=1, alpha=0.6, zorder=3)
     spots: dict[tuple[float, float], list[dict]] = {}       # front points at the same place share a label
     for r, x, y in zip(fr, fx, fy):
         spots.setdefault((x, y), []).append(r)
@@ -267,7 +271,8 @@ def plot_front(rows: list[dict], cost_name: str, metric: Metric, subject: str | 
     ax.legend([handles[i] for i in order], [names[i] for i in order], fontsize=8, loc="best", handletextpad=0.4)
     n = len(usable)
     ax.set_title(f"{subject + ': ' if subject else ''}{metric.name} vs {cost_title(rows, cost_name)}: "
-                 f"{len(fr)} of {n} points on the front", fontsize=10)
+                 + (f"{len(fr)} of {n} points on the front" if fr else f"FP32 dominates all {n} points"),
+                 fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi)      # not the caller's savefig.dpi
