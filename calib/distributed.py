@@ -34,7 +34,7 @@ import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .errors import CalibError
+from .errors import CalibError, first_line
 from .model import Model
 
 INSTALL_HINT = "pip install 'calib[ray]'"
@@ -89,7 +89,7 @@ def connect(address: str):
     try:
         ray.init(address=None if address == "auto" else address, include_dashboard=False)
     except Exception as exc:       # ConnectionError, ValueError, RuntimeError, ...: Ray's own reasons
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CalibError(f"--ray {address}: cannot connect to Ray: {reason}") from None
     try:
         yield ray
@@ -109,7 +109,7 @@ def _task_error(ray, exc: BaseException, unwrap: bool = False) -> BaseException:
         return cause
     if isinstance(exc, ray.exceptions.RayTaskError):
         return exc
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     return CalibError(f"a Ray task was lost: {reason}")
 
 

@@ -9,6 +9,13 @@ what would fix it where that is known.
 from __future__ import annotations
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of *exc*'s message (a library's reason, quoted in a one-line error), or its
+    type's name when the message is empty."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class CalibError(Exception):
     """Base class of every error caused by input, configuration or environment."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, first_line
 
 # ONNX TensorProto element type -> NumPy dtype (only the types a model input/output uses)
 _ONNX_TO_NP = {
@@ -110,10 +110,10 @@ class Model:
         try:
             proto = onnx.load(str(p), load_external_data=True)
         except onnx.checker.ValidationError as exc:   # external data through a link, or outside the folder
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise ModelLoadError(f"cannot read {p}: its external data is refused: {reason}") from None
         except Exception as exc:  # protobuf DecodeError, missing external data, ...
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = first_line(exc)
             raise ModelLoadError(f"cannot read {p} as an ONNX model (truncated or not ONNX?): {reason}") from None
         if len(proto.graph.node) == 0 or not proto.graph.output:
             raise ModelLoadError(f"{p} is not an ONNX model with a graph (no nodes or no outputs)")

@@ -423,6 +423,8 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     if data is None and dataset is None:
         raise CalibError("no data: pass the calibration data (a folder, HDF5/NumPy file, iterable of feeds) "
                          "or an opened dataset=")
+    if statistics is not None and ray is not None:
+        raise CalibError("give statistics= (collected before) or ray= (collect them on Ray), not both")
     t_start = time.perf_counter()
     m = load_model(model)
     check_input(m, target)   # already quantized or float16: refused before any work
@@ -448,24 +450,22 @@ def calibrate(model, data=None, config: CalibrationConfig | Mapping | None = Non
     # samples (calib.distributed); the smoothing pass and everything after it run here.
     prepared = prepare(m)    # once, for the smoothing sites and the Q/DQ model
     ray_info = None
-    if statistics is None and ray is not None:
-        from .distributed import RayStatistics, connect
-
-        calib_ds.spec()      # data held in memory cannot go to Ray workers: refused before any work
-        with connect(ray) as cluster:
-            sharded = RayStatistics(cluster, batch_size=batch_size, threads=threads)
-            statistics = gather_statistics(m, calib_ds, config, prepared=prepared, progress=progress,
-                                           collect=sharded)
-        ray_info = {"address": ray, "tasks": sharded.tasks_run}
-        t_smooth, t_collect = statistics.timing["smooth"], statistics.timing["collect"]
-    elif statistics is None:
-        statistics = gather_statistics(m, calib_ds, config, prepared=prepared, progress=progress)
-        t_smooth, t_collect = statistics.timing["smooth"], statistics.timing["collect"]
-    else:
-        if ray is not None:
-            raise CalibError("give statistics= (collected before) or ray= (collect them on Ray), not both")
+    if statistics is not None:
         statistics.check(calib_ds, config)
         t_smooth = t_collect = 0.0
+    else:
+        if ray is None:
+            statistics = gather_statistics(m, calib_ds, config, prepared=prepared, progress=progress)
+        else:
+            from .distributed import RayStatistics, connect
+
+            calib_ds.spec()      # data held in memory cannot go to Ray workers: refused before any work
+            with connect(ray) as cluster:
+                sharded = RayStatistics(cluster, batch_size=batch_size, threads=threads)
+                statistics = gather_statistics(m, calib_ds, config, prepared=prepared, progress=progress,
+                                               collect=sharded)
+            ray_info = {"address": ray, "tasks": sharded.tasks_run}
+        t_smooth, t_collect = statistics.timing["smooth"], statistics.timing["collect"]
     factors, smooth_info = statistics.factors, statistics.smoothing
     n_sel = statistics.auto_samples if algorithm == "auto" else 0
     if n_sel >= 1:

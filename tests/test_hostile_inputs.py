@@ -268,6 +268,12 @@ def test_large_sources_select_by_a_seeded_permutation(tmp_path, monkeypatch):
     assert set(rest.ids).isdisjoint(sub.ids)
     b = next(sub.batches(batch_size=30))
     assert b.ids == sub.ids and np.array_equal(b.feed["x"][:, 0], np.array(sorted(want)) * 4.0)
+    # a slice of the lazy selection: positions in reading order, across the selection's chunks
+    calib_rows = [str(r) for r in range(n) if split_of(str(r)) == "calib"]
+    monkeypatch.setattr(selection, "CHUNK", 512)
+    assert ds.slice(500, 1100).ids == calib_rows[500:1100]
+    assert ds.slice(len(calib_rows) - 3, len(calib_rows) + 10).ids == calib_rows[-3:]
+    assert ds.slice(len(calib_rows) + 1, len(calib_rows) + 5).ids == []
     # below the threshold the documented smallest-digest rule holds exactly (HDF5 ids as in test_datasets)
     monkeypatch.setattr(dsmod, "EXACT_MAX", 1 << 22)
     base = open_dataset(tmp_path / "d.h5", model)

@@ -102,6 +102,7 @@ from .sources import (
     load_script,
     open_hdf5,
     open_numpy,
+    script_function,
 )
 
 SPLITS = ("calib", "eval")
@@ -251,7 +252,7 @@ class Dataset:
                 return _Lazy(sel.filters + (op,))
             if op[0] == "slice":      # reads the selection only as far as the slice's end
                 rows, seen = [], 0
-                for c in selection.chunks(self.source.n_samples, self._keep(sel.filters) if sel.filters else None):
+                for c in self._row_chunks(sel):
                     rows.append(c[max(0, op[1] - seen):max(0, op[2] - seen)])
                     seen += len(c)
                     if seen >= op[2]:
@@ -294,14 +295,16 @@ class Dataset:
         indices = None if self._sel is None else self._apply(op, self._sel)
         return Dataset(self.source, self.inputs, ops=self._ops + (op,), indices=indices, **kw)
 
-    def _row_chunks(self) -> Iterator[np.ndarray]:
-        """The selected source rows, in order, in chunks of at most ``selection.CHUNK``."""
-        if isinstance(self._sel, _Lazy):
-            keep = self._keep(self._sel.filters) if self._sel.filters else None
+    def _row_chunks(self, sel=None) -> Iterator[np.ndarray]:
+        """The rows of the selection *sel* (default: this dataset's), in order, in chunks of at most
+        ``selection.CHUNK``."""
+        sel = self._sel if sel is None else sel
+        if isinstance(sel, _Lazy):
+            keep = self._keep(sel.filters) if sel.filters else None
             yield from selection.chunks(self.source.n_samples, keep)
         else:
-            for k in range(0, len(self._sel), selection.CHUNK):
-                yield self._sel[k:k + selection.CHUNK]
+            for k in range(0, len(sel), selection.CHUNK):
+                yield sel[k:k + selection.CHUNK]
 
     def split(self, part: str, eval_fraction: float = 0.5) -> Dataset:
         """The ``"calib"`` or ``"eval"`` part of this dataset (see the module docstring for the rule).
@@ -715,14 +718,14 @@ def open_dataset(source, model, preprocess=None, *, limit: int | None = None, se
         raise DataError(f"workers must be >= 1, got {workers}")
     if input_map is not None and hdf5_map is not None:
         raise DataError("give input_map or hdf5_map (its old name), not both")
+    input_map = input_map if input_map is not None else hdf5_map
 
     if isinstance(source, Dataset):
         ds = source
     else:
         layout = FeedLayout(inputs, batch_axes, constants)
         src = _open_source(source, layout, pre, classes=classes, labels=labels, strict=strict,
-                           input_map=input_map if input_map is not None else hdf5_map,
-                           allow_external=bool(allow_external_data))
+                           input_map=input_map, allow_external=bool(allow_external_data))
         used_pre = pre if isinstance(src, ImageSource) else None
         if pre is not None and used_pre is None and preprocess is not None:
             warnings.warn(f"preprocessing {pre.name or 'custom'} ignored: {src.kind} data is fed as stored",
@@ -730,8 +733,7 @@ def open_dataset(source, model, preprocess=None, *, limit: int | None = None, se
         ds = Dataset(src, inputs, strict=strict, workers=workers, preprocess=used_pre, seed=seed,
                      extra=layout.to_dict(),
                      origin=_origin(source, used_pre, layout, classes=classes, labels=labels, strict=strict,
-                                    input_map=input_map if input_map is not None else hdf5_map,
-                                    allow_external_data=allow_external_data))
+                                    input_map=input_map, allow_external_data=allow_external_data))
     if split is not None:
         ds = ds.split(split, frac)
     if limit is not None:
@@ -753,8 +755,8 @@ def _absolute(path) -> str:
     """*path* as an absolute path (not resolved: links stay links); a loader script ``file.py:func``
     keeps its function name."""
     text = os.fspath(path)
-    file, sep, func = text.rpartition(".py:") if ".py:" in text and not Path(text).exists() else (text, "", "")
-    return os.path.abspath(file + (".py" if sep else "")) + (":" + func if sep else "")
+    script = script_function(text) if isinstance(text, str) else None
+    return os.path.abspath(text) if script is None else f"{os.path.abspath(script[0])}:{script[1]}"
 
 
 def _origin(source, pre, layout, *, classes, labels, strict, input_map, allow_external_data) -> dict | None:
@@ -784,7 +786,7 @@ def open_spec(spec: Mapping, model, *, workers: int | None = None) -> Dataset:
         raise DataError(f"not a {SPEC_FORMAT} data description")
     ds = open_dataset(spec["source"], model, spec.get("preprocess"), seed=spec.get("seed", 0),
                       classes=spec.get("classes"), labels=spec.get("labels"), strict=bool(spec.get("strict")),
-                      input_map=spec.get("input_map", spec.get("hdf5_map")), batch_axes=spec.get("batch_axes"),
+                      input_map=spec.get("input_map"), batch_axes=spec.get("batch_axes"),
                       constants=spec.get("constants"), allow_external_data=bool(spec.get("allow_external_data")),
                       workers=workers)
     for step in spec.get("selection") or ():
@@ -808,7 +810,7 @@ def _open_source(source, layout, pre, *, classes, labels, strict, input_map, all
         return StreamSource([source], layout)
     if isinstance(source, (str, os.PathLike)):
         text = os.fspath(source)
-        if isinstance(text, str) and ".py:" in text and not Path(text).exists():
+        if isinstance(text, str) and script_function(text) is not None:
             fn = load_script(text)
             return StreamSource(fn, layout, kind="script", label=text)
         path = Path(text)

@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptSampleError, PreprocessError
+from ..errors import CorruptSampleError, PreprocessError, first_line
 
 RESIZE_MODES = ("shorter", "exact", "letterbox", "height", "multiple", "none")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box")
@@ -628,7 +628,7 @@ def decode(path, plan: ImagePlan, draft: bool = True):
             return to_mode(im, plan.channels)
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError,
             EOFError, MemoryError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         raise CorruptSampleError(f"cannot decode image {path}: {reason}") from None
 
 

@@ -689,6 +689,15 @@ def from_arrays(d: Mapping[str, Any], layout: FeedLayout, labels=None) -> ArrayS
 # ---------------------------------------------------------------------------
 # iterables and loader scripts (streaming)
 # ---------------------------------------------------------------------------
+def script_function(text: str) -> tuple[str, str] | None:
+    """``(file, function)`` when *text* names a loader script's function, ``file.py:func``, and is not
+    itself an existing path; else None."""
+    if ".py:" not in text or Path(text).exists():
+        return None
+    file, _, func = text.rpartition(".py:")
+    return file + ".py", func
+
+
 def load_script(spec: str) -> Callable[[], Iterable]:
     """``file.py:func`` -> the function (Polygraphy's data-loader-script convention)."""
     path, sep, func = str(spec).rpartition(":")

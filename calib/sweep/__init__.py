@@ -163,8 +163,7 @@ def sweep(model, data=None, grid=None, out=None, *, jobs: int = 1, ray: str | No
         raise CalibError(f"timing runs must be 0 or more, got {timing_runs}")
     if eval_samples is not None and eval_samples < 1:
         raise CalibError(f"eval samples must be at least 1, got {eval_samples}")
-    base = config if isinstance(config, CalibrationConfig) else CalibrationConfig().replace(**dict(config or {}))
-    base = base.replace(**g.calibration)
+    base = CalibrationConfig.of(config, **g.calibration)
     m = load_model(model)
     for t in sorted(set(g.axes["target"])):
         check_input(m, t)

@@ -244,7 +244,7 @@ def plot_front(rows: list[dict], cost_name: str, metric: Metric, subject: str | 
     sx, sy = list(fx), list(fy)
     if ref_x is not None and ref_y is not None:
         ax.plot([ref_x], [ref_y * scale], marker="*", ms=14, color="tab:blue", ls="none", label="FP32", zorder=5)
-        better = fr and (ref_y > fy[-1] / scale if metric.higher_is_better else ref_y < fy[-1] / scale)
+        better = bool(fr) and (ref_y > fy[-1] / scale if metric.higher_is_better else ref_y < fy[-1] / scale)
         if better and ref_x > fx[-1]:                   # FP32 ends the front: the staircase goes on to it
             sx.append(ref_x)
             sy.append(ref_y * scale)

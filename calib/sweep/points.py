@@ -145,8 +145,11 @@ def data_digest(ds) -> str:
     spec = ds.spec()
     h = hashlib.sha256(json.dumps({k: v for k, v in spec.items() if k not in ("source", "classes", "labels")},
                                   sort_keys=True).encode("utf-8"))
+    from ..datasets.sources import script_function
+
     src = spec["source"]
-    path = Path(src.rsplit(":", 1)[0] if ".py:" in src and not Path(src).exists() else src)
+    script = script_function(src)
+    path = Path(src if script is None else script[0])
     if path.is_dir():
         files = [path / i for i in ds.ids if (path / i).is_file()]
         if len(files) != len(ds):        # ids are not file names: every file of the folder counts
