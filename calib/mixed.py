@@ -239,9 +239,17 @@ class Searcher:
             self.say(f"sensitivity: {sens.used} ({sens.direct_mode}); Spearman rho of proxy and direct rankings "
                      f"{sens.spearman:+.2f} over {len(quant)} groups")
         table = {g.id: {p: float(lat.group_latency(g, p)) for p in S.PRECISIONS} for g in quant}
+        # where the latency model predicts FP16 faster than FP32, whether every group in FP16 meets
+        # the budget: then the search reverts groups to FP16 rather than FP32 (calib.tuning.search.Ours)
+        self.fp16_value = None
+        if any(t["fp16"] < t["fp32"] for t in table.values()):
+            self.fp16_value = self.evaluator({g.id: "fp16" for g in quant}).value
+            self.say(f"every group in FP16: {bud.metric} {self.fp16_value:.4g} on the search split "
+                     f"({'meets' if bud.holds(self.fp16_value) else 'misses'} {bud})")
         self.space = S.SearchSpace(groups=tuple(g.id for g in quant), ranking=sens.ranking, latency=table,
                                    macs={g.id: int(g.macs) for g in quant}, scores=sens.scores,
-                                   predictor=lambda precisions: float(lat.predict(self.groups, precisions)))
+                                   predictor=lambda precisions: float(lat.predict(self.groups, precisions)),
+                                   fp16_value=self.fp16_value)
         self.timing = {"calibration": round(t_calib, 3), "sensitivity": round(time.perf_counter() - t0, 3)}
 
     def _latency_model(self, spec: str, options, feed):
@@ -342,6 +350,8 @@ class Searcher:
                               "description": self.latency.description, "all_int8_s": space.predict(space.plan()),
                               "all_fp32_s": space.predict(space.plan(fp32=space.groups))},
             "sensitivity": self.sensitivity.to_dict(),
+            "all_fp16": (None if self.fp16_value is None else
+                         {"value": _f(self.fp16_value), "holds": bool(bud.holds(self.fp16_value))}),
             "search": outcome.to_dict(),
             "verification": verification,
             "plan": plan.to_dict(),
@@ -355,7 +365,7 @@ class Searcher:
 def search(model, data=None, budget=None, config: CalibrationConfig | Mapping | None = None, *, task: str = "auto",
            latency: str = "onnxruntime", latency_options: Mapping | None = None, algorithm: str = "ours",
            sensitivity: str = "direct", search_samples: int = DEFAULT_SEARCH_SAMPLES, max_evals: int | None = None,
-           margin: float = DEFAULT_MARGIN, out=None, force: bool = False,
+           margin: float = DEFAULT_MARGIN, revert: str | None = None, out=None, force: bool = False,
            progress: bool = True, preprocess=None, classes=None, labels=None, text_labels=None, strict: bool = False,
            dataset=None, **options) -> SearchResult:
     """Find the plan with the lowest predicted latency that meets *budget* (see the module docstring).
@@ -373,18 +383,30 @@ def search(model, data=None, budget=None, config: CalibrationConfig | Mapping | 
     *margin*: how many standard errors a plan's estimate on the search split must clear the budget
     by to count as meeting it (default 0: the estimate itself; 1 buys about 84% one-sided
     confidence on the search split, against the selection bias of a search, at the price of
-    keeping more groups in float).
+    keeping more groups in float); *revert*: the float precision groups taken out of INT8 go to
+    (``ours`` and ``greedy``): ``auto`` (``ours``'s default: FP16 where the latency model predicts
+    it faster than FP32 and every group in FP16 meets the budget on the search split, else FP32),
+    ``fastest`` (FP16 where predicted faster, unchecked) or ``fp32`` (``greedy``'s default, NNCF's
+    scheme; for targets built without FP16).
     *config* / *options*: calibration options (:class:`calib.CalibrationConfig`; the calibration
     algorithm goes in *config*, ``algorithm`` here is the search's); its ``eval_samples`` bounds
     the verification. Nothing is written without *out*; existing files
     there are refused unless *force*; *progress* shows progress bars and one line per evaluation
     on stderr.
     """
-    from .tuning.search import ALGORITHMS
+    from .tuning.search import ALGORITHMS, REVERTS
 
     t_start = time.perf_counter()
     if algorithm not in ALGORITHMS:       # before any work
         raise CalibError(f"unknown search algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
+    strategy_options = {}
+    if revert is not None:
+        if revert not in REVERTS:
+            raise CalibError(f"unknown revert precision {revert!r} (choose from {', '.join(REVERTS)})")
+        if algorithm.startswith("bisect"):
+            raise CalibError(f"{algorithm} keeps its prefix or suffix in FP32 (Polygraphy's scheme); revert "
+                             f"applies to ours and greedy")
+        strategy_options["revert"] = revert
     m = load_model(model)
     paths = output_paths(out, m.name) if out is not None else {}
     check_outputs(paths.values(), force, option="force")     # before any work
@@ -392,7 +414,7 @@ def search(model, data=None, budget=None, config: CalibrationConfig | Mapping | 
                         sensitivity=sensitivity,
                         search_samples=search_samples, progress=progress, preprocess=preprocess, classes=classes,
                         labels=labels, text_labels=text_labels, strict=strict, dataset=dataset, **options)
-    outcome = searcher.run(algorithm, max_evals, margin)
+    outcome = searcher.run(algorithm, max_evals, margin, **strategy_options)
     plan, mixed, verification = searcher.finish(outcome)
     searcher.timing["total"] = round(time.perf_counter() - t_start, 3)
     summary = searcher.summary(outcome, plan, verification, paths)
@@ -480,6 +502,7 @@ def _summary_lines(s: Mapping[str, Any], outcome, bud) -> list[str]:
                  f"{ch['int8_mac_share']:.1%} of MACs in INT8; predicted {ch['predicted_latency_s'] * 1e3:.3g} ms "
                  f"per sample (all INT8 {lm['all_int8_s'] * 1e3:.3g} ms, all FP32 {lm['all_fp32_s'] * 1e3:.3g} ms; "
                  f"{lm['description']})")
+    lines.extend(s["search"]["notes"])
     v = s["verification"]
     mx, ai = v["mixed"], v["all-int8"]
 

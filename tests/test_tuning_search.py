@@ -390,3 +390,86 @@ def test_cost_order_reverts_free_groups_first_then_by_sensitivity_per_second():
     assert out.chosen["heavy"] == "int8" and out.chosen["cheap"] != "int8"
     with pytest.raises(CalibError, match="unknown order"):
         Ours(space, 9, order="random")
+
+
+# --------------------------------------------------------------------------- reverting to FP16
+def _with_fp16(space, ev):
+    """*space* knowing every group's FP16 value under *ev* (what calib.mixed.Searcher measures)."""
+    import dataclasses
+
+    return dataclasses.replace(space, fp16_value=ev.value(space.plan(fp16=space.groups)))
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.2, 0.4])
+def test_ours_reverts_to_fp16_where_it_is_faster_and_meets_the_budget(frac):
+    """40 spaces where FP16 costs half of FP32 and keeps a hundredth of INT8's loss: once every
+    group in FP16 is known to meet the budget, reverted groups go to FP16 in the bisection itself:
+    never slower than reverting to FP32 first, and than NNCF's greedy revert at its own count."""
+    G = 40
+    for seed in range(40):
+        space, loss = make_space(G, seed)
+        b = Budget("agreement", ">=", 1.0 - frac * sum(loss.values()) * 0.01, "fp32")
+        known = _with_fp16(space, Additive(loss, fp16=0.01))
+        ev = Additive(loss, fp16=0.01)
+        fp16 = run(Ours(known, default_max_evals(G), b), ev, b)
+        fp32 = run(Ours(known, default_max_evals(G), b, revert="fp32"), Additive(loss, fp16=0.01), b)
+        assert fp16.met and len(fp16.evaluations) <= default_max_evals(G) and b.holds(ev.value(fp16.chosen))
+        assert "fp32" not in fp16.chosen.values() and "fp16" in fp16.chosen.values()
+        assert fp16.evaluations[1].label.endswith("reverted to FP16 (predicted)") and fp16.notes
+        # without the FP16 measurement (or with revert="fp32") the bisection reverts to FP32
+        assert run(Ours(space, default_max_evals(G), b), Additive(loss, fp16=0.01), b).to_dict() == fp32.to_dict()
+        assert fp16.predicted_latency_s <= fp32.predicted_latency_s + 1e-9, seed
+        gr = run(Greedy(known, G + 1), Additive(loss, fp16=0.01), b)
+        short = run(Ours(known, len(gr.evaluations), b), Additive(loss, fp16=0.01), b)
+        assert short.predicted_latency_s <= gr.predicted_latency_s + 1e-9, seed
+
+
+def test_fp16_reverts_fall_back_to_fp32_when_every_group_in_fp16_misses():
+    """The space says FP16 meets the budget, but on the evaluator FP16 is no better than INT8: the
+    bisection in FP16 fails up to every group reverted, which it then evaluates, and bisects
+    again in FP32, which meets the budget."""
+    G = 16
+    space, loss = make_space(G, 2)
+    b = Budget("agreement", ">=", 1.0 - 0.2 * sum(loss.values()) * 0.01, "fp32")
+    liar = SearchSpace(groups=space.groups, ranking=space.ranking, latency=space.latency, macs=space.macs,
+                       scores=space.scores, fp16_value=1.0)
+    ev = Additive(loss, fp16=1.0)
+    out = run(Ours(liar, 30, b), ev, b)
+    top = [e for e in out.evaluations if e.label == f"all {G} reverted to FP16"]
+    assert len(top) == 1 and not top[0].holds
+    after = out.evaluations[top[0].index + 1:]
+    assert after and after[0].phase == "bisect" and "reverted to FP32" in after[0].label
+    assert out.met and b.holds(ev.value(out.chosen)) and "fp32" in out.chosen.values()
+    assert any("bisected again reverting to FP32" in n for n in out.notes)
+    assert len({tuple(sorted(c.items())) for c in ev.calls}) == len(ev.calls)
+
+
+def test_auto_revert_keeps_fp32_when_fp16_misses_or_is_not_faster():
+    space, loss = make_space(12, 5)
+    b = Budget("agreement", ">=", 1.0 - 0.2 * sum(loss.values()) * 0.01, "fp32")
+    missing = SearchSpace(groups=space.groups, ranking=space.ranking, latency=space.latency, macs=space.macs,
+                          scores=space.scores, fp16_value=b.value - 0.01)
+    assert set(Ours(missing, 9, b).to.values()) == {"fp32"}
+    slow, _ = make_space(12, 5, fp16_faster=False)
+    assert slow.fastest_float() == dict.fromkeys(slow.groups, "fp32")
+    known = SearchSpace(groups=slow.groups, ranking=slow.ranking, latency=slow.latency, macs=slow.macs,
+                        scores=slow.scores, fp16_value=1.0)
+    assert set(Ours(known, 9, b).to.values()) == {"fp32"}
+    assert set(Ours(known, 9, b, revert="fastest").to.values()) == {"fp32"}
+    with pytest.raises(CalibError, match="unknown revert precision"):
+        Ours(space, 9, b, revert="bf16")
+
+
+def test_predict_k_takes_fp16s_own_loss_off_the_budget():
+    from calib.tuning.search import predict_k
+
+    space = SearchSpace(groups=tuple("abcd"), ranking=tuple("abcd"),
+                        latency={g: {"int8": 1, "fp16": 2, "fp32": 3} for g in "abcd"}, macs={},
+                        scores={"a": 5.0, "b": 3.0, "c": 1.5, "d": 0.5})
+    sq = Budget("sqnr", ">=", 25.0, "fp32")
+    # 20 dB: noise 1e-2, 10**-2.5 allowed: INT8 may keep 31.6% of the scores -> revert a and b (20% left)
+    assert predict_k(space, sq, 20.0) == 2
+    # every group in FP16 at 27 dB uses 63% of what is allowed: 11.7% left -> a, b and c (5% left)
+    assert predict_k(space, sq, 20.0, floor=27.0) == 3
+    agree = Budget("agreement", ">=", 0.9, "fp32")
+    assert predict_k(space, agree, 0.5, floor=0.9) == 4        # FP16 uses it all: revert everything

@@ -67,6 +67,11 @@ def register(sub) -> None:
                    help=f"standard errors a plan's estimate on the search split must clear the budget by to count "
                         f"as meeting it (default {DEFAULT_MARGIN:g}: the estimate itself; 1: about 84%% one-sided "
                         "confidence, against the selection bias of a search, with more groups kept in float)")
+    p.add_argument("--revert", choices=("auto", "fastest", "fp32"), default=None,
+                   help="precision of the groups taken out of INT8 (ours and greedy): auto (ours's default: FP16 "
+                        "where the latency model predicts it faster and every group in FP16 meets the budget, "
+                        "else FP32), fastest (FP16 where predicted faster) or fp32 (greedy's default; for engines "
+                        "built without FP16)")
     p.add_argument("--dry-run", action="store_true", help="list the quantization groups and exit")
 
 
@@ -96,7 +101,8 @@ def run(args) -> int:
 
     res = search(model, dataset=ds, budget=args.budget, config=config, task=task, latency=args.latency,
                  algorithm=args.algorithm, sensitivity=args.sensitivity, search_samples=args.search_samples,
-                 max_evals=args.max_evals, margin=args.margin, out=out.dir, force=out.force, progress=not json_out,
+                 max_evals=args.max_evals, margin=args.margin, revert=args.revert, out=out.dir, force=out.force,
+                 progress=not json_out,
                  text_labels=text_labels)
     if json_out:
         from ..utils import json_safe

@@ -16,19 +16,24 @@ Strategies (:data:`ALGORITHMS`):
 sensitivity (:attr:`SearchSpace.ranking`, most sensitive first):
 
 1. all groups INT8; if that meets the budget, stop.
-2. bisection on ``k``, how many of the most sensitive groups to revert to FP32: ``k = 0`` fails
-   (phase 1) and ``k = G`` meets the budget by construction (every group in FP32). The first
+2. bisection on ``k``, how many of the most sensitive groups to revert to float: ``k = 0`` fails
+   (phase 1) and ``k = G`` meets the budget when every group is in FP32 (by construction). A
+   group reverts to FP32, or, when every group in FP16 was measured to meet the budget
+   (:attr:`SearchSpace.fp16_value`), to whichever of FP16 and FP32 the latency model predicts
+   faster (FP16 on GPUs): TensorRT runs a layer left out of INT8 in FP16 when FP16 is enabled,
+   and FP16 costs about a third of FP32 there. ``k = G`` in FP16 is then evaluated if the
+   bisection reaches it; if it misses, the bisection starts again reverting to FP32. The first
    probe is where the sensitivities predict the budget starts to hold (:func:`predict_k`: the
    budget metric's loss taken as proportional to the summed scores of the groups left in INT8,
-   scaled by all-INT8's measured loss), and its neighbour next (``k - 1`` after a success,
-   ``k + 1`` after a failure), so a right prediction ends the bisection after two evaluations;
-   then plain halving of what is left: at most ``ceil(log2 G) + 2`` evaluations, two more than
-   plain halving (its probes, without scores), only when the prediction is off. When meeting the
-   budget is
-   monotone in ``k`` it ends at the smallest ``k`` that meets it (the loop keeps the best plan
-   seen either way).
+   scaled by all-INT8's measured loss, FP16's own loss taken off what the budget allows), and its
+   neighbour next (``k - 1`` after a success, ``k + 1`` after a failure), so a right prediction
+   ends the bisection after two evaluations; then plain halving of what is left: at most
+   ``ceil(log2 G) + 2`` evaluations, two more than plain halving (its probes, without scores),
+   only when the prediction is off. When meeting the budget is monotone in ``k`` it ends at the
+   smallest ``k`` that meets it (the loop keeps the best plan seen either way).
 3. FP16 instead of FP32 for the reverted groups that the latency model predicts faster in FP16
-   (skipped, costing nothing, when none is): one evaluation, kept if the budget holds.
+   (skipped, costing nothing, when none is, or when they are in FP16 already): one evaluation,
+   kept if the budget holds.
 4. re-quantize reverted groups one at a time, the largest predicted latency gain first, keeping
    each that still meets the budget, while evaluations remain. A plan predicted to fail is skipped
    without an evaluation: one whose every group is in the same or a less accurate precision
@@ -87,7 +92,9 @@ class SearchSpace:
     *macs*: multiply-accumulates per group (for the INT8 share); *predictor*: the whole plan's
     predicted time, when it is not *fixed_latency* plus the groups' times; *scores*: a sensitivity
     per group (>= 0, larger is more sensitive, on a scale where the groups' values add up), from
-    which :class:`Ours` predicts its first bisection probe (:func:`predict_k`).
+    which :class:`Ours` predicts its first bisection probe (:func:`predict_k`); *fp16_value*: the
+    budget metric with every group in FP16, measured with the sensitivities (None: not measured),
+    from which :class:`Ours` knows whether reverting to FP16 can meet the budget.
     """
 
     groups: tuple[str, ...]
@@ -97,6 +104,7 @@ class SearchSpace:
     fixed_latency: float = 0.0
     predictor: Callable[[Mapping[str, str]], float] | None = None
     scores: Mapping[str, float] | None = None
+    fp16_value: float | None = None
 
     def __post_init__(self):
         if sorted(self.groups) != sorted(self.ranking) or len(set(self.groups)) != len(self.groups):
@@ -122,19 +130,25 @@ class SearchSpace:
         """Predicted seconds saved by moving *group* from precision *frm* to *to*."""
         return self.latency[group][frm] - self.latency[group][to]
 
-    def cost_order(self, groups: Sequence[str] | None = None) -> list[str]:
+    def fastest_float(self) -> dict[str, str]:
+        """Each group's faster float precision by the latency model: ``fp16`` where it is
+        predicted faster than ``fp32`` (GPUs with FP16 tensor cores), else ``fp32`` (ONNX
+        Runtime's CPU provider, which has no FP16 kernels)."""
+        return {g: "fp16" if self.latency[g]["fp16"] < self.latency[g]["fp32"] else "fp32" for g in self.groups}
+
+    def cost_order(self, groups: Sequence[str] | None = None, to: Mapping[str, str] | None = None) -> list[str]:
         """*groups* (default: all) in the order :class:`Ours` reverts them: by sensitivity per
-        second of predicted latency that reverting to FP32 costs, largest first; groups whose
-        reverting costs nothing (INT8 no faster) first, most sensitive first; ties by *ranking*.
-        The sensitivity is :attr:`scores`, else the position in *ranking* (``G`` for the first, 1
-        for the last)."""
+        second of predicted latency that reverting costs (to FP32, or to the precision *to* names
+        per group), largest first; groups whose reverting costs nothing (INT8 no faster) first,
+        most sensitive first; ties by *ranking*. The sensitivity is :attr:`scores`, else the
+        position in *ranking* (``G`` for the first, 1 for the last)."""
         rank = {g: i for i, g in enumerate(self.ranking)}
         n = len(self.ranking)
         groups = list(self.groups if groups is None else groups)
         score = dict(self.scores) if self.scores is not None else {g: float(n - rank[g]) for g in groups}
 
         def key(g):
-            cost = self.latency[g]["fp32"] - self.latency[g]["int8"]
+            cost = self.latency[g][to[g] if to is not None else "fp32"] - self.latency[g]["int8"]
             s = max(float(score.get(g, 0.0)), 0.0)
             return (0, -s, rank[g]) if cost <= 0 else (1, -s / cost, rank[g])
         return sorted(groups, key=key)
@@ -201,6 +215,7 @@ class Strategy(abc.ABC):
         self.max_evals = max_evals
         self.used = 0
         self.failed: list[dict[str, str]] = []
+        self.notes: list[str] = []          # what the strategy decided on its own, for the report
 
     @property
     def left(self) -> int:
@@ -265,22 +280,28 @@ class _Bisection:
 
 
 def predict_k(space: SearchSpace, budget: Budget | None, measured: float | None,
-              order: Sequence[str] | None = None) -> int | None:
+              order: Sequence[str] | None = None, floor: float | None = None) -> int | None:
     """How many groups of *order* (default: the ranking, most sensitive first) to revert for
     *budget* to hold, predicted from all-INT8's *measured* value and the groups' scores: the budget
     metric's loss (its distance to FP32's value; for ``sqnr``, the output's relative noise power
     ``10**(-dB/10)``) is taken as proportional to the summed scores of the groups left in INT8.
-    None without scores, budget or a finite measurement, or when the scores sum to zero."""
+    *floor*: the metric with every group reverted, when they revert to FP16 (FP32 loses nothing):
+    its loss is taken off what the budget allows. None without scores, budget or a finite
+    measurement, or when the scores sum to zero."""
     if space.scores is None or budget is None or measured is None or not math.isfinite(measured):
         return None
     s = [max(float(space.scores.get(g, 0.0)), 0.0) for g in (space.ranking if order is None else order)]
     total = sum(s)
     if total <= 0:
         return None
-    if budget.metric == "sqnr":
-        have, allowed = 10.0 ** (-measured / 10.0), 10.0 ** (-budget.value / 10.0)
-    else:
-        have, allowed = budget.loss(measured, budget.ideal), budget.loss(budget.value, budget.ideal)
+
+    def loss(value: float) -> float:
+        if budget.metric == "sqnr":
+            return 10.0 ** (-value / 10.0)
+        return budget.loss(value, budget.ideal)
+    have, allowed = loss(measured), loss(budget.value)
+    if floor is not None and math.isfinite(floor):
+        allowed -= max(loss(floor), 0.0)
     if have <= 0:
         return None
     left = total
@@ -291,30 +312,83 @@ def predict_k(space: SearchSpace, budget: Budget | None, measured: float | None,
     return len(s)
 
 
+REVERTS = ("auto", "fastest", "fp32")
+
+
+def revert_precisions(space: SearchSpace, budget: Budget | None, revert: str) -> dict[str, str]:
+    """The float precision each group reverts to: ``fp32`` for all; ``fastest``: each group's
+    faster one by the latency model (:meth:`SearchSpace.fastest_float`); ``auto``: ``fastest``
+    when every group in FP16 was measured to meet *budget* (:attr:`SearchSpace.fp16_value`), else
+    ``fp32``."""
+    if revert not in REVERTS:
+        raise CalibError(f"unknown revert precision {revert!r} (choose from {', '.join(REVERTS)})")
+    if revert == "auto":
+        fp16 = space.fp16_value
+        revert = "fastest" if budget is not None and fp16 is not None and budget.holds(fp16) else "fp32"
+    return space.fastest_float() if revert == "fastest" else dict.fromkeys(space.groups, "fp32")
+
+
 class Ours(Strategy):
     """All INT8, then a bisection on how many of the most sensitive groups to revert (first probe
     predicted), then FP16 for the reverted groups, then re-quantization by latency gain (see the
-    module docstring). *budget* lets it predict the first probe from all-INT8's measurement."""
+    module docstring). *budget* lets it predict the first probe from all-INT8's measurement.
+
+    *order*: ``cost`` (sensitivity per second of latency that reverting costs) or ``sensitivity``
+    (NNCF's order). *revert*: the precision reverted groups take: ``fp32`` (the issue's scheme,
+    FP16 tried after the bisection), ``fastest`` (each group's faster float precision by the
+    latency model, FP32 again if every group reverted misses the budget), or ``auto`` (default):
+    ``fastest`` when :attr:`SearchSpace.fp16_value` meets the budget, else ``fp32``."""
 
     name = "ours"
 
     ORDERS = ("cost", "sensitivity")
 
-    def __init__(self, space: SearchSpace, max_evals: int, budget: Budget | None = None, order: str = "cost"):
+    def __init__(self, space: SearchSpace, max_evals: int, budget: Budget | None = None, order: str = "cost",
+                 revert: str = "auto"):
         super().__init__(space, max_evals)
         if order not in self.ORDERS:
             raise CalibError(f"unknown order {order!r} (choose from {', '.join(self.ORDERS)})")
         self.budget = budget
-        self.order = space.cost_order() if order == "cost" else list(space.ranking)
+        self.order_name = order
         self.phase = "int8"
-        self.bisect = _Bisection(0, len(space.groups))
-        self.guess: int | None = None                  # the predicted k, once probed
+        self._set_revert(revert_precisions(space, budget, revert))
+        n16 = sum(v == "fp16" for v in self.to.values())
+        if n16:
+            where = "" if space.fp16_value is None else f" (every group in FP16: {space.fp16_value:.4g})"
+            self.notes.append(f"reverted groups go to FP16, which the latency model predicts faster than FP32 for "
+                              f"{n16} of {len(space.groups)} groups{where}")
+        self.int8_value: float | None = None           # all-INT8's measured budget metric
         self.current: dict[str, str] | None = None     # the plan that meets the budget so far
         self.queue: list[str] = []                     # phase 4: groups left to re-quantize
         self.pending: dict[str, str] | None = None
 
+    def _set_revert(self, to: Mapping[str, str]) -> None:
+        """Revert groups to *to* (group -> ``fp16`` / ``fp32``) and start the bisection over."""
+        sp = self.space
+        self.to = dict(to)
+        self.order = sp.cost_order(to=self.to) if self.order_name == "cost" else list(sp.ranking)
+        # every group reverted meets the budget by construction only when all are in FP32
+        self.top_holds = all(v == "fp32" for v in self.to.values())
+        self.bisect = _Bisection(0, len(sp.groups))
+        self.guess: int | None = None                  # the predicted k, once probed
+
+    def _plan_guess(self) -> None:
+        floor = self.space.fp16_value if "fp16" in self.to.values() else None
+        k = predict_k(self.space, self.budget, self.int8_value, self.order, floor)
+        if k is not None:
+            self.guess = min(max(k, 1), len(self.space.groups) - 1)
+            self.bisect.plan(self.guess)
+
     def _reverted(self, k: int) -> dict[str, str]:
-        return self.space.plan(fp32=self.order[:k])
+        p = self.space.plan()
+        p.update((g, self.to[g]) for g in self.order[:k])
+        return p
+
+    def _label(self, k: int) -> str:
+        n16 = sum(self.to[g] == "fp16" for g in self.order[:k])
+        if n16 == 0:
+            return f"{k} reverted to FP32"
+        return f"{k} reverted to FP16" if n16 == k else f"{k} reverted ({n16} FP16, {k - n16} FP32)"
 
     def propose(self) -> Proposal | None:
         sp = self.space
@@ -325,7 +399,11 @@ class Ours(Strategy):
                 if not self.bisect.done:
                     k = self.bisect.probe()
                     why = " (predicted)" if k == self.guess else ""
-                    return self._offer(f"{k} reverted to FP32{why}", "bisect", self._reverted(k))
+                    return self._offer(f"{self._label(k)}{why}", "bisect", self._reverted(k))
+                if self.bisect.hi == len(sp.groups) and not self.top_holds:
+                    # every group reverted, some to FP16: not known to meet the budget
+                    self.phase = "top"
+                    return self._offer(f"all {self._label(len(sp.groups))}", "fp16", self._reverted(len(sp.groups)))
                 self._start_fp16()
                 continue
             if self.phase == "fp16":
@@ -364,22 +442,30 @@ class Ours(Strategy):
 
     def step(self, success: bool, value: float | None = None) -> None:
         if self.phase == "int8" and not success:
-            k = predict_k(self.space, self.budget, value, self.order)
-            if k is not None:
-                self.guess = min(max(k, 1), len(self.space.groups) - 1)
-                self.bisect.plan(self.guess)
+            self.int8_value = value
+            self._plan_guess()
         super().step(success, value)
 
     def _advance(self, success: bool) -> None:
         if self.phase == "int8":
             self.phase = "done" if success else "bisect"
+        elif self.phase == "top":
+            if success:
+                self.top_holds = True
+                self._start_fp16()
+            else:     # FP16 is not accurate enough for this budget: bisect again, reverting to FP32
+                self.notes.append("every group reverted, in FP16 where faster, missed the budget: bisected again "
+                                  "reverting to FP32")
+                self._set_revert(dict.fromkeys(self.space.groups, "fp32"))
+                self._plan_guess()
+                self.phase = "bisect"
         elif self.phase == "bisect":
             first = self.bisect.mid == self.guess
             self.bisect.step(success)
             if first:     # the neighbour next: one evaluation settles a right prediction
                 self.bisect.plan(self.guess - 1 if success else self.guess + 1)
-            if self.bisect.done:
-                self._start_fp16()
+            # once done, propose() ends the bisection (evaluating every group reverted if that is not
+            # known to meet the budget)
         elif self.phase == "requant" and self.pending is not None:
             if success:
                 self.current = self.pending
@@ -425,23 +511,31 @@ class Bisect(Strategy):
 
 
 class Greedy(Strategy):
-    """NNCF accuracy control: one more group in FP32 per evaluation, most sensitive first."""
+    """NNCF accuracy control: one more group reverted per evaluation, most sensitive first, to
+    FP32 (NNCF's scheme, the default *revert* ``fp32``), or as :class:`Ours` reverts them
+    (*revert* ``fastest`` / ``auto``: the same scheme given FP16, for comparison)."""
 
     name = "greedy"
 
-    def __init__(self, space: SearchSpace, max_evals: int):
+    def __init__(self, space: SearchSpace, max_evals: int, budget: Budget | None = None, revert: str = "fp32"):
         super().__init__(space, max_evals)
+        self.to = revert_precisions(space, budget, revert)
         self.k = 0
         self.finished = False
 
     def propose(self) -> Proposal | None:
-        if self.left <= 0 or self.finished or self.k > len(self.space.groups) - 1:
+        if self.left <= 0 or self.finished or self.k > len(self.space.groups) - (1 if self._top_holds() else 0):
             return None
         sp = self.space
         if self.k == 0:
             return self._offer("all INT8", "int8", sp.plan())
-        return self._offer(f"revert {sp.ranking[self.k - 1]} ({self.k} in FP32)", "greedy",
-                           sp.plan(fp32=sp.ranking[:self.k]))
+        g = sp.ranking[self.k - 1]
+        plan = sp.plan()
+        plan.update((h, self.to[h]) for h in sp.ranking[:self.k])
+        return self._offer(f"revert {g} to {self.to[g].upper()} ({self.k} reverted)", "greedy", plan)
+
+    def _top_holds(self) -> bool:
+        return all(v == "fp32" for v in self.to.values())
 
     def _advance(self, success: bool) -> None:
         if success:
@@ -453,13 +547,13 @@ class Greedy(Strategy):
 def make_strategy(algorithm: str, space: SearchSpace, max_evals: int, budget: Budget | None = None,
                   **options) -> Strategy:
     """The strategy named *algorithm* (one of :data:`ALGORITHMS`); *budget* and *options*
-    (``order``) are :class:`Ours`'s."""
+    (``order``, ``revert``) are :class:`Ours`'s; ``greedy`` takes ``revert`` too."""
     if algorithm == "ours":
         return Ours(space, max_evals, budget, **options)
     if algorithm in ("bisect-prefix", "bisect-suffix"):
         return Bisect(space, max_evals, algorithm.split("-", 1)[1])
     if algorithm == "greedy":
-        return Greedy(space, max_evals)
+        return Greedy(space, max_evals, budget, **options)
     raise CalibError(f"unknown search algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
 
 
@@ -523,7 +617,7 @@ def run(strategy: Strategy, evaluator: Evaluator | Callable[[Mapping[str, str]],
             on_eval(ev)
         strategy.step(ev.holds, ev.metric)
     held = [e for e in evaluations if e.holds]
-    notes = []
+    notes = list(strategy.notes)
     if held:
         best = min(held, key=lambda e: (e.predicted_latency_s, -e.int8_mac_share, e.index))
         chosen, index = dict(best.precisions), best.index
@@ -538,4 +632,5 @@ def run(strategy: Strategy, evaluator: Evaluator | Callable[[Mapping[str, str]],
 
 
 __all__ = ["ALGORITHMS", "PRECISIONS", "Evaluator", "SearchSpace", "Proposal", "Evaluation", "Strategy", "Ours",
-           "Bisect", "Greedy", "Outcome", "default_max_evals", "make_strategy", "predict_k", "run"]
+           "Bisect", "Greedy", "Outcome", "REVERTS", "default_max_evals", "make_strategy", "predict_k",
+           "revert_precisions", "run"]
