@@ -34,5 +34,11 @@ def execute(path: Path, timeout: int = 1200) -> None:
 
 if __name__ == "__main__":
     names = sys.argv[1:] or sorted(p.name for p in HERE.glob("*.ipynb"))
-    for name in names:
-        execute(HERE / name)
+    # a notebook's name here, or its path
+    paths = [Path(n) if Path(n).is_file() else HERE / Path(n).name for n in names]
+    missing = [str(n) for n, p in zip(names, paths) if not p.is_file()]
+    if missing:
+        sys.exit(f"error: no such notebook: {', '.join(missing)} (notebooks in {HERE}: "
+                 f"{', '.join(sorted(p.name for p in HERE.glob('*.ipynb')))})")
+    for path in paths:
+        execute(path)

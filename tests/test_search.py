@@ -183,6 +183,14 @@ def test_same_seed_same_trace(minilm_path, minilm_tokens):
     assert ta == tb
     assert a.summary["sensitivity"] == b.summary["sensitivity"]
     assert a.plan.dumps() == b.plan.dumps()
+    # an H100 runs FP16 faster than FP32: every group in FP16 was measured, and its verdict
+    # decides the precision reverted groups take (the notes say which)
+    f16 = a.summary["all_fp16"]
+    assert f16 == b.summary["all_fp16"] and 0.0 < f16["value"] <= 1.0
+    assert f16["holds"] == (f16["value"] >= 0.998)
+    reverted = {p for p in a.precisions.values() if p != "int8"}
+    if f16["holds"]:
+        assert any("go to FP16" in n for n in ta["notes"]) and reverted <= {"fp16"}
 
 
 @pytest.mark.parametrize("budget, words", [

@@ -354,7 +354,9 @@ class Ours(Strategy):
         self._set_revert(revert_precisions(space, budget, revert))
         n16 = sum(v == "fp16" for v in self.to.values())
         if n16:
-            where = "" if space.fp16_value is None else f" (every group in FP16: {space.fp16_value:.4g})"
+            v = space.fp16_value
+            where = ("" if v is None else
+                     f" (every group in FP16: {budget.format_value(v) if budget is not None else f'{v:.4g}'})")
             self.notes.append(f"reverted groups go to FP16, which the latency model predicts faster than FP32 for "
                               f"{n16} of {len(space.groups)} groups{where}")
         self.int8_value: float | None = None           # all-INT8's measured budget metric
