@@ -65,12 +65,25 @@ def _one_error_line(err: str) -> str:
     return lines[0]
 
 
-def _subprocess(argv, hook: str | None = None, **kw):
+def _default_signals() -> None:
+    """In the child: SIGINT and SIGTERM as a terminal gives them. A suite started in the background
+    of a non-interactive shell (``pytest &``) inherits SIGINT ignored, which calib rightly leaves
+    ignored, and Ctrl-C could not be tested."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def _subprocess(argv, hook: str | None = None, preexec_fn=None, **kw):
     env = {k: v for k, v in os.environ.items() if k != TEST_HOOK_ENV}
     if hook:
         env[TEST_HOOK_ENV] = hook
+
+    def child() -> None:
+        _default_signals()
+        if preexec_fn is not None:
+            preexec_fn()
     return subprocess.Popen([sys.executable, "-m", "calib", *argv], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=child, **kw)
 
 
 def _run(argv, hook: str | None = None, timeout: float = 300, **kw):
