@@ -394,15 +394,14 @@ def search(model, data=None, budget=None, config: CalibrationConfig | Mapping | 
     there are refused unless *force*; *progress* shows progress bars and one line per evaluation
     on stderr.
     """
-    from .tuning.search import ALGORITHMS, REVERTS
+    from .tuning.search import ALGORITHMS, check_revert
 
     t_start = time.perf_counter()
     if algorithm not in ALGORITHMS:       # before any work
         raise CalibError(f"unknown search algorithm {algorithm!r} (choose from {', '.join(ALGORITHMS)})")
     strategy_options = {}
     if revert is not None:
-        if revert not in REVERTS:
-            raise CalibError(f"unknown revert precision {revert!r} (choose from {', '.join(REVERTS)})")
+        check_revert(revert)
         if algorithm.startswith("bisect"):
             raise CalibError(f"{algorithm} keeps its prefix or suffix in FP32 (Polygraphy's scheme); revert "
                              f"applies to ours and greedy")

@@ -34,7 +34,7 @@ CALIBRATION = CalibrationArgs(algorithm_flag="--calib-algorithm", plan=False, ev
 
 def register(sub) -> None:
     from ..mixed import DEFAULT_MARGIN, DEFAULT_SEARCH_SAMPLES, LATENCY_MODELS
-    from ..tuning.search import ALGORITHMS
+    from ..tuning.search import ALGORITHMS, REVERTS
     from ..tuning.sensitivity import MODES
 
     p = add_command(sub, "search", help="find the fastest mixed INT8/FP16/FP32 plan that meets an accuracy budget",
@@ -67,7 +67,7 @@ def register(sub) -> None:
                    help=f"standard errors a plan's estimate on the search split must clear the budget by to count "
                         f"as meeting it (default {DEFAULT_MARGIN:g}: the estimate itself; 1: about 84%% one-sided "
                         "confidence, against the selection bias of a search, with more groups kept in float)")
-    p.add_argument("--revert", choices=("auto", "fastest", "fp32"), default=None,
+    p.add_argument("--revert", choices=REVERTS, default=None,
                    help="precision of the groups taken out of INT8 (ours and greedy): auto (ours's default: FP16 "
                         "where the latency model predicts it faster and every group in FP16 meets the budget, "
                         "else FP32), fastest (FP16 where predicted faster) or fp32 (greedy's default; for engines "

@@ -120,6 +120,12 @@ class SearchSpace:
         p.update(dict.fromkeys(fp32, "fp32"))
         return p
 
+    def reverted(self, groups: Sequence[str], to: Mapping[str, str]) -> dict[str, str]:
+        """Every group INT8 except *groups*, each in the float precision *to* names for it."""
+        p = self.plan()
+        p.update((g, to[g]) for g in groups)
+        return p
+
     def predict(self, precisions: Mapping[str, str]) -> float:
         """Predicted seconds per sample of the whole model with *precisions*."""
         if self.predictor is not None:
@@ -315,13 +321,18 @@ def predict_k(space: SearchSpace, budget: Budget | None, measured: float | None,
 REVERTS = ("auto", "fastest", "fp32")
 
 
+def check_revert(revert: str) -> None:
+    """A :class:`CalibError` unless *revert* is one of :data:`REVERTS`."""
+    if revert not in REVERTS:
+        raise CalibError(f"unknown revert precision {revert!r} (choose from {', '.join(REVERTS)})")
+
+
 def revert_precisions(space: SearchSpace, budget: Budget | None, revert: str) -> dict[str, str]:
     """The float precision each group reverts to: ``fp32`` for all; ``fastest``: each group's
     faster one by the latency model (:meth:`SearchSpace.fastest_float`); ``auto``: ``fastest``
     when every group in FP16 was measured to meet *budget* (:attr:`SearchSpace.fp16_value`), else
     ``fp32``."""
-    if revert not in REVERTS:
-        raise CalibError(f"unknown revert precision {revert!r} (choose from {', '.join(REVERTS)})")
+    check_revert(revert)
     if revert == "auto":
         fp16 = space.fp16_value
         revert = "fastest" if budget is not None and fp16 is not None and budget.holds(fp16) else "fp32"
@@ -382,9 +393,7 @@ class Ours(Strategy):
             self.bisect.plan(self.guess)
 
     def _reverted(self, k: int) -> dict[str, str]:
-        p = self.space.plan()
-        p.update((g, self.to[g]) for g in self.order[:k])
-        return p
+        return self.space.reverted(self.order[:k], self.to)
 
     def _label(self, k: int) -> str:
         n16 = sum(self.to[g] == "fp16" for g in self.order[:k])
@@ -532,9 +541,8 @@ class Greedy(Strategy):
         if self.k == 0:
             return self._offer("all INT8", "int8", sp.plan())
         g = sp.ranking[self.k - 1]
-        plan = sp.plan()
-        plan.update((h, self.to[h]) for h in sp.ranking[:self.k])
-        return self._offer(f"revert {g} to {self.to[g].upper()} ({self.k} reverted)", "greedy", plan)
+        return self._offer(f"revert {g} to {self.to[g].upper()} ({self.k} reverted)", "greedy",
+                           sp.reverted(sp.ranking[:self.k], self.to))
 
     def _top_holds(self) -> bool:
         return all(v == "fp32" for v in self.to.values())
@@ -634,5 +642,5 @@ def run(strategy: Strategy, evaluator: Evaluator | Callable[[Mapping[str, str]],
 
 
 __all__ = ["ALGORITHMS", "PRECISIONS", "Evaluator", "SearchSpace", "Proposal", "Evaluation", "Strategy", "Ours",
-           "Bisect", "Greedy", "Outcome", "REVERTS", "default_max_evals", "make_strategy", "predict_k",
-           "revert_precisions", "run"]
+           "Bisect", "Greedy", "Outcome", "REVERTS", "check_revert", "default_max_evals", "make_strategy",
+           "predict_k", "revert_precisions", "run"]
